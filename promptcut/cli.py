@@ -1,0 +1,138 @@
+"""The `promptcut` command line. Bad input ends in one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from segmentation.errors import InputError, PromptcutError
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so atomic writers get to clean up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return args.run(args) or 0
+    except PromptcutError as exc:
+        print(f"promptcut: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("promptcut: interrupted; nothing half-written was left behind", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: still one line, the traceback only with --debug
+        if getattr(args, "debug", False):
+            raise
+        print(f"promptcut: internal error: {type(exc).__name__}: {exc} "
+              f"(run again with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="promptcut", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add(commands, "import", cmd_import, "import HDF5 / TIFF / NumPy / volumes into precomputed "
+         "or zarr", _import_arguments)
+    _add(commands, "serve", cmd_serve, "open the project in neuroglancer", _serve_arguments)
+    return parser
+
+
+def _add(commands, name: str, run: Callable, help_text: str,
+         arguments: Callable[[argparse.ArgumentParser], None]) -> None:
+    sub = commands.add_parser(name, help=help_text, description=help_text)
+    sub.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    arguments(sub)
+    sub.set_defaults(run=run)
+
+
+def _import_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", nargs="?", help="HDF5, TIFF (file or folder), .npy, or a volume")
+    p.add_argument("output", nargs="?", help="output folder (precomputed) or .zarr folder")
+    p.add_argument("--config", help="import the image and segmentation a config names")
+    p.add_argument("--key", help="HDF5 dataset name")
+    p.add_argument("--kind", choices=["image", "segmentation"], default="image")
+    p.add_argument("--voxel-size", nargs=3, type=float, metavar=("Z", "Y", "X"),
+                   help="voxel size in nm (read from the file when it states one)")
+    p.add_argument("--format", choices=["precomputed", "zarr"],
+                   help="output format (default: zarr for a .zarr output, else precomputed)")
+    p.add_argument("--chunk-size", nargs=3, type=int, default=[64, 64, 64],
+                   metavar=("Z", "Y", "X"))
+    p.add_argument("--min-scales", type=int, default=3, help="downsampled scales, at least")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from promptcut.config import load_config
+    from promptcut.setup_project import prepare_project
+    from segmentation.importer import import_volume
+
+    if args.config:
+        if args.input or args.output:
+            raise InputError("give either --config or INPUT OUTPUT, not both")
+        project = prepare_project(load_config(args.config), args.overwrite, not args.quiet)
+        print(f"project ready: {project.root}")
+        return 0
+    if not (args.input and args.output):
+        raise InputError("import needs INPUT and OUTPUT (or --config)")
+    fmt = args.format or ("zarr" if args.output.rstrip("/").endswith(".zarr") else "precomputed")
+    with _open_input(args.input, args.key, args.kind, args.voxel_size) as source:
+        report = import_volume(source, Path(args.output), args.kind, args.voxel_size, fmt,
+                               args.chunk_size, args.min_scales, args.overwrite, not args.quiet)
+    print(f"wrote {report.output} ({report.format}, {len(report.scales)} scales, "
+          f"{report.bytes_written / 1e6:.1f} MB in {report.seconds:.1f} s, "
+          f"{report.megabytes_per_second:.1f} MB/s)")
+    return 0
+
+
+class _VolumeInput:
+    """Context wrapper so that opened volumes and stacks are used the same way."""
+
+    def __init__(self, volume):
+        self.volume = volume
+
+    def __enter__(self):
+        return self.volume
+
+    def __exit__(self, *exc):
+        return None
+
+
+def _open_input(location: str, key: Optional[str], kind: str, voxel_size):
+    from segmentation.stacks import open_stack, stack_format
+    from segmentation.volume import open_volume
+
+    if "://" not in location and stack_format(location) is not None:
+        return open_stack(location, key)
+    if "://" not in location and not Path(location).exists():
+        raise InputError(f"file not found: {location}")
+    return _VolumeInput(open_volume(location, kind, None, voxel_size))
+
+
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="the project's YAML config")
+    p.add_argument("--host", help="bind address (overrides server.host)")
+    p.add_argument("--port", type=int, help="port of the data and landing page server")
+    p.add_argument("--open", action="store_true", help="open the viewer in a web browser")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from promptcut.config import load_config
+    from server.app import run_server
+
+    overrides = {}
+    if args.host:
+        overrides["server.host"] = args.host
+    if args.port is not None:
+        overrides["server.port"] = args.port
+    run_server(load_config(args.config, overrides), open_browser=args.open)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

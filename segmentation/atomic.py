@@ -1,0 +1,65 @@
+"""Atomic output folders: write aside, rename into place at the end.
+
+An interrupted import or export leaves at most a ``<name>.partial-<pid>`` folder, never a half
+volume under the real name; stale partial folders are removed by the next run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from segmentation.errors import InputError
+
+
+def partial_name(final: Path) -> Path:
+    return final.with_name(f"{final.name}.partial-{os.getpid()}")
+
+
+def remove_stale_partials(final: Path) -> None:
+    """Drop partial folders whose writing process no longer runs."""
+    if not final.parent.exists():
+        return
+    for candidate in final.parent.glob(f"{final.name}.partial-*"):
+        pid = candidate.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        shutil.rmtree(candidate, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def atomic_directory(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a scratch folder that becomes ``final`` only if the block completes."""
+    final = Path(final)
+    if final.exists() and not overwrite:
+        raise InputError(f"{final} already exists (pass --overwrite to replace it)")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(final)
+    scratch = partial_name(final)
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    try:
+        yield scratch
+    except BaseException:  # KeyboardInterrupt included: nothing half-written stays behind
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    if final.exists():
+        retired = final.with_name(f"{final.name}.old-{os.getpid()}")
+        os.rename(final, retired)
+        os.rename(scratch, final)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.rename(scratch, final)

@@ -1,0 +1,119 @@
+"""Keyboard actions that run off the viewer's IOLoop and report in its status bar.
+
+neuroglancer calls action handlers on its server thread; anything slow there freezes every
+connected browser. The router only captures the mouse state there and hands the work to its own
+worker thread, which reports the outcome (or the domain error) as a status message.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import neuroglancer
+
+from segmentation.errors import PromptcutError
+from server.viewer import Pointer, show_status
+
+log = logging.getLogger(__name__)
+STATUS_KEY = "promptcut"
+
+
+@dataclass(frozen=True)
+class Action:
+    name: str  # neuroglancer action id, e.g. "promptcut-info"
+    key: str  # neuroglancer key name, e.g. "keyi"
+    label: str  # for the help and the README
+    run: Callable[[Pointer], str] = field(compare=False)
+
+
+@dataclass
+class ActionReport:
+    action: str
+    ok: bool
+    message: str
+    pointer: Pointer
+    milliseconds: float
+    sequence: int
+
+
+class ActionRouter:
+    """Binds actions to keys and runs them, in order, on one worker thread."""
+
+    def __init__(self, viewer: neuroglancer.Viewer, history: int = 200):
+        self.viewer = viewer
+        self.actions: dict[str, Action] = {}
+        self.reports: collections.deque[ActionReport] = collections.deque(maxlen=history)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="promptcut-action")
+        self._changed = threading.Condition()
+        self._sequence = 0
+
+    def register(self, action: Action) -> None:
+        self.actions[action.name] = action
+        self.viewer.actions.add(action.name, lambda state: self.dispatch(action.name, state))
+        with self.viewer.config_state.txn() as s:
+            s.input_event_bindings.viewer[action.key] = action.name
+
+    def dispatch(self, name: str, state) -> Future:
+        """Called on the viewer's IOLoop: capture the pointer, queue the work, return at once."""
+        return self.submit(name, Pointer.from_action_state(state))
+
+    def submit(self, name: str, pointer: Pointer) -> Future:
+        action = self.actions[name]
+        return self._worker.submit(self._run, action, pointer)
+
+    def _run(self, action: Action, pointer: Pointer) -> ActionReport:
+        started = time.perf_counter()
+        try:
+            message, ok = action.run(pointer), True
+        except PromptcutError as exc:
+            message, ok = f"{action.label}: {exc}", False
+        except Exception as exc:  # a bug must not kill the worker or go unseen
+            log.exception("action %s failed", action.name)
+            message, ok = f"{action.label}: internal error ({type(exc).__name__}: {exc})", False
+        elapsed = (time.perf_counter() - started) * 1000
+        with self._changed:
+            self._sequence += 1
+            report = ActionReport(action.name, ok, message, pointer, elapsed, self._sequence)
+            self.reports.append(report)
+            self._changed.notify_all()
+        show_status(self.viewer, STATUS_KEY, message)
+        return report
+
+    def wait_for_report(self, after: int, timeout: float) -> Optional[ActionReport]:
+        """The first report with a sequence number above ``after`` (for tests and the API)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                newer = [r for r in self.reports if r.sequence > after]
+                if newer:
+                    return newer[0]
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._changed.wait(remaining)
+
+    @property
+    def last_sequence(self) -> int:
+        return self._sequence
+
+    def key_reference(self) -> list[dict[str, str]]:
+        return [{"key": describe_key(a.key), "binding": a.key, "action": a.label}
+                for a in self.actions.values()]
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=False, cancel_futures=True)
+
+
+def describe_key(binding: str) -> str:
+    """'shift+keyp' -> 'Shift+P', as a person would write it."""
+    parts = binding.split("+")
+    words = [p.capitalize() for p in parts[:-1]]
+    last = parts[-1]
+    words.append(last[3:].upper() if last.startswith("key") else last.capitalize())
+    return "+".join(words)

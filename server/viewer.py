@@ -1,0 +1,106 @@
+"""The neuroglancer viewer: layers, dimensions, camera and the one place where axes flip.
+
+promptcut works in z, y, x (NumPy) order; neuroglancer shows x, y, z. ``to_viewer`` and
+``from_viewer`` are the only conversions between the two.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import neuroglancer
+
+IMAGE_LAYER = "image"
+SEGMENTATION_LAYER = "supervoxels"
+
+
+def to_viewer(zyx: Sequence[float]) -> list[float]:
+    """z, y, x to neuroglancer's x, y, z."""
+    return [float(v) for v in zyx[::-1]]
+
+
+def from_viewer(xyz: Sequence[float]) -> tuple[int, int, int]:
+    """A neuroglancer x, y, z position to the z, y, x voxel that contains it."""
+    x, y, z = (int(math.floor(v)) for v in xyz[:3])
+    return z, y, x
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """What was under the mouse when a key was pressed, in promptcut's z, y, x order."""
+
+    voxel: Optional[tuple[int, int, int]]
+    selected: dict[str, Optional[int]]
+
+    @classmethod
+    def from_action_state(cls, state: Any) -> "Pointer":
+        coords = state.mouse_voxel_coordinates
+        voxel = from_viewer(coords) if coords is not None and len(coords) >= 3 else None
+        selected: dict[str, Optional[int]] = {}
+        for name, layer_value in (state.selected_values or {}).items():
+            selected[name] = _segment_value(getattr(layer_value, "value", None))
+        return cls(voxel, selected)
+
+
+def _segment_value(value: Any) -> Optional[int]:
+    """Neuroglancer reports a plain id or, with equivalences, a (key, value) map entry."""
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    for attribute in ("value", "key"):
+        inner = getattr(value, attribute, None)
+        if isinstance(inner, int):
+            return inner
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass
+class Camera:
+    position: Sequence[float]  # voxel, z, y, x
+    cross_section_scale: float
+    projection_scale: float
+    layout: str
+
+
+def default_camera(shape: Sequence[int], layout: str, position: Optional[Sequence[float]],
+                   cross_section_scale: Optional[float]) -> Camera:
+    """Centre of the volume, zoomed so that a cross-section fills a panel of about 500 pixels."""
+    centre = position if position is not None else [s // 2 for s in shape]
+    scale = cross_section_scale or max(max(shape[1:]) / 500.0, 0.05)
+    return Camera(centre, scale, projection_scale=2.0 * max(shape), layout=layout)
+
+
+def configure(viewer: neuroglancer.Viewer, voxel_size: Sequence[float], sources: dict[str, str],
+              camera: Camera, show_layer_panel: bool) -> None:
+    """Build the whole viewer state in one transaction."""
+    with viewer.txn() as s:
+        s.dimensions = neuroglancer.CoordinateSpace(names=["x", "y", "z"], units="nm",
+                                                    scales=to_viewer(voxel_size))
+        if IMAGE_LAYER in sources:
+            s.layers[IMAGE_LAYER] = neuroglancer.ImageLayer(source=sources[IMAGE_LAYER])
+        if SEGMENTATION_LAYER in sources:
+            s.layers[SEGMENTATION_LAYER] = neuroglancer.SegmentationLayer(
+                source=sources[SEGMENTATION_LAYER], selected_alpha=0.35, not_selected_alpha=0.1)
+        s.position = [v + 0.5 for v in to_viewer(camera.position)]  # voxel centres
+        s.cross_section_scale = camera.cross_section_scale
+        s.projection_scale = camera.projection_scale
+        s.layout = camera.layout
+        s.show_slices = True
+        s.selected_layer.visible = show_layer_panel
+        if SEGMENTATION_LAYER in sources:
+            s.selected_layer.layer = SEGMENTATION_LAYER
+
+
+def show_status(viewer: neuroglancer.Viewer, key: str, message: Optional[str]) -> None:
+    """Set (or clear, with None) one line of the viewer's status bar."""
+    with viewer.config_state.txn() as s:
+        if message is None:
+            s.status_messages.pop(key, None)
+        else:
+            s.status_messages[key] = message
