@@ -164,6 +164,8 @@ class ServerSession:
         supervoxel = int(self.project.volume("segmentation").value_at(zyx))
         if supervoxel == 0:
             raise InputError(f"no segment at z {zyx[0]}, y {zyx[1]}, x {zyx[2]} (background)")
+        if self._sizes is None:
+            self._sizes = self._background.submit(self.project.supervoxel_sizes)
         sizes: VoxelCounts = self._sizes.result()
         return SegmentDescription(supervoxel, supervoxel, sizes.count(supervoxel), 1, zyx)
 

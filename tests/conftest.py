@@ -1,0 +1,87 @@
+"""Shared fixtures: the real demo data, a running server over it, and headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("PROMPTCUT_SHARED_DATA", REPO.parent / "shared" / "data"))
+DEMO_H5 = SHARED_DATA / "neuroproof_ts2_dev.h5"
+CHROMIUM = os.environ.get("PROMPTCUT_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--use-angle=swiftshader",
+                  "--enable-unsafe-swiftshader", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"]
+
+
+def _missing(what: str) -> None:
+    """Outside CI a missing prerequisite skips; in CI it fails, so nothing is silently untested."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is missing in CI")
+    pytest.skip(f"{what} is missing")
+
+
+@pytest.fixture(scope="session")
+def demo_h5() -> Path:
+    if not DEMO_H5.is_file():
+        _missing(f"the demo data {DEMO_H5}")
+    return DEMO_H5
+
+
+def write_config(folder: Path, h5: Path, **sections) -> Path:
+    """A demo-like config in ``folder``, with ports chosen by the OS so tests never collide."""
+    config = {
+        "name": "test project",
+        "project": str(folder / "project"),
+        "dataset": {"name": "neuroproof_ts2_dev", "credits": "Janelia FlyEM / neuroproof_examples",
+                    "voxel_size": [10, 10, 10]},
+        "image": {"path": str(h5), "key": "raw"},
+        "segmentation": {"path": str(h5), "key": "supervoxels"},
+        "server": {"host": "127.0.0.1", "port": 0},
+    }
+    for name, value in sections.items():
+        config[name] = {**config.get(name, {}), **value} if isinstance(value, dict) else value
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_project_dir(tmp_path_factory, demo_h5) -> Path:
+    return tmp_path_factory.mktemp("demo")
+
+
+@pytest.fixture(scope="session")
+def demo_session(demo_project_dir, demo_h5):
+    """One running server over the imported demo, shared by the viewer and browser tests."""
+    from promptcut.config import load_config
+    from promptcut.setup_project import prepare_project
+    from server.app import ServerSession
+
+    config = load_config(write_config(demo_project_dir, demo_h5, viewer={"layout": "xy"}))
+    session = ServerSession(config, prepare_project(config, progress=False))
+    session.start()
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not Path(CHROMIUM).exists():
+        _missing(f"Chromium ({CHROMIUM})")
+    from playwright.sync_api import sync_playwright
+
+    profile = tempfile.mkdtemp(prefix="promptcut-chromium-")
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True,
+            viewport={"width": 1000, "height": 800})
+        yield context
+        context.close()
+    shutil.rmtree(profile, ignore_errors=True)

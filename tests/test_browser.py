@@ -1,0 +1,110 @@
+"""The real thing: neuroglancer in headless Chromium over the demo, driven by mouse and keys."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from server.viewer import to_viewer
+
+pytestmark = pytest.mark.browser
+PANEL = ".neuroglancer-rendered-data-panel"
+
+
+def panel_pixels(page) -> np.ndarray:
+    box = page.locator(PANEL).first.bounding_box()
+    png = page.screenshot(clip=box)
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(float)
+
+
+def wait_for(predicate, page, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pixels = panel_pixels(page)
+        if predicate(pixels):
+            return pixels
+        time.sleep(0.25)
+    raise AssertionError("the panel never showed what was expected")
+
+
+def grey_and_textured(pixels: np.ndarray) -> bool:
+    """EM alone: grey (r = g = b, but for axis lines and the outline) and far from uniform."""
+    grey = (pixels.max(axis=2) - pixels.min(axis=2)) < 3
+    return grey.mean() > 0.95 and pixels[grey].std() > 10
+
+
+def coloured_fraction(pixels: np.ndarray) -> float:
+    saturation = pixels.max(axis=2) - pixels.min(axis=2)
+    return float((saturation > 40).mean())
+
+
+def interior_voxel(labels: np.ndarray, z: int) -> tuple[int, int, int]:
+    """A voxel deep inside a large segment of slice z, so a pixel of error cannot matter."""
+    plane = labels[z]
+    boundary = np.zeros(plane.shape, bool)
+    boundary[:-1] |= plane[:-1] != plane[1:]
+    boundary[:, :-1] |= plane[:, :-1] != plane[:, 1:]
+    depth = ndimage.distance_transform_edt(~boundary)
+    y, x = np.unravel_index(np.argmax(depth), depth.shape)
+    return z, int(y), int(x)
+
+
+@pytest.fixture
+def page(browser, demo_session):
+    page = browser.new_page()
+    yield page
+    page.close()
+
+
+def test_em_and_coloured_segments_render(page, demo_session):
+    viewer = demo_session.viewer
+    with viewer.txn() as s:
+        s.layers["supervoxels"].visible = False
+    page.goto(demo_session.viewer_url)
+    em = wait_for(grey_and_textured, page)
+    assert em.std() > 10  # the image panel is not uniform
+    with viewer.txn() as s:
+        s.layers["supervoxels"].visible = True
+    coloured = wait_for(lambda p: coloured_fraction(p) > 0.3, page)
+    assert coloured_fraction(coloured) > 0.3 and coloured_fraction(em) < 0.01
+
+
+def test_key_over_a_segment_reports_the_id_the_volume_holds(page, demo_session):
+    volume = demo_session.project.volume("segmentation")
+    labels = volume.read(slice(None), slice(None), slice(None))
+    target = interior_voxel(labels, 80)
+    with demo_session.viewer.txn() as s:
+        s.position = [v + 0.5 for v in to_viewer(target)]
+        s.layers["supervoxels"].visible = True
+    page.goto(demo_session.viewer_url)
+    wait_for(lambda p: coloured_fraction(p) > 0.3, page)
+    box = page.locator(PANEL).first.bounding_box()
+    seen = demo_session.router.last_sequence
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    time.sleep(0.6)  # neuroglancer picks the segment under the mouse on its next frame
+    page.keyboard.press("i")
+    report = demo_session.router.wait_for_report(seen, 20)
+    assert report is not None, "the key press never reached the server"
+    assert report.ok, report.message
+    reported = report.pointer.voxel
+    assert np.abs(np.subtract(reported, target)).max() <= 2
+    expected = int(labels[reported])
+    assert expected == labels[target] != 0
+    assert report.message.startswith(f"segment {expected}:")
+    assert report.pointer.selected.get("supervoxels") == expected  # the client saw the same id
+    page.wait_for_function("text => document.body.innerText.includes(text)",
+                           arg=report.message, timeout=10000)
+
+
+def test_landing_page_links_the_viewer_and_lists_keys(page, demo_session):
+    page.goto(demo_session.base_url + "/")
+    page.wait_for_function("document.querySelector('#keys tbody').rows.length > 0")
+    assert page.locator("#project-name").inner_text() == "test project"
+    assert "Janelia" in page.locator("#credits").inner_text()
+    assert page.locator("#viewer-link").get_attribute("href") == demo_session.viewer_url
+    assert "segment under the mouse" in page.locator("#keys").inner_text()

@@ -1,0 +1,106 @@
+"""Bad input ends in one clear line and a non-zero exit, never a traceback."""
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.conftest import write_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def promptcut(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "promptcut.cli", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    # a progress bar may precede it; the error itself is the one last line
+    lines = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("promptcut")]
+    assert len(errors) == 1 and errors[0] == lines[-1], result.stderr
+    assert errors[0].startswith("promptcut: error:"), result.stderr
+    for word in words:
+        assert word in errors[0], errors[0]
+
+
+@pytest.fixture
+def small_h5(tmp_path) -> Path:
+    path = tmp_path / "small.h5"
+    with h5py.File(path, "w") as f:
+        f["raw"] = np.zeros((4, 8, 8), np.uint8)
+        f["probabilities"] = np.zeros((4, 8, 8), np.float32)
+        f["stack4d"] = np.zeros((2, 4, 8, 8), np.uint8)
+        f["empty"] = np.zeros((0, 8, 8), np.uint8)
+    return path
+
+
+def test_missing_file(tmp_path):
+    assert_one_line_error(promptcut("import", tmp_path / "nope.h5", tmp_path / "out",
+                                    "--key", "raw"), "not found", "nope.h5")
+
+
+def test_wrong_hdf5_key_lists_the_keys(small_h5, tmp_path):
+    assert_one_line_error(promptcut("import", small_h5, tmp_path / "out", "--key", "labels"),
+                          "no dataset 'labels'", "raw")
+
+
+def test_four_dimensional_array(small_h5, tmp_path):
+    assert_one_line_error(promptcut("import", small_h5, tmp_path / "out", "--key", "stack4d",
+                                    "--voxel-size", "1", "1", "1"), "3-D", "(2, 4, 8, 8)")
+
+
+def test_empty_array(small_h5, tmp_path):
+    assert_one_line_error(promptcut("import", small_h5, tmp_path / "out", "--key", "empty",
+                                    "--voxel-size", "1", "1", "1"), "empty")
+
+
+def test_float_volume_as_segmentation(small_h5, tmp_path):
+    result = promptcut("import", small_h5, tmp_path / "out", "--key", "probabilities",
+                       "--kind", "segmentation", "--voxel-size", "1", "1", "1")
+    assert_one_line_error(result, "integer", "float32")
+    assert not (tmp_path / "out").exists()
+
+
+def test_negative_segmentation_ids(tmp_path):
+    np.save(tmp_path / "neg.npy", np.full((4, 4, 4), -3, np.int32))
+    result = promptcut("import", tmp_path / "neg.npy", tmp_path / "out", "--kind",
+                       "segmentation", "--voxel-size", "1", "1", "1")
+    assert_one_line_error(result, "negative")
+    assert not (tmp_path / "out").exists()
+
+
+def test_npy_without_voxel_size(tmp_path):
+    np.save(tmp_path / "v.npy", np.zeros((4, 4, 4), np.uint8))
+    assert_one_line_error(promptcut("import", tmp_path / "v.npy", tmp_path / "out"),
+                          "voxel size")
+
+
+def test_unreadable_config(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("project: [\n")
+    assert_one_line_error(promptcut("serve", "--config", bad), "not valid YAML")
+    assert_one_line_error(promptcut("import", "--config", tmp_path / "missing.yaml"),
+                          "not found")
+
+
+def test_config_with_a_bad_key(tmp_path, small_h5):
+    path = write_config(tmp_path, small_h5, server={"prot": 1})
+    assert_one_line_error(promptcut("serve", "--config", path), "server.prot")
+
+
+def test_port_already_in_use(tmp_path, demo_h5):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = write_config(tmp_path, demo_h5, server={"port": port})
+        result = promptcut("serve", "--config", path)
+    assert_one_line_error(result, "already in use", str(port))

@@ -1,0 +1,176 @@
+"""The data server, API and viewer state of a running session over the real demo (no browser)."""
+
+import gzip
+import http.client
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from segmentation.errors import InputError
+from server.actions import Action
+from server.viewer import Pointer, from_viewer, to_viewer
+
+
+def request(session, path: str, method: str = "GET", headers: dict | None = None):
+    """A raw HTTP request: the path goes out exactly as written, '..' included."""
+    connection = http.client.HTTPConnection("127.0.0.1", session.port, timeout=10)
+    connection.request(method, path, headers=headers or {})
+    response = connection.getresponse()
+    body = response.read()
+    connection.close()
+    return response, body
+
+
+def test_info_file_is_json_with_cors(demo_session):
+    response, body = request(demo_session, "/data/image/info")
+    assert response.status == 200
+    assert response.getheader("Content-Type") == "application/json"
+    assert response.getheader("Access-Control-Allow-Origin") == "*"
+    assert json.loads(body)["type"] == "image"
+
+
+def test_chunks_are_gzipped_when_accepted_and_match_the_volume(demo_session):
+    chunk = "/data/image/10_10_10/0-64_0-64_0-64"
+    plain, raw = request(demo_session, chunk)
+    zipped, packed = request(demo_session, chunk, headers={"Accept-Encoding": "gzip"})
+    assert plain.getheader("Content-Type") == "application/octet-stream"
+    assert plain.getheader("Content-Encoding") is None
+    assert zipped.getheader("Content-Encoding") == "gzip" and len(packed) < len(raw)
+    assert gzip.decompress(packed) == raw
+    block = np.frombuffer(raw, np.uint8).reshape(64, 64, 64)  # raw encoding: z, y, x in memory
+    expected = demo_session.project.volume("image").read(slice(0, 64), slice(0, 64),
+                                                         slice(0, 64))
+    np.testing.assert_array_equal(block, expected)
+
+
+@pytest.mark.parametrize("path, status", [
+    ("/data/image/../project.json", 403),
+    ("/data/image/%2e%2e/project.json", 403),
+    ("/data/image/10_10_10/../../supervoxels/info", 403),
+    ("/data/image//etc/passwd", 403),
+    ("/data/image/%2Fetc%2Fpasswd", 403),
+    ("/data/nowhere/info", 404),
+    ("/data/image/missing-chunk", 404),
+])
+def test_paths_that_leave_the_data_folder_are_refused(demo_session, path, status):
+    response, body = request(demo_session, path)
+    assert response.status == status
+    assert b"root:" not in body and b"volumes" not in body
+
+
+def test_cors_preflight(demo_session):
+    response, _ = request(demo_session, "/data/image/info", method="OPTIONS")
+    assert response.status == 204
+    assert "GET" in response.getheader("Access-Control-Allow-Methods")
+
+
+def test_landing_page_and_info_api(demo_session):
+    response, body = request(demo_session, "/")
+    assert response.status == 200 and b"promptcut" in body
+    response, body = request(demo_session, "/api/info")
+    info = json.loads(body)
+    assert info["viewer_url"].startswith("http://127.0.0.1:")
+    assert info["credits"] == "Janelia FlyEM / neuroproof_examples"
+    assert {"key": "I", "binding": "keyi", "action": "show the segment under the mouse"} \
+        in info["keys"]
+
+
+def test_segment_api_reports_the_volume_and_refuses_background(demo_session):
+    volume = demo_session.project.volume("segmentation")
+    sv = volume.read(slice(80, 81), slice(100, 101), slice(90, 91)).item()
+    response, body = request(demo_session, "/api/segment?z=80&y=100&x=90")
+    described = json.loads(body)
+    assert response.status == 200 and described["segment"] == sv
+    all_voxels = volume.read(slice(None), slice(None), slice(None))
+    assert described["voxels"] == int((all_voxels == sv).sum())
+    response, body = request(demo_session, "/api/segment?z=999&y=0&x=0")
+    assert response.status == 400 and "outside" in json.loads(body)["error"]
+    response, body = request(demo_session, "/api/segment?z=a&y=0&x=0")
+    assert response.status == 400
+
+
+def test_viewer_state_is_set_explicitly(demo_session):
+    state = demo_session.viewer.state
+    assert list(state.dimensions.names) == ["x", "y", "z"]
+    assert [d.scale for d in state.dimensions] == pytest.approx([1e-8] * 3)
+    assert list(state.position) == [125.5, 125.5, 80.5]
+    assert state.cross_section_scale > 0
+    assert state.layers["image"].source[0].url.startswith("precomputed://http://127.0.0.1:")
+    assert state.layers["supervoxels"].type == "segmentation"
+    bindings = demo_session.viewer.config_state.state.input_event_bindings.viewer
+    assert bindings["keyi"] == "promptcut-info"
+
+
+def test_axis_conversion_is_a_round_trip():
+    assert to_viewer((1, 2, 3)) == [3.0, 2.0, 1.0]
+    assert from_viewer([3.7, 2.2, 1.9]) == (1, 2, 3)
+
+
+def test_info_action_reports_the_id_the_volume_holds(demo_session):
+    router = demo_session.router
+    volume = demo_session.project.volume("segmentation")
+    seen = router.last_sequence
+    router.submit("promptcut-info", Pointer((80, 100, 90), {})).result(timeout=10)
+    report = router.wait_for_report(seen, 10)
+    expected = volume.read(slice(80, 81), slice(100, 101), slice(90, 91)).item()
+    assert report.ok and report.message.startswith(f"segment {expected}:")
+    status = demo_session.viewer.config_state.state.status_messages["promptcut"]
+    assert status == report.message
+
+
+def test_action_errors_become_status_messages(demo_session):
+    router = demo_session.router
+    report = router.submit("promptcut-info", Pointer(None, {})).result(timeout=10)
+    assert not report.ok and "move the mouse" in report.message
+    report = router.submit("promptcut-info", Pointer((0, 0, 9999), {})).result(timeout=10)
+    assert not report.ok and "outside the volume" in report.message
+
+
+def test_dispatch_returns_before_slow_work_finishes(demo_session):
+    """Handlers only queue work: the viewer's IOLoop is never held by an action."""
+    router = demo_session.router
+    release = threading.Event()
+    ran_on = []
+
+    def slow(pointer):
+        ran_on.append(threading.current_thread().name)
+        release.wait(10)
+        return "done"
+
+    router.register(Action("promptcut-test-slow", "keyq", "slow test action", slow))
+
+    class FakeState:
+        mouse_voxel_coordinates = [1.5, 2.5, 3.5]
+        selected_values = {}
+
+    started = time.perf_counter()
+    future = router.dispatch("promptcut-test-slow", FakeState())
+    assert time.perf_counter() - started < 0.5 and not future.done()
+    release.set()
+    assert future.result(timeout=10).message == "done"
+    assert ran_on[0].startswith("promptcut-action")
+    router.actions.pop("promptcut-test-slow")
+
+
+def test_describe_segment_counts_voxels_and_refuses_background(tmp_path):
+    from promptcut.config import load_config
+    from promptcut.setup_project import prepare_project
+    from server.app import ServerSession
+    from tests.conftest import write_config
+
+    labels = np.zeros((4, 5, 6), np.uint32)
+    labels[:2] = 7
+    labels[2:, :, :3] = 9
+    np.save(tmp_path / "labels.npy", labels)
+    np.save(tmp_path / "image.npy", np.zeros(labels.shape, np.uint8))
+    config = load_config(write_config(tmp_path, tmp_path / "x", image={"path": "image.npy"},
+                                      segmentation={"path": "labels.npy"}))
+    session = ServerSession(config, prepare_project(config, progress=False))
+    described = session.describe_segment((3, 4, 0))
+    assert (described.segment, described.voxels, described.supervoxels) == (9, 30, 1)
+    assert session.describe_segment((0, 0, 0)).voxels == 60
+    with pytest.raises(InputError, match="background"):
+        session.describe_segment((3, 4, 5))
