@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -40,6 +41,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _remove(folder: Path, attempts: int = 50) -> None:
+    """rmtree that outlasts writes still in flight (an interrupted tensorstore future)."""
+    for _ in range(attempts):
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            return
+        time.sleep(0.05)
+
+
 @contextmanager
 def atomic_directory(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a scratch folder that becomes ``final`` only if the block completes."""
@@ -54,7 +64,7 @@ def atomic_directory(final: str | os.PathLike, overwrite: bool = False) -> Itera
     try:
         yield scratch
     except BaseException:  # KeyboardInterrupt included: nothing half-written stays behind
-        shutil.rmtree(scratch, ignore_errors=True)
+        _remove(scratch)
         raise
     if final.exists():
         retired = final.with_name(f"{final.name}.old-{os.getpid()}")

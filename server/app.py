@@ -66,6 +66,7 @@ class ServerSession:
         self._thread: Optional[threading.Thread] = None
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="promptcut-bg")
         self._sizes: Optional[Future] = None
+        self._initial_view: tuple = ()
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -102,12 +103,17 @@ class ServerSession:
         camera = ngview.default_camera(shape, self.config.viewer.layout,
                                        self.config.viewer.position,
                                        self.config.viewer.cross_section_scale)
-        ngview.configure(viewer, volumes["image"].voxel_size, sources, camera,
-                         self.config.viewer.show_layer_panel)
+        self._initial_view = (volumes["image"].voxel_size, sources, camera,
+                              self.config.viewer.show_layer_panel)
+        ngview.configure(viewer, *self._initial_view)
         self.router = ActionRouter(viewer)
         for action in self.actions():
             self.router.register(action)
         return viewer
+
+    def reset_view(self) -> None:
+        """Layers, camera and layout back to how the session started."""
+        ngview.configure(self.viewer, *self._initial_view)
 
     def stop(self) -> None:
         if self.router:

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.browser_util import CHROMIUM, chromium
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("PROMPTCUT_SHARED_DATA", REPO.parent / "shared" / "data"))
 DEMO_H5 = SHARED_DATA / "neuroproof_ts2_dev.h5"
-CHROMIUM = os.environ.get("PROMPTCUT_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--use-angle=swiftshader",
-                  "--enable-unsafe-swiftshader", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync"]
 
 
 def _missing(what: str) -> None:
@@ -75,13 +70,5 @@ def demo_session(demo_project_dir, demo_h5):
 def browser():
     if not Path(CHROMIUM).exists():
         _missing(f"Chromium ({CHROMIUM})")
-    from playwright.sync_api import sync_playwright
-
-    profile = tempfile.mkdtemp(prefix="promptcut-chromium-")
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True,
-            viewport={"width": 1000, "height": 800})
+    with chromium() as context:
         yield context
-        context.close()
-    shutil.rmtree(profile, ignore_errors=True)

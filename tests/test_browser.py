@@ -2,45 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import time
 
 import numpy as np
 import pytest
-from PIL import Image
 from scipy import ndimage
 
 from server.viewer import to_viewer
+from tests.browser_util import PANEL, coloured_fraction, grey_and_textured, wait_for_panel
 
 pytestmark = pytest.mark.browser
-PANEL = ".neuroglancer-rendered-data-panel"
-
-
-def panel_pixels(page) -> np.ndarray:
-    box = page.locator(PANEL).first.bounding_box()
-    png = page.screenshot(clip=box)
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(float)
-
-
-def wait_for(predicate, page, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pixels = panel_pixels(page)
-        if predicate(pixels):
-            return pixels
-        time.sleep(0.25)
-    raise AssertionError("the panel never showed what was expected")
-
-
-def grey_and_textured(pixels: np.ndarray) -> bool:
-    """EM alone: grey (r = g = b, but for axis lines and the outline) and far from uniform."""
-    grey = (pixels.max(axis=2) - pixels.min(axis=2)) < 3
-    return grey.mean() > 0.95 and pixels[grey].std() > 10
-
-
-def coloured_fraction(pixels: np.ndarray) -> float:
-    saturation = pixels.max(axis=2) - pixels.min(axis=2)
-    return float((saturation > 40).mean())
 
 
 def interior_voxel(labels: np.ndarray, z: int) -> tuple[int, int, int]:
@@ -59,6 +30,7 @@ def page(browser, demo_session):
     page = browser.new_page()
     yield page
     page.close()
+    demo_session.reset_view()
 
 
 def test_em_and_coloured_segments_render(page, demo_session):
@@ -66,11 +38,11 @@ def test_em_and_coloured_segments_render(page, demo_session):
     with viewer.txn() as s:
         s.layers["supervoxels"].visible = False
     page.goto(demo_session.viewer_url)
-    em = wait_for(grey_and_textured, page)
+    em = wait_for_panel(page, grey_and_textured)
     assert em.std() > 10  # the image panel is not uniform
     with viewer.txn() as s:
         s.layers["supervoxels"].visible = True
-    coloured = wait_for(lambda p: coloured_fraction(p) > 0.3, page)
+    coloured = wait_for_panel(page, lambda p: coloured_fraction(p) > 0.3)
     assert coloured_fraction(coloured) > 0.3 and coloured_fraction(em) < 0.01
 
 
@@ -82,7 +54,7 @@ def test_key_over_a_segment_reports_the_id_the_volume_holds(page, demo_session):
         s.position = [v + 0.5 for v in to_viewer(target)]
         s.layers["supervoxels"].visible = True
     page.goto(demo_session.viewer_url)
-    wait_for(lambda p: coloured_fraction(p) > 0.3, page)
+    wait_for_panel(page, lambda p: coloured_fraction(p) > 0.3)
     box = page.locator(PANEL).first.bounding_box()
     seen = demo_session.router.last_sequence
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)

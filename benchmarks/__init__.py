@@ -1,0 +1,1 @@
+"""Speed measurements. Each module prints its figures and writes benchmarks/results/<name>.json."""
