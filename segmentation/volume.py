@@ -21,7 +21,7 @@ Kind = Literal["image", "segmentation"]
 StoreFormat = Literal["precomputed", "zarr", "n5"]
 URL_PREFIXES = {"precomputed://": "precomputed", "zarr://": "zarr", "zarr2://": "zarr",
                 "zarr3://": "zarr", "n5://": "n5"}
-REMOTE_SCHEMES = ("gs://", "s3://", "http://", "https://", "file://", "memory://")
+REMOTE_SCHEMES = ("gs://", "s3://", "http://", "https://", "memory://")
 IMAGE_DTYPES = {"uint8", "uint16", "uint32", "int8", "int16", "int32", "float32"}
 
 
@@ -33,7 +33,7 @@ class Volume:
     voxel_size: tuple[float, float, float]  # nm, z, y, x
     kind: Kind
     format: StoreFormat
-    location: str  # as given: a local path or a URL
+    location: str  # a local path or a remote URL, without a format prefix
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -58,11 +58,18 @@ class Volume:
 
 
 def split_location(location: str) -> tuple[Optional[str], str]:
-    """('zarr', 'gs://b/p') for 'zarr://gs://b/p'; (None, location) when no prefix names a format."""
-    for prefix, fmt in URL_PREFIXES.items():
+    """('zarr', 'gs://b/p') for 'zarr://gs://b/p'; (None, location) when no prefix names a format.
+
+    A ``file://`` URL comes back as a plain local path.
+    """
+    fmt = None
+    for prefix, name in URL_PREFIXES.items():
         if location.startswith(prefix):
-            return fmt, location[len(prefix):]
-    return None, location
+            fmt, location = name, location[len(prefix):]
+            break
+    if location.startswith("file://"):
+        location = location[len("file://"):]
+    return fmt, location
 
 
 def detect_format(location: str) -> Optional[StoreFormat]:
@@ -76,8 +83,7 @@ def detect_format(location: str) -> Optional[StoreFormat]:
     if lowered.endswith(".n5"):
         return "n5"
     if bare.startswith(REMOTE_SCHEMES):
-        return "precomputed" if not bare.startswith("file://") else \
-            detect_format(bare[len("file://"):])
+        return "precomputed"
     path = Path(bare)
     if (path / "info").is_file():
         return "precomputed"
@@ -98,11 +104,11 @@ def open_volume(location: str, kind: Kind, fmt: Optional[str] = None,
                 voxel_size: Optional[Sequence[float]] = None) -> Volume:
     """Open an existing precomputed / zarr / n5 volume, local or remote, as a z, y, x view."""
     detected, bare = split_location(location)
+    if not bare.startswith(REMOTE_SCHEMES) and not Path(bare).exists():
+        raise InputError(f"volume not found: {bare}")
     fmt = fmt if fmt not in (None, "auto") else (detected or detect_format(bare))
     if fmt is None:
         raise InputError(f"{location}: not a precomputed, zarr or n5 volume (no metadata found)")
-    if not bare.startswith(REMOTE_SCHEMES) and not Path(bare).exists():
-        raise InputError(f"volume not found: {bare}")
     try:
         if fmt == "precomputed":
             store = ts.open({"driver": "neuroglancer_precomputed", "kvstore": kvstore(bare)},
@@ -127,7 +133,7 @@ def open_volume(location: str, kind: Kind, fmt: Optional[str] = None,
                          f"set dataset.voxel_size in the config")
     size = tuple(float(v) for v in (voxel_size if voxel_size is not None else found))
     array = array[ts.d[:].translate_to[0]]  # volumes with a voxel offset start at 0 here
-    return Volume(array, size, kind, fmt, location)
+    return Volume(array, size, kind, fmt, bare)
 
 
 def _first_line(exc: Exception) -> str:
@@ -225,8 +231,12 @@ def create_zarr_scale(root: Path, level: int, dtype: np.dtype, shape: Sequence[i
 def write_ome_zarr_group(root: Path, name: str, scales: Sequence[Sequence[float]]) -> None:
     """Zarr v2 group metadata in the OME-NGFF 0.4 form that neuroglancer and napari read."""
     axes = [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"]
+    # Voxel centres: a voxel averaged from f finer ones is centred (f - 1) / 2 of them along.
+    base = scales[0]
     datasets = [{"path": str(i), "coordinateTransformations": [
-        {"type": "scale", "scale": [float(v) for v in s]}]} for i, s in enumerate(scales)]
+        {"type": "scale", "scale": [float(v) for v in s]},
+        {"type": "translation", "translation": [(v - b) / 2 for v, b in zip(s, base)]}]}
+        for i, s in enumerate(scales)]
     attrs = {"multiscales": [{"version": "0.4", "name": name, "axes": axes,
                               "datasets": datasets}]}
     (root / ".zgroup").write_text(json.dumps({"zarr_format": 2}))
@@ -238,14 +248,3 @@ def downsample_factors(voxel_size: Sequence[float]) -> tuple[int, int, int]:
     coarsest = max(voxel_size)
     factors = tuple(2 if v * 2 <= coarsest * 1.5 else 1 for v in voxel_size)
     return factors if factors != (1, 1, 1) else (2, 2, 2)
-
-
-def assert_file_path(location: str) -> Path:
-    """Output must be a local path: atomic renames do not exist on object stores."""
-    if location.startswith(REMOTE_SCHEMES) and not location.startswith("file://"):
-        raise InputError(f"{location}: outputs are written to local folders only")
-    return Path(location[len("file://"):] if location.startswith("file://") else location)
-
-
-def is_volume_dir(path: str | os.PathLike) -> bool:
-    return detect_format(str(path)) is not None

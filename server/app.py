@@ -116,9 +116,9 @@ class ServerSession:
         ngview.configure(self.viewer, *self._initial_view)
 
     def stop(self) -> None:
+        # neuroglancer's own server is process-wide and may serve other viewers: it stays up.
         if self.router:
             self.router.close()
-        neuroglancer.stop()
         if self.loop is not None:
             self.loop.add_callback(self._shutdown)
         if self._thread is not None:
@@ -150,13 +150,11 @@ class ServerSession:
         protocol = PROTOCOL[volume.format]
         if volume.is_local:
             return f"{protocol}://{self.base_url}/data/{kind}"
-        location = volume.location.split("://", 1)[1] if volume.location.startswith(
-            ("precomputed://", "zarr://", "zarr2://", "zarr3://", "n5://")) else volume.location
-        return f"{protocol}://{location}"
+        return f"{protocol}://{volume.location}"
 
     def mounts(self) -> dict[str, Path]:
-        return {kind: Path(self.project.location(kind)) for kind in MOUNTS
-                if self.project.has(kind) and self.project.volume(kind).is_local}
+        volumes = [self.project.volume(kind) for kind in MOUNTS if self.project.has(kind)]
+        return {v.kind: Path(v.location) for v in volumes if v.is_local}
 
     # -- what the keys and the API do ------------------------------------------------------------
     def actions(self) -> list[Action]:
@@ -205,7 +203,13 @@ def make_app(session: ServerSession) -> tornado.web.Application:
         (r"/static/(.*)", tornado.web.StaticFileHandler, {"path": str(STATIC_DIR)}),
         (r"/()", tornado.web.StaticFileHandler,
          {"path": str(STATIC_DIR), "default_filename": "index.html"}),
-    ])
+    ], log_function=_log_request)
+
+
+def _log_request(handler: tornado.web.RequestHandler) -> None:
+    """Only server errors: neuroglancer probes for optional files, and 404 is its answer."""
+    if handler.get_status() >= 500:
+        log.error("%d %s", handler.get_status(), handler.request.uri)
 
 
 def bind(host: str, port: int, key: str) -> list[socket.socket]:

@@ -80,3 +80,28 @@ def test_landing_page_links_the_viewer_and_lists_keys(page, demo_session):
     assert "Janelia" in page.locator("#credits").inner_text()
     assert page.locator("#viewer-link").get_attribute("href") == demo_session.viewer_url
     assert "segment under the mouse" in page.locator("#keys").inner_text()
+
+
+def test_a_zarr_project_renders_too(browser, tmp_path, demo_h5):
+    from promptcut.config import load_config
+    from promptcut.setup_project import prepare_project
+    from server.app import ServerSession
+    from tests.conftest import write_config
+
+    config = load_config(write_config(tmp_path, demo_h5, viewer={"layout": "xy"},
+                                      **{"import": {"format": "zarr"}}))
+    session = ServerSession(config, prepare_project(config, progress=False))
+    session.start()
+    page = browser.new_page()
+    try:
+        assert session.source_url("image").startswith("zarr2://http://")
+        with session.viewer.txn() as s:
+            s.layers["supervoxels"].visible = False
+        page.goto(session.viewer_url)
+        wait_for_panel(page, grey_and_textured)
+        with session.viewer.txn() as s:
+            s.layers["supervoxels"].visible = True
+        wait_for_panel(page, lambda p: coloured_fraction(p) > 0.3)
+    finally:
+        page.close()
+        session.stop()
