@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add(commands, "import", cmd_import, "import HDF5 / TIFF / NumPy / volumes into precomputed "
          "or zarr", _import_arguments)
+    _add(commands, "segment", cmd_segment, "affinities, supervoxels, RAG, agglomeration and "
+         "meshes for the project", _segment_arguments)
     _add(commands, "serve", cmd_serve, "open the project in neuroglancer", _serve_arguments)
     return parser
 
@@ -112,6 +114,40 @@ def _open_input(location: str, key: Optional[str], kind: str, voxel_size):
     if "://" not in location and not Path(location).exists():
         raise InputError(f"file not found: {location}")
     return _VolumeInput(open_volume(location, kind, None, voxel_size))
+
+
+def _segment_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="the project's YAML config")
+    p.add_argument("--workers", type=int, help="local Dask workers (0: no Dask, in this process;"
+                   " default: one per core)")
+    p.add_argument("--scheduler", help="address of an existing Dask scheduler to run on")
+    p.add_argument("--reuse-affinities", action="store_true",
+                   help="keep the project's affinities, redo everything after them")
+    p.add_argument("--if-needed", action="store_true",
+                   help="do nothing when the project is already segmented")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from promptcut.config import load_config
+    from promptcut.segmenting import run_segment
+
+    overrides = {}
+    if args.workers is not None:
+        overrides["segment.workers"] = args.workers
+    if args.scheduler:
+        overrides["segment.scheduler"] = args.scheduler
+    report = run_segment(load_config(args.config, overrides), args.reuse_affinities,
+                         args.if_needed, not args.quiet)
+    if report is None:
+        print("already segmented (use without --if-needed to redo)")
+        return 0
+    stages = ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items())
+    print(f"segmented {report.voxels / 1e6:.1f} Mvoxels in {report.blocks} blocks on "
+          f"{report.workers} worker(s): {report.supervoxels} supervoxels, {report.edges} edges; "
+          f"{report.megavoxels_per_second:.2f} Mvox/s for supervoxels + RAG + agglomeration "
+          f"({stages})")
+    return 0
 
 
 def _serve_arguments(p: argparse.ArgumentParser) -> None:

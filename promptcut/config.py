@@ -38,6 +38,36 @@ class DatasetConfig:
     name: str = "dataset"
     credits: str = ""
     voxel_size: Optional[list[float]] = None  # nm, z, y, x; required for HDF5/TIFF/NumPy
+    ground_truth: Optional[SourceConfig] = None  # neuron labels, for `promptcut evaluate`
+
+
+@dataclass
+class SupervoxelConfig:
+    threshold: float = 0.5
+    seed_window: int = 7
+    max_distance: int = 8
+    min_size: int = 64
+    per_section: Optional[bool] = None
+
+
+@dataclass
+class AgglomerationConfig:
+    thresholds: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7])
+    quantile: float = 0.5
+    default_threshold: float = 0.5
+
+
+@dataclass
+class SegmentConfig:
+    model: str = "baseline"
+    block_shape: list[int] = field(default_factory=lambda: [128, 128, 128])
+    flood_halo: int = 8
+    workers: Optional[int] = None  # None: one per core; 0: in this process, without Dask
+    scheduler: Optional[str] = None  # address of an existing Dask cluster
+    supervoxels: SupervoxelConfig = field(default_factory=SupervoxelConfig)
+    agglomeration: AgglomerationConfig = field(default_factory=AgglomerationConfig)
+    meshes: bool = True
+    mesh_reduction: int = 10
 
 
 @dataclass
@@ -71,6 +101,7 @@ class Config:
     segmentation: Optional[SourceConfig] = None
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     import_: ImportConfig = field(default_factory=ImportConfig, metadata={"key": "import"})
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     viewer: ViewerConfig = field(default_factory=ViewerConfig)
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
@@ -168,7 +199,8 @@ def _check(hint: Any, value: Any, where: str) -> Any:
         (item,) = args
         if not isinstance(value, list):
             raise ConfigError(f"config key '{where}' must be a list, got {_kind(value)}")
-        if where.endswith(("voxel_size", "position", "chunk_size")) and len(value) != 3:
+        if where.endswith(("voxel_size", "position", "chunk_size", "block_shape")) \
+                and len(value) != 3:
             raise ConfigError(f"config key '{where}' must list 3 numbers (z, y, x), got {len(value)}")
         return [_check(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if hint is float:

@@ -31,7 +31,9 @@ def prepare_project(config: Config, overwrite: bool = False, progress: bool = Tr
                                                 "segmentation": config.segmentation}
     for kind, source in sources.items():
         if source is None:
-            manifest.volumes.pop(kind, None)
+            previous = manifest.volumes.get(kind)
+            if previous is not None and previous.source != "promptcut segment":
+                manifest.volumes.pop(kind)  # imported once, no longer configured
             continue
         manifest.volumes[kind] = _bring_in(config, project, kind, source, overwrite, progress)
         project.save()  # each finished import is recorded at once

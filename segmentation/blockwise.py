@@ -1,14 +1,22 @@
-"""Block decomposition of z, y, x volumes, shared by every bulk step."""
+"""Blocks of z, y, x volumes and running a function over them, here or on a Dask cluster.
+
+Tasks read their inputs from and write their outputs to tensorstore volumes on disk, and return
+only small summaries, so memory is bounded by the block size whatever the volume's size.
+"""
 
 from __future__ import annotations
 
 import itertools
-from typing import Iterator, Sequence
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional, Sequence
 
-Block = tuple[slice, slice, slice]
+from tqdm import tqdm
+
+Slices = tuple[slice, slice, slice]
 
 
-def iter_blocks(shape: Sequence[int], block: Sequence[int]) -> Iterator[Block]:
+def iter_blocks(shape: Sequence[int], block: Sequence[int]) -> Iterator[Slices]:
     """Aligned blocks covering ``shape``; the last block along an axis may be smaller."""
     ranges = [range(0, int(n), int(b)) for n, b in zip(shape, block)]
     for corner in itertools.product(*ranges):
@@ -20,3 +28,100 @@ def block_count(shape: Sequence[int], block: Sequence[int]) -> int:
     for n, b in zip(shape, block):
         count *= -(-int(n) // int(b))
     return count
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of a volume: its index, grid position and the voxels it owns."""
+
+    index: int
+    grid: tuple[int, int, int]
+    core: Slices
+    shape: tuple[int, int, int]  # of the whole volume
+
+    @property
+    def origin(self) -> tuple[int, int, int]:
+        return tuple(s.start for s in self.core)
+
+    def grown(self, before: Sequence[int], after: Optional[Sequence[int]] = None) -> Slices:
+        """The core widened by a halo, clipped to the volume."""
+        after = before if after is None else after
+        return tuple(slice(max(0, s.start - b), min(n, s.stop + a))
+                     for s, b, a, n in zip(self.core, before, after, self.shape))
+
+    def core_within(self, region: Slices) -> Slices:
+        """Where the core lies inside a grown region (for cropping)."""
+        return tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(self.core, region))
+
+
+def make_blocks(shape: Sequence[int], block_shape: Sequence[int]) -> list[Block]:
+    shape = tuple(int(s) for s in shape)
+    grid_shape = [-(-n // b) for n, b in zip(shape, block_shape)]
+    blocks = []
+    for index, grid in enumerate(itertools.product(*(range(g) for g in grid_shape))):
+        core = tuple(slice(g * b, min((g + 1) * b, n)) for g, b, n in zip(grid, block_shape, shape))
+        blocks.append(Block(index, tuple(grid), core, shape))
+    return blocks
+
+
+class Runner:
+    """Maps a function over blocks: in this process (``workers=0``), on a local Dask cluster of
+    ``workers`` processes, or on an existing cluster at ``scheduler``."""
+
+    def __init__(self, workers: int = 0, scheduler: Optional[str] = None,
+                 progress: bool = True):
+        self.workers = workers
+        self.scheduler = scheduler
+        self.progress = progress
+        self.client = None
+        self._cluster = None
+
+    def __enter__(self) -> "Runner":
+        if self.scheduler or self.workers > 0:
+            from distributed import Client, LocalCluster
+
+            if self.scheduler:
+                self.client = Client(self.scheduler)
+            else:
+                self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1,
+                                             processes=True, dashboard_address=None,
+                                             silence_logs=40)
+                self.client = Client(self._cluster)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+
+    @property
+    def parallelism(self) -> int:
+        if self.client is None:
+            return 1
+        return max(1, sum(self.client.nthreads().values()))
+
+    def map(self, fn: Callable, blocks: Sequence[Block], *args: Any, desc: str = "") -> list:
+        """fn(block, *args) for every block; results in block order."""
+        bar = tqdm(total=len(blocks), desc=desc, disable=not self.progress, leave=False,
+                   unit="block")
+        try:
+            if self.client is None:
+                results = []
+                for block in blocks:
+                    results.append(fn(block, *args))
+                    bar.update()
+                return results
+            from distributed import as_completed
+
+            futures = [self.client.submit(fn, block, *args, pure=False) for block in blocks]
+            for _ in as_completed(futures):
+                bar.update()
+            return self.client.gather(futures)
+        finally:
+            bar.close()
+
+
+def default_workers() -> int:
+    return max(1, os.cpu_count() or 1)
+

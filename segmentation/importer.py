@@ -81,23 +81,31 @@ def import_volume(source: Source, output: Path, kind: Kind,
     with atomic_directory(output, overwrite=overwrite) as scratch, \
             tqdm(total=total, unit="B", unit_scale=True, desc=f"import {output.name}",
                  disable=not progress, leave=False) as bar:
-        previous = None
-        for level, (shape, size, factors) in enumerate(plan):
-            if fmt == "precomputed":
-                target = create_precomputed_scale(scratch, kind, dtype, shape, size, chunk)
-            else:
-                target = create_zarr_scale(scratch, level, dtype, shape, chunk)
-            if previous is None:
-                _copy_base(source, target, kind, dtype, chunk, bar)
-            else:
-                method = "mode" if kind == "segmentation" else "mean"
-                _copy_view(ts.downsample(previous, list(factors), method=method), target,
-                           dtype, chunk, bar)
-            previous = target
+        if fmt == "precomputed":
+            base = create_precomputed_scale(scratch, kind, dtype, *plan[0][:2], chunk)
+        else:
+            base = create_zarr_scale(scratch, 0, dtype, plan[0][0], chunk)
+        _copy_base(source, base, kind, dtype, chunk, bar)
+        write_pyramid(scratch, base, kind, dtype, plan, chunk, fmt, bar)
         if fmt == "zarr":
             write_ome_zarr_group(scratch, output.name, [size for _, size, _ in plan])
     return ImportReport(output, fmt, kind, plan[0][0], [s for s, _, _ in plan], total,
                         time.perf_counter() - started)
+
+
+def write_pyramid(root: Path, base: ts.TensorStore, kind: Kind, dtype: np.dtype,
+                  plan: list, chunk: Sequence[int], fmt: str, bar: Optional[tqdm] = None) -> None:
+    """Every coarser scale of ``plan`` from the one before it (scale 0 is already written)."""
+    previous = base
+    for level, (shape, size, factors) in enumerate(plan[1:], start=1):
+        if fmt == "precomputed":
+            target = create_precomputed_scale(root, kind, dtype, shape, size, chunk)
+        else:
+            target = create_zarr_scale(root, level, dtype, shape, chunk)
+        method = "mode" if kind == "segmentation" else "mean"
+        _copy_view(ts.downsample(previous, list(factors), method=method), target, dtype, chunk,
+                   bar)
+        previous = target
 
 
 def _copy_base(source: Source, target: ts.TensorStore, kind: Kind, dtype: np.dtype,
@@ -115,9 +123,10 @@ def _copy_base(source: Source, target: ts.TensorStore, kind: Kind, dtype: np.dty
 
 
 def _copy_view(view: ts.TensorStore, target: ts.TensorStore, dtype: np.dtype,
-               chunk: Sequence[int], bar: tqdm) -> None:
+               chunk: Sequence[int], bar: Optional[tqdm]) -> None:
     block = [c * 2 for c in chunk]
     for z, y, x in iter_blocks(view.shape, block):
         data = view[z, y, x].read().result()
         target[z, y, x].write(data.astype(dtype, copy=False)).result()
-        bar.update(data.size * dtype.itemsize)
+        if bar is not None:
+            bar.update(data.size * dtype.itemsize)

@@ -214,18 +214,46 @@ def create_precomputed_scale(root: Path, kind: Kind, dtype: np.dtype, shape: Seq
     return ts.open(spec).result()[..., 0].T
 
 
+def open_precomputed_scale(root: Path, scale_index: int = 0,
+                           write: bool = False) -> ts.TensorStore:
+    """One scale of a local precomputed volume as a z, y, x view."""
+    spec = {"driver": "neuroglancer_precomputed", "kvstore": kvstore(str(root)),
+            "scale_index": scale_index}
+    return ts.open(spec, read=True, write=write).result()[..., 0].T
+
+
 def create_zarr_scale(root: Path, level: int, dtype: np.dtype, shape: Sequence[int],
                       chunk: Sequence[int]) -> ts.TensorStore:
     """Create array ``level`` of an OME-NGFF multiscale group (z, y, x)."""
+    return create_zarr(root / str(level), dtype, shape, chunk)
+
+
+def create_zarr(path: Path, dtype: np.dtype, shape: Sequence[int], chunk: Sequence[int],
+                attributes: Optional[dict] = None) -> ts.TensorStore:
+    """A zarr v2 array (any rank), replacing what was there; ``attributes`` go to .zattrs."""
     spec = {
         "driver": "zarr",
-        "kvstore": kvstore(str(root / str(level))),
+        "kvstore": kvstore(str(path)),
         "metadata": {"shape": [int(s) for s in shape], "chunks": [int(c) for c in chunk],
-                     "dtype": np.dtype(dtype).str, "compressor": {"id": "zstd", "level": 3},
+                     "dtype": np.dtype(dtype).str, "compressor": {"id": "blosc", "cname": "lz4", "clevel": 5, "shuffle": 1},
                      "dimension_separator": "/", "fill_value": 0},
         "create": True,
+        "delete_existing": True,
     }
-    return ts.open(spec).result()
+    store = ts.open(spec).result()
+    if attributes is not None:
+        (Path(path) / ".zattrs").write_text(json.dumps(attributes))
+    return store
+
+
+def open_zarr(path: Path) -> ts.TensorStore:
+    return ts.open({"driver": "zarr", "kvstore": kvstore(str(path))}, read=True,
+                   write=True).result()
+
+
+def read_attributes(path: Path) -> dict:
+    attributes = Path(path) / ".zattrs"
+    return json.loads(attributes.read_text()) if attributes.is_file() else {}
 
 
 def write_ome_zarr_group(root: Path, name: str, scales: Sequence[Sequence[float]]) -> None:

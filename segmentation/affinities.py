@@ -1,0 +1,161 @@
+"""The affinity-model interface, and the classical baseline that needs no training.
+
+An affinity model maps a block of EM (z, y, x) to affinities (C, z, y, x) in [0, 1]: channel c at
+voxel v is the affinity between v and v + offsets[c] (offsets point backwards, e.g. (-1, 0, 0));
+1 means the same object. The first three channels are always the nearest neighbours along z, y, x,
+which is all the watershed and the region adjacency graph use. Learned models (FGNet, the 3D U-Net
+student) implement the same interface.
+
+The baseline, :class:`IntensityBaseline`, reads membranes off the image: FIB-SEM membranes are thin
+dark sheets, so a voxel's boundary evidence is a mix of a ridge (sheet) detector, the largest
+eigenvalue of the Hessian of the Gaussian-smoothed image, and plain darkness. Affinity between two
+neighbours is one minus the larger boundary evidence of the two.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from segmentation.errors import InputError
+
+NEAREST = ((-1, 0, 0), (0, -1, 0), (0, 0, -1))
+
+
+class AffinityModel(ABC):
+    """Block of EM in, affinities out. ``context`` voxels of input are needed on every side."""
+
+    name: str = "model"
+    offsets: tuple[tuple[int, int, int], ...] = NEAREST
+
+    @property
+    @abstractmethod
+    def context(self) -> tuple[int, int, int]:
+        """Voxels of image needed beyond an output block on each side, z, y, x."""
+
+    def fit(self, sample: np.ndarray) -> None:
+        """Set global normalisation from a sample of the volume (the same for every block)."""
+
+    @abstractmethod
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """Affinities (C, z, y, x), float32 in [0, 1], for every voxel of ``image``."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "offsets": [list(o) for o in self.offsets]}
+
+
+def affinities_from_boundary(boundary: np.ndarray) -> np.ndarray:
+    """Nearest-neighbour affinities from a boundary map: 1 - max(b(v), b(v - e_c))."""
+    affinities = np.empty((3,) + boundary.shape, np.float32)
+    for c in range(3):
+        lower = [slice(None)] * 3
+        upper = [slice(None)] * 3
+        lower[c], upper[c] = slice(1, None), slice(None, -1)
+        np.subtract(1.0, boundary, out=affinities[c])
+        affinities[c][tuple(lower)] = 1.0 - np.maximum(boundary[tuple(lower)],
+                                                       boundary[tuple(upper)])
+    return affinities
+
+
+def boundary_from_affinities(affinities: np.ndarray) -> np.ndarray:
+    """uint8 boundary map (255 = certain boundary) from the nearest-neighbour channels.
+
+    Accepts float affinities in [0, 1] or uint8 affinities in [0, 255].
+    """
+    if affinities.ndim != 4 or affinities.shape[0] < 3:
+        raise InputError(f"affinities must be (C >= 3, z, y, x), got shape {affinities.shape}")
+    nearest = affinities[:3]
+    if nearest.dtype == np.uint8:
+        mean = nearest.mean(axis=0, dtype=np.float32)
+        return (255.0 - mean).round().astype(np.uint8)
+    if np.isnan(nearest).any():
+        raise InputError("affinities contain NaN values")
+    mean = nearest.mean(axis=0, dtype=np.float32)
+    return ((1.0 - np.clip(mean, 0.0, 1.0)) * 255.0).round().astype(np.uint8)
+
+
+def quantize(affinities: np.ndarray) -> np.ndarray:
+    """Float affinities in [0, 1] to uint8 0..255, the form they are stored in."""
+    return (np.clip(affinities, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+@dataclass
+class IntensityBaseline(AffinityModel):
+    """Membranes from image intensity: ridge (Hessian) plus darkness, no training needed."""
+
+    voxel_size: Sequence[float] = (10.0, 10.0, 10.0)  # nm, z, y, x
+    sigma_nm: float = 15.0  # smoothing scale of both cues
+    ridge_weight: float = 0.7  # the rest is darkness
+    low: Optional[float] = None  # intensity that counts as black (fit: 1st percentile)
+    high: Optional[float] = None  # intensity that counts as white (fit: 99th percentile)
+    ridge_scale: Optional[float] = None  # ridge strength that counts as certain (fit: 99th pct.)
+    name: str = field(default="intensity-baseline", init=False)
+
+    @property
+    def sigma(self) -> tuple[float, float, float]:
+        return tuple(self.sigma_nm / v for v in self.voxel_size)
+
+    @property
+    def context(self) -> tuple[int, int, int]:
+        return tuple(int(np.ceil(4 * s)) + 1 for s in self.sigma)
+
+    def fit(self, sample: np.ndarray) -> None:
+        image = sample.astype(np.float32)
+        self.low, self.high = (float(v) for v in np.percentile(image, [1, 99]))
+        if self.high - self.low < 1.0:  # a flat sample says nothing about contrast
+            info = np.iinfo(sample.dtype) if sample.dtype.kind in "ui" else None
+            self.low, self.high = (float(info.min), float(info.max)) if info else (0.0, 1.0)
+        ridge = self._ridge(image)
+        # a floor, so that noise in a membrane-free sample is not read as membranes
+        self.ridge_scale = max(float(np.percentile(ridge, 99)), 0.01 * (self.high - self.low))
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        if self.low is None or self.ridge_scale is None:
+            self.fit(image)
+        return affinities_from_boundary(self.boundary(image))
+
+    def boundary(self, image: np.ndarray) -> np.ndarray:
+        image = image.astype(np.float32, copy=False)
+        smooth = ndimage.gaussian_filter(image, self.sigma)
+        dark = 1.0 - np.clip((smooth - self.low) / (self.high - self.low), 0.0, 1.0)
+        ridge = np.clip(self._ridge(image) / self.ridge_scale, 0.0, 1.0)
+        return (self.ridge_weight * ridge + (1.0 - self.ridge_weight) * dark).astype(np.float32)
+
+    def _ridge(self, image: np.ndarray) -> np.ndarray:
+        """Largest Hessian eigenvalue (positive across a dark sheet), in closed form."""
+        sigma = self.sigma
+
+        def d(order):
+            return ndimage.gaussian_filter(image, sigma, order=order)
+
+        hzz, hyy, hxx = d((2, 0, 0)), d((0, 2, 0)), d((0, 0, 2))
+        hzy, hzx, hyx = d((1, 1, 0)), d((1, 0, 1)), d((0, 1, 1))
+        return largest_eigenvalue(hzz, hyy, hxx, hzy, hzx, hyx)
+
+    def describe(self) -> dict[str, Any]:
+        params = {k: v for k, v in asdict(self).items() if k != "name"}
+        params["voxel_size"] = list(self.voxel_size)
+        return {**super().describe(), "params": params}
+
+
+def largest_eigenvalue(a, b, c, d, e, f) -> np.ndarray:
+    """Largest eigenvalue of the symmetric matrices [[a, d, e], [d, b, f], [e, f, c]]."""
+    q = (a + b + c) / 3.0
+    off = d * d + e * e + f * f
+    p = np.sqrt(((a - q) ** 2 + (b - q) ** 2 + (c - q) ** 2 + 2.0 * off) / 6.0) + 1e-12
+    ba, bb, bc = (a - q) / p, (b - q) / p, (c - q) / p
+    bd, be, bf = d / p, e / p, f / p
+    det = ba * (bb * bc - bf * bf) - bd * (bd * bc - bf * be) + be * (bd * bf - bb * be)
+    phi = np.arccos(np.clip(det / 2.0, -1.0, 1.0)) / 3.0
+    return (q + 2.0 * p * np.cos(phi)).astype(np.float32)
+
+
+def make_model(name: str, voxel_size: Sequence[float], **params) -> AffinityModel:
+    """The affinity model a config names. Learned models register here too."""
+    if name in ("baseline", "intensity-baseline"):
+        return IntensityBaseline(voxel_size=tuple(voxel_size), **params)
+    raise InputError(f"unknown affinity model '{name}' (available: baseline)")

@@ -1,0 +1,379 @@
+"""The bulk pipeline, blockwise: EM -> affinities -> supervoxels -> RAG -> agglomeration -> meshes.
+
+Stages and what each leaves in the project folder::
+
+    affinities/        uint8 (C, z, y, x) zarr, from the affinity model
+    work/seeds/        provisional seed labels per block (removed at the end)
+    work/fragments/    flooded fragments with stitched ids (removed at the end)
+    supervoxels/       uint64 precomputed segmentation (small fragments merged, ids 1..N),
+                       with per-supervoxel meshes in supervoxels/mesh/
+    rag.npz            the region adjacency graph (see segmentation.rag)
+    segments.npz       the agglomeration: membership of every supervoxel at every threshold
+
+Every block task reads its input from disk and writes its output there, returning summaries, so
+the same code runs in this process or on any number of Dask workers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from segmentation.affinities import AffinityModel, boundary_from_affinities, quantize
+from segmentation.agglomerate import Agglomeration, agglomerate, check_thresholds
+from segmentation.atomic import atomic_directory
+from segmentation.blockwise import Block, Runner, make_blocks
+from segmentation.errors import InputError
+from segmentation.importer import scale_plan, write_pyramid
+from segmentation.meshes import mesh_block, write_mesh_manifests
+from segmentation.project import Project, VolumeRef
+from segmentation.rag import Contacts, NodeStats, Rag, block_contacts, block_node_stats, \
+    build_rag
+from segmentation.supervoxels import SupervoxelParams, flood, label_seeds, seed_mask
+from segmentation.volume import (Volume, create_precomputed_scale, create_zarr,
+                                 open_precomputed_scale, open_volume, open_zarr)
+
+LOCAL_BITS = 32  # provisional ids: block index in the high bits, local label in the low ones
+CHUNK = (64, 64, 64)
+
+
+@dataclass
+class PipelineParams:
+    block_shape: tuple[int, int, int] = (128, 128, 128)
+    flood_halo: int = 8  # voxels of context for the flood of each block
+    supervoxels: SupervoxelParams = field(default_factory=SupervoxelParams)
+    thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7)
+    quantile: float = 0.5
+    default_threshold: float = 0.5
+    meshes: bool = True
+    mesh_reduction: int = 10
+
+    def validate(self, shape: Sequence[int]) -> None:
+        self.supervoxels.validate()
+        check_thresholds(list(self.thresholds) + [self.default_threshold])
+        if any(b % c for b, c in zip(self.block_shape, CHUNK)):
+            raise InputError(f"segment.block_shape must be a multiple of the chunk size {CHUNK}, "
+                             f"got {tuple(self.block_shape)}")
+
+
+@dataclass
+class PipelineReport:
+    voxels: int
+    blocks: int
+    workers: int
+    supervoxels: int
+    edges: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def segmentation_seconds(self) -> float:
+        """Supervoxels + RAG + agglomeration (what the throughput goal counts)."""
+        return sum(v for k, v in self.seconds.items() if k in SEGMENTATION_STAGES)
+
+    @property
+    def megavoxels_per_second(self) -> float:
+        return self.voxels / 1e6 / max(self.segmentation_seconds, 1e-9)
+
+
+SEGMENTATION_STAGES = ("seeds", "stitch", "flood", "rag", "merge small", "relabel",
+                       "agglomerate")
+
+
+def segment(project: Project, model: Optional[AffinityModel], params: PipelineParams,
+            runner: Runner, progress: bool = True) -> PipelineReport:
+    """Run every stage; ``model=None`` reuses the affinities already in the project."""
+    image = project.volume("image")
+    params.validate(image.shape)
+    blocks = make_blocks(image.shape, params.block_shape)
+    report = PipelineReport(int(np.prod(image.shape)), len(blocks), runner.parallelism, 0, 0)
+    work = project.root / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    timer = _Timer(report)
+    affinities_path = project.root / "affinities"
+    if model is not None:
+        with timer("affinities"):
+            compute_affinities(image, model, affinities_path, blocks, runner)
+    elif not affinities_path.exists():
+        raise InputError(f"{affinities_path} does not exist: run with an affinity model first")
+    sv = params.supervoxels
+    voxel_size = image.voxel_size
+    with timer("seeds"):
+        create_zarr(work / "seeds", np.uint64, image.shape, CHUNK)
+        found = runner.map(seed_task, blocks, str(affinities_path), str(work / "seeds"), sv,
+                           voxel_size, desc="seeds")
+    with timer("stitch"):
+        np.savez(work / "seed_table.npz", **stitch_seeds(blocks, found))
+    with timer("flood"):
+        create_zarr(work / "fragments", np.uint64, image.shape, CHUNK)
+        runner.map(flood_task, blocks, str(affinities_path), str(work / "seeds"),
+                   str(work / "seed_table.npz"), str(work / "fragments"), params.flood_halo,
+                   desc="flood")
+    with timer("rag"):
+        parts = runner.map(rag_task, blocks, str(work / "fragments"), str(affinities_path),
+                           desc="rag")
+        rag = build_rag(NodeStats.concatenate(p[1] for p in parts),
+                        Contacts.concatenate(p[0] for p in parts))
+    with timer("merge small"):
+        final_ids = merge_small_fragments(rag, sv.min_size)
+        np.savez(work / "relabel.npz", old=rag.ids, new=final_ids)
+        rag = rag.relabelled(final_ids)
+        rag.save(project.root / "rag.npz")
+    target = project.layer_dir("segmentation")
+    with atomic_directory(target, overwrite=True) as scratch:
+        with timer("relabel"):
+            plan = scale_plan(image.shape, voxel_size, CHUNK, 3)
+            base = create_precomputed_scale(scratch, "segmentation", np.uint64, image.shape,
+                                            voxel_size, CHUNK)
+            runner.map(relabel_task, blocks, str(work / "fragments"), str(work / "relabel.npz"),
+                       str(scratch), desc="relabel")
+            write_pyramid(scratch, base, "segmentation", np.dtype(np.uint64), plan, CHUNK,
+                          "precomputed")
+        if params.meshes:
+            with timer("meshes"):
+                meshes = runner.map(mesh_task, blocks, str(scratch), voxel_size,
+                                    params.mesh_reduction, desc="meshes")
+                write_mesh_manifests(scratch, meshes)
+    with timer("agglomerate"):
+        result = agglomerate(rag, params.thresholds, params.quantile)
+        save_segments(project.root / "segments.npz", rag.ids, result, params.default_threshold)
+    project.manifest.volumes["segmentation"] = VolumeRef(target.name, "precomputed",
+                                                         "promptcut segment",
+                                                         time.strftime("%Y-%m-%dT%H:%M:%S"))
+    project.save()
+    (project.root / "supervoxel_sizes.npz").unlink(missing_ok=True)
+    shutil.rmtree(work, ignore_errors=True)
+    report.supervoxels, report.edges = rag.num_nodes, rag.num_edges
+    return report
+
+
+class _Timer:
+    def __init__(self, report: PipelineReport):
+        self.report = report
+
+    def __call__(self, stage: str):
+        report = self.report
+
+        class _Stage:
+            def __enter__(self):
+                self.started = time.perf_counter()
+
+            def __exit__(self, *exc):
+                report.seconds[stage] = round(time.perf_counter() - self.started, 3)
+
+        return _Stage()
+
+
+# -- affinities ---------------------------------------------------------------------------------
+
+def compute_affinities(image: Volume, model: AffinityModel, path: Path, blocks: list[Block],
+                       runner: Runner) -> None:
+    model.fit(_central_sample(image))
+    attributes = {"model": model.describe(), "offsets": [list(o) for o in model.offsets],
+                  "voxel_size": list(image.voxel_size), "dtype": "uint8 (affinity * 255)"}
+    create_zarr(path, np.uint8, (len(model.offsets),) + image.shape, (len(model.offsets),) + CHUNK,
+                attributes)
+    runner.map(affinity_task, blocks, image.location, image.format, image.voxel_size, model,
+               str(path), desc="affinities")
+
+
+def _central_sample(image: Volume, size: int = 128) -> np.ndarray:
+    """A central crop: global normalisation that every block then shares."""
+    region = tuple(slice(max(0, n // 2 - size // 2), min(n, n // 2 + size // 2))
+                   for n in image.shape)
+    return image.read(*region)
+
+
+def affinity_task(block: Block, location: str, fmt: str, voxel_size, model: AffinityModel,
+                  path: str) -> None:
+    image = open_volume(location, "image", fmt, voxel_size)
+    region = block.grown(model.context)
+    predicted = model.predict(image.read(*region))
+    crop = block.core_within(region)
+    store = open_zarr(Path(path))
+    store[(slice(None),) + block.core].write(quantize(predicted[(slice(None),) + crop])).result()
+
+
+def read_boundary(affinities: str, region) -> np.ndarray:
+    store = open_zarr(Path(affinities))
+    return boundary_from_affinities(store[(slice(0, 3),) + tuple(region)].read().result())
+
+
+# -- seeds and their stitching across block faces -----------------------------------------------
+
+def seed_task(block: Block, affinities: str, seeds: str, params: SupervoxelParams,
+              voxel_size) -> tuple[int, list[np.ndarray]]:
+    """Seeds of one block, exact as a whole-volume run would find them (see supervoxels.py)."""
+    region = block.grown(params.seed_halo(voxel_size))
+    mask = seed_mask(read_boundary(affinities, region), params, voxel_size)
+    labels, count = label_seeds(mask[block.core_within(region)])
+    if count >= 1 << LOCAL_BITS:
+        raise InputError("too many seeds in one block: use a smaller segment.block_shape")
+    provisional = np.where(labels > 0, labels + (np.uint64(block.index) << np.uint64(LOCAL_BITS)),
+                           np.uint64(0)).astype(np.uint64)
+    open_zarr(Path(seeds))[block.core].write(provisional).result()
+    faces = []
+    for axis in range(3):
+        low = [slice(None)] * 3
+        high = [slice(None)] * 3
+        low[axis], high[axis] = slice(0, 1), slice(-1, None)
+        faces.append((provisional[tuple(low)].squeeze(axis), provisional[tuple(high)].squeeze(axis)))
+    return count, faces
+
+
+def stitch_seeds(blocks: list[Block], found: list) -> dict[str, np.ndarray]:
+    """Global ids for the provisional seeds, joined where seeds touch across block faces.
+
+    Returns ``offsets`` (first compact index of each block's seeds) and ``ids`` (the global id of
+    every compact index); :func:`global_seed_ids` applies them.
+    """
+    counts = np.array([count for count, _ in found], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    by_grid = {b.grid: b for b in blocks}
+    rows, cols = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for block, (_, faces) in zip(blocks, found):
+        for axis in range(3):
+            grid = list(block.grid)
+            grid[axis] += 1
+            neighbour = by_grid.get(tuple(grid))
+            if neighbour is None:
+                continue
+            mine = faces[axis][1]
+            theirs = found[neighbour.index][1][axis][0]
+            both = (mine != 0) & (theirs != 0)
+            rows.append(_compact(mine[both], offsets))
+            cols.append(_compact(theirs[both], offsets))
+    total = int(offsets[-1])
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    graph = coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(total, total))
+    _, component = connected_components(graph, directed=False)
+    return {"offsets": offsets, "ids": component.astype(np.uint64) + np.uint64(1)}
+
+
+def _compact(provisional: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    block = (provisional >> np.uint64(LOCAL_BITS)).astype(np.int64)
+    local = (provisional & np.uint64((1 << LOCAL_BITS) - 1)).astype(np.int64)
+    return offsets[block] + local - 1
+
+
+def global_seed_ids(provisional: np.ndarray, table: dict[str, np.ndarray]) -> np.ndarray:
+    """Map provisional seed ids to stitched global ids (0 stays 0)."""
+    result = np.zeros(provisional.shape, np.uint64)
+    nonzero = provisional != 0
+    if nonzero.any():
+        result[nonzero] = table["ids"][_compact(provisional[nonzero], table["offsets"])]
+    return result
+
+
+# -- flooding, graph, relabelling ---------------------------------------------------------------
+
+def flood_task(block: Block, affinities: str, seeds: str, table: str, fragments: str,
+               halo: int) -> None:
+    region = block.grown((halo, halo, halo))
+    with np.load(table) as stitched:
+        markers = global_seed_ids(open_zarr(Path(seeds))[region].read().result(), dict(stitched))
+    labels = flood(read_boundary(affinities, region), markers)
+    open_zarr(Path(fragments))[block.core].write(labels[block.core_within(region)]).result()
+
+
+def rag_task(block: Block, fragments: str, affinities: str) -> tuple[Contacts, NodeStats]:
+    lower = tuple(1 if s.start > 0 else 0 for s in block.core)
+    region = block.grown(lower, (0, 0, 0))
+    labels = open_zarr(Path(fragments))[region].read().result()
+    affinity = open_zarr(Path(affinities))[(slice(0, 3),) + block.core].read().result()
+    core = labels[tuple(slice(l, None) for l in lower)]
+    return block_contacts(labels, affinity, lower), block_node_stats(core, block.origin)
+
+
+def merge_small_fragments(rag: Rag, min_size: int) -> np.ndarray:
+    """New id for every node: fragments under ``min_size`` voxels join their neighbour of highest
+    mean affinity; ids are then renumbered 1..N in order of their smallest member."""
+    n = rag.num_nodes
+    a, b = rag.edge_index()
+    small = rag.size < min_size
+    rows, cols = [], []
+    if small.any() and len(a):
+        both = np.concatenate([a, b])
+        other = np.concatenate([b, a])
+        score = np.concatenate([rag.mean, rag.mean])
+        pick = small[both]
+        both, other, score = both[pick], other[pick], score[pick]
+        order = np.lexsort((-score, both))
+        first = np.ones(len(order), bool)
+        first[1:] = both[order][1:] != both[order][:-1]
+        rows, cols = both[order][first], other[order][first]
+    graph = coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    _, first_member = np.unique(component, return_index=True)
+    rank = np.empty(len(first_member), np.int64)
+    rank[np.argsort(first_member)] = np.arange(1, len(first_member) + 1)
+    return rank[component].astype(np.uint64)
+
+
+def relabel_task(block: Block, fragments: str, relabel: str, supervoxels: str) -> None:
+    labels = open_zarr(Path(fragments))[block.core].read().result()
+    with np.load(relabel) as table:
+        old, new = table["old"], table["new"]
+    final = np.zeros(labels.shape, np.uint64)
+    if len(old):
+        index = np.minimum(np.searchsorted(old, labels), len(old) - 1)
+        final = np.where(labels != 0, new[index], np.uint64(0)).astype(np.uint64)
+    open_precomputed_scale(Path(supervoxels), 0, write=True)[block.core].write(final).result()
+
+
+def mesh_task(block: Block, supervoxels: str, voxel_size, reduction: int) -> dict[int, list[str]]:
+    """Meshes of one block's supervoxels, with one voxel of the next blocks so they join."""
+    upper = tuple(1 if s.stop < n else 0 for s, n in zip(block.core, block.shape))
+    region = block.grown((0, 0, 0), upper)
+    labels = open_precomputed_scale(Path(supervoxels), 0)[region].read().result()
+    return mesh_block(labels, block.origin, voxel_size, Path(supervoxels) / "mesh", block.index,
+                      reduction)
+
+
+# -- results ------------------------------------------------------------------------------------
+
+def save_segments(path: Path, ids: np.ndarray, result: Agglomeration,
+                  default_threshold: float) -> None:
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, ids=ids, thresholds=np.array(result.thresholds, np.float64),
+             membership=np.stack(result.memberships) if result.memberships else
+             np.zeros((0, len(ids)), np.uint64),
+             default_threshold=np.float64(default_threshold))
+    tmp.replace(path)
+
+
+@dataclass
+class Segments:
+    """The saved agglomeration: which segment every supervoxel belongs to, per threshold."""
+
+    ids: np.ndarray
+    thresholds: np.ndarray
+    membership: np.ndarray  # (T, N)
+    default_threshold: float
+
+    @classmethod
+    def load(cls, path: Path) -> Optional["Segments"]:
+        if not Path(path).is_file():
+            return None
+        with np.load(path) as data:
+            return cls(data["ids"], data["thresholds"], data["membership"],
+                       float(data["default_threshold"]))
+
+    def at(self, threshold: Optional[float] = None) -> np.ndarray:
+        threshold = self.default_threshold if threshold is None else threshold
+        return self.membership[int(np.argmin(np.abs(self.thresholds - threshold)))]
+
+
+def describe(report: PipelineReport) -> str:
+    return json.dumps({"voxels": report.voxels, "blocks": report.blocks,
+                       "workers": report.workers, "supervoxels": report.supervoxels,
+                       "edges": report.edges, "seconds": report.seconds,
+                       "Mvox_per_s": round(report.megavoxels_per_second, 2)})

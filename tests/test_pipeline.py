@@ -1,0 +1,148 @@
+"""The blockwise pipeline on the real demo: Dask workers against one block, and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from promptcut.config import load_config
+from promptcut.segmenting import run_segment
+from segmentation.blockwise import Block, make_blocks
+from segmentation.errors import InputError
+from segmentation.metrics import scores
+from segmentation.pipeline import Segments, rag_task
+from segmentation.project import Project
+from segmentation.rag import Contacts, NodeStats, Rag, build_rag
+from tests.conftest import write_config
+
+
+def segment_demo(folder, h5, block_shape, workers, **segment):
+    config = load_config(write_config(folder, h5, segmentation=None, segment={
+        "block_shape": block_shape, "workers": workers, "meshes": False, **segment}))
+    report = run_segment(config, progress=False)
+    return Project.open(config.project_dir), report
+
+
+@pytest.fixture(scope="module")
+def single_and_blockwise(tmp_path_factory, demo_h5):
+    single = segment_demo(tmp_path_factory.mktemp("single"), demo_h5, [192, 256, 256], 0)
+    blockwise = segment_demo(tmp_path_factory.mktemp("blocks"), demo_h5, [64, 128, 128], 2)
+    return single, blockwise
+
+
+def whole(project: Project) -> np.ndarray:
+    return project.volume("segmentation").read(slice(None), slice(None), slice(None))
+
+
+def test_two_workers_match_one_block_within_the_stated_tolerance(single_and_blockwise):
+    """Seeds are exact blockwise; only floods that leave the 8-voxel halo may differ. Stated
+    tolerance: VOI below 0.15 bits each way and adapted Rand error below 0.05 between them."""
+    (single, one_report), (blocks, two_report) = single_and_blockwise
+    assert one_report.blocks == 1 and two_report.blocks == 12 and two_report.workers == 2
+    a, b = whole(single), whole(blocks)
+    agreement = scores(a, b)
+    assert agreement.voi_split < 0.15 and agreement.voi_merge < 0.15, agreement
+    assert agreement.arand < 0.05, agreement
+    assert abs(one_report.supervoxels - two_report.supervoxels) < 0.03 * one_report.supervoxels
+    assert (a != 0).all() and (b != 0).all()  # every voxel belongs to a supervoxel
+
+
+def test_blockwise_rag_is_exactly_the_whole_volume_rag(single_and_blockwise):
+    """The RAG assembled from 12 blocks on 2 workers equals one computed in a single block."""
+    _, (blocks, _) = single_and_blockwise
+    saved = Rag.load(blocks.root / "rag.npz")
+    volume = blocks.volume("segmentation")
+    labels = whole(blocks)
+    assert set(np.unique(labels)) == set(saved.ids.tolist())
+    # recompute from the final supervoxels in one piece, with the stored affinities
+    from segmentation.volume import open_zarr
+
+    affinities = open_zarr(blocks.root / "affinities")[0:3].read().result()
+    from segmentation.rag import block_contacts, block_node_stats
+
+    one = build_rag(block_node_stats(labels, (0, 0, 0)),
+                    block_contacts(labels, affinities, (0, 0, 0)))
+    for name in ("ids", "size", "bbox", "edges", "area", "hist_edge", "hist_bin", "hist_count"):
+        np.testing.assert_array_equal(getattr(one, name), getattr(saved, name), err_msg=name)
+    for name in ("centroid", "mean", "quantiles"):
+        np.testing.assert_allclose(getattr(one, name), getattr(saved, name), atol=1e-4,
+                                   err_msg=name)
+    assert volume.dtype == np.uint64
+
+
+def test_segments_cover_every_supervoxel_at_every_threshold(single_and_blockwise):
+    (single, _), _ = single_and_blockwise
+    segments = Segments.load(single.root / "segments.npz")
+    rag = Rag.load(single.root / "rag.npz")
+    np.testing.assert_array_equal(segments.ids, rag.ids)
+    counts = [len(np.unique(m)) for m in segments.membership]
+    assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1]
+    assert set(segments.membership[-1].tolist()) <= set(rag.ids.tolist())  # named by members
+
+
+def test_rag_task_counts_each_face_once_across_blocks():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(1, 6, (20, 24, 28)).astype(np.uint64)
+    affinities = rng.integers(0, 256, (3, 20, 24, 28)).astype(np.uint8)
+    whole_rag = build_rag(*(lambda c, s: (s, c))(*_one_block_parts(labels, affinities)))
+    parts = []
+    for block in make_blocks(labels.shape, (8, 8, 8)):
+        parts.append(_rag_of_block(block, labels, affinities))
+    blockwise = build_rag(NodeStats.concatenate(p[1] for p in parts),
+                          Contacts.concatenate(p[0] for p in parts))
+    np.testing.assert_array_equal(blockwise.edges, whole_rag.edges)
+    np.testing.assert_array_equal(blockwise.area, whole_rag.area)
+    np.testing.assert_array_equal(blockwise.quantiles, whole_rag.quantiles)
+    np.testing.assert_array_equal(blockwise.bbox, whole_rag.bbox)
+    assert blockwise.area.sum() == sum(
+        int((np.diff(labels, axis=a) != 0).sum()) for a in range(3))
+
+
+def _one_block_parts(labels, affinities):
+    from segmentation.rag import block_contacts, block_node_stats
+
+    return block_contacts(labels, affinities, (0, 0, 0)), block_node_stats(labels, (0, 0, 0))
+
+
+def _rag_of_block(block: Block, labels, affinities):
+    """rag_task's logic on in-memory arrays."""
+    from segmentation.rag import block_contacts, block_node_stats
+
+    lower = tuple(1 if s.start > 0 else 0 for s in block.core)
+    region = block.grown(lower, (0, 0, 0))
+    core = labels[block.core]
+    return (block_contacts(labels[region], affinities[(slice(None),) + block.core], lower),
+            block_node_stats(core, block.origin))
+
+
+def test_volume_smaller_than_a_block_and_all_background(tmp_path):
+    """A tiny volume is one clipped block; a uniform (membrane-free) one gives whole supervoxels
+    and an empty graph, not an error."""
+    image = np.full((12, 20, 24), 200, np.uint8)
+    image[:, 10, :] = 20  # one dark membrane splits it in two
+    np.save(tmp_path / "image.npy", image)
+    np.save(tmp_path / "flat.npy", np.full((12, 20, 24), 200, np.uint8))
+    for name, expected_edges in (("image.npy", 1), ("flat.npy", 0)):
+        folder = tmp_path / f"run-{name}"
+        folder.mkdir()
+        config = load_config(write_config(folder, tmp_path, image={"path": str(
+            tmp_path / name)}, segmentation=None, segment={"workers": 0, "meshes": True}))
+        report = run_segment(config, progress=False)
+        assert report.blocks == 1
+        project = Project.open(config.project_dir)
+        labels = whole(project)
+        assert (labels != 0).all()
+        rag = Rag.load(project.root / "rag.npz")
+        assert rag.num_edges == expected_edges
+        if expected_edges:
+            assert len(np.unique(labels[:, :8])) == 1 and labels[0, 0, 0] != labels[0, 15, 0]
+
+
+def test_bad_segment_settings_are_refused(tmp_path, demo_h5):
+    for segment, message in (({"agglomeration": {"thresholds": [0.2, 1.5]}}, r"\[0, 1\]"),
+                             ({"supervoxels": {"threshold": 0.0}}, "threshold"),
+                             ({"block_shape": [100, 128, 128]}, "multiple")):
+        config = load_config(write_config(tmp_path, demo_h5, segmentation=None,
+                                          segment={"workers": 0, **segment}))
+        with pytest.raises(InputError, match=message):
+            run_segment(config, progress=False)
