@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
+
 import neuroglancer
 import tornado.httpserver
 import tornado.netutil
@@ -25,6 +27,8 @@ from tornado.ioloop import IOLoop
 
 from promptcut.config import Config
 from segmentation.errors import InputError
+from segmentation.membership import Membership
+from segmentation.pipeline import Segments
 from segmentation.project import Project
 from segmentation.stats import VoxelCounts
 from server import viewer as ngview
@@ -67,6 +71,14 @@ class ServerSession:
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="promptcut-bg")
         self._sizes: Optional[Future] = None
         self._initial_view: tuple = ()
+        self.membership = self._load_membership()
+
+    def _load_membership(self) -> Membership:
+        """The agglomeration at its default threshold, or every supervoxel on its own."""
+        segments = Segments.load(self.project.root / "segments.npz")
+        if segments is None:
+            return Membership.identity(np.zeros(0, np.uint64))
+        return Membership(segments.ids, segments.at())
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -104,7 +116,9 @@ class ServerSession:
                                        self.config.viewer.position,
                                        self.config.viewer.cross_section_scale)
         self._initial_view = (volumes["image"].voxel_size, sources, camera,
-                              self.config.viewer.show_layer_panel)
+                              self.config.viewer.show_layer_panel,
+                              [list(map(int, g)) for g in self.membership.groups()],
+                              self._segments_at(camera.position))
         ngview.configure(viewer, *self._initial_view)
         self.router = ActionRouter(viewer)
         for action in self.actions():
@@ -161,6 +175,13 @@ class ServerSession:
         return [Action("promptcut-info", "keyi", "show the segment under the mouse",
                        lambda pointer: self.describe_segment(_require_voxel(pointer)).message())]
 
+    def _segments_at(self, zyx: Sequence[float]) -> list[int]:
+        """The segment at a voxel, to show in 3D from the start (none on background)."""
+        if not self.project.has("segmentation"):
+            return []
+        supervoxel = int(self.project.volume("segmentation").value_at([int(v) for v in zyx]))
+        return [self.membership.segment_of(supervoxel)] if supervoxel else []
+
     def describe_segment(self, zyx: Sequence[int]) -> SegmentDescription:
         if not self.project.has("segmentation"):
             raise InputError("this project has no segmentation")
@@ -171,7 +192,10 @@ class ServerSession:
         if self._sizes is None:
             self._sizes = self._background.submit(self.project.supervoxel_sizes)
         sizes: VoxelCounts = self._sizes.result()
-        return SegmentDescription(supervoxel, supervoxel, sizes.count(supervoxel), 1, zyx)
+        segment = self.membership.segment_of(supervoxel)
+        members = self.membership.members(segment)
+        voxels = sum(sizes.count(int(m)) for m in members)
+        return SegmentDescription(segment, supervoxel, voxels, len(members), zyx)
 
     def info(self) -> dict:
         image = self.project.volume("image")

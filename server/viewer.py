@@ -77,16 +77,24 @@ def default_camera(shape: Sequence[int], layout: str, position: Optional[Sequenc
 
 
 def configure(viewer: neuroglancer.Viewer, voxel_size: Sequence[float], sources: dict[str, str],
-              camera: Camera, show_layer_panel: bool) -> None:
-    """Build the whole viewer state in one transaction."""
+              camera: Camera, show_layer_panel: bool, equivalences: Sequence[Sequence[int]] = (),
+              visible: Sequence[int] = ()) -> None:
+    """Build the whole viewer state in one transaction.
+
+    ``equivalences`` groups supervoxels into neurons (neuroglancer then colours, selects and
+    meshes each group as one segment); ``visible`` segments are shown in 3D.
+    """
     with viewer.txn() as s:
         s.dimensions = neuroglancer.CoordinateSpace(names=["x", "y", "z"], units="nm",
                                                     scales=to_viewer(voxel_size))
         if IMAGE_LAYER in sources:
             s.layers[IMAGE_LAYER] = neuroglancer.ImageLayer(source=sources[IMAGE_LAYER])
         if SEGMENTATION_LAYER in sources:
-            s.layers[SEGMENTATION_LAYER] = neuroglancer.SegmentationLayer(
-                source=sources[SEGMENTATION_LAYER], selected_alpha=0.35, not_selected_alpha=0.1)
+            layer = neuroglancer.SegmentationLayer(source=sources[SEGMENTATION_LAYER],
+                                                   selected_alpha=0.35, not_selected_alpha=0.1)
+            layer.equivalences = [list(map(int, group)) for group in equivalences]
+            layer.segments = {int(v) for v in visible}
+            s.layers[SEGMENTATION_LAYER] = layer
         s.position = [v + 0.5 for v in to_viewer(camera.position)]  # voxel centres
         s.cross_section_scale = camera.cross_section_scale
         s.projection_scale = camera.projection_scale

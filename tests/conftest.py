@@ -72,3 +72,28 @@ def browser():
         _missing(f"Chromium ({CHROMIUM})")
     with chromium() as context:
         yield context
+
+
+@pytest.fixture(scope="session")
+def segmented_config(tmp_path_factory, demo_h5):
+    """The demo run through the whole pipeline (in this process, meshes included)."""
+    from promptcut.config import load_config
+    from promptcut.segmenting import run_segment
+
+    folder = tmp_path_factory.mktemp("segmented")
+    config = load_config(write_config(folder, demo_h5, segmentation=None,
+                                      segment={"workers": 0, "block_shape": [192, 128, 128]},
+                                      viewer={"layout": "4panel"}))
+    run_segment(config, progress=False)
+    return config
+
+
+@pytest.fixture(scope="session")
+def segmented_session(segmented_config):
+    from promptcut.setup_project import prepare_project
+    from server.app import ServerSession
+
+    session = ServerSession(segmented_config, prepare_project(segmented_config, progress=False))
+    session.start()
+    yield session
+    session.stop()

@@ -9,7 +9,8 @@ import pytest
 from scipy import ndimage
 
 from server.viewer import to_viewer
-from tests.browser_util import PANEL, coloured_fraction, grey_and_textured, wait_for_panel
+from tests.browser_util import (PANEL, coloured_fraction, grey_and_textured, panel_pixels,
+                                wait_for_panel)
 
 pytestmark = pytest.mark.browser
 
@@ -105,3 +106,33 @@ def test_a_zarr_project_renders_too(browser, tmp_path, demo_h5):
     finally:
         page.close()
         session.stop()
+
+
+def test_agglomerated_neurons_show_as_meshes_in_3d(browser, segmented_session):
+    session = segmented_session
+    state = session.viewer.state
+    visible = [int(v) for v in state.layers["supervoxels"].segments]
+    assert len(visible) == 1  # the neuron at the starting position
+    members = session.membership.members(visible[0])
+    assert len(members) > 1  # an agglomerated neuron: several supervoxels, one segment
+    with session.viewer.txn() as s:
+        s.layout = "3d"
+        s.show_slices = False  # the 3D panel then shows meshes alone
+    page = browser.new_page()
+    try:
+        page.goto(session.viewer_url)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if page.locator(PANEL).count() and coloured_fraction(panel_pixels(page)) > 0.05:
+                break
+            time.sleep(0.5)
+        with_mesh = coloured_fraction(panel_pixels(page))
+        assert with_mesh > 0.05, f"no mesh in the 3D panel ({with_mesh:.3f} coloured)"
+        with session.viewer.txn() as s:
+            s.layers["supervoxels"].segments = set()
+        time.sleep(1.5)
+        # what stays is the outline box and the axes: the colour was the mesh
+        assert coloured_fraction(panel_pixels(page)) < with_mesh / 3
+    finally:
+        page.close()
+        session.reset_view()
