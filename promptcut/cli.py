@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
          "or zarr", _import_arguments)
     _add(commands, "segment", cmd_segment, "affinities, supervoxels, RAG, agglomeration and "
          "meshes for the project", _segment_arguments)
+    _add(commands, "evaluate", cmd_evaluate, "VOI and adapted Rand error against ground truth, "
+         "as a table and a plot", _evaluate_arguments)
     _add(commands, "serve", cmd_serve, "open the project in neuroglancer", _serve_arguments)
     return parser
 
@@ -147,6 +149,37 @@ def cmd_segment(args: argparse.Namespace) -> int:
           f"{report.workers} worker(s): {report.supervoxels} supervoxels, {report.edges} edges; "
           f"{report.megavoxels_per_second:.2f} Mvox/s for supervoxels + RAG + agglomeration "
           f"({stages})")
+    return 0
+
+
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="the project's YAML config")
+    p.add_argument("--ground-truth", help="labels to score against (default: "
+                   "dataset.ground_truth); an HDF5/TIFF/NumPy file or a volume")
+    p.add_argument("--key", help="HDF5 dataset of --ground-truth")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from promptcut.config import SourceConfig, load_config
+    from segmentation import evaluation
+    from segmentation.project import Project
+
+    config = load_config(args.config)
+    source = SourceConfig(args.ground_truth, args.key) if args.ground_truth else \
+        config.dataset.ground_truth
+    if source is None:
+        raise InputError("no ground truth: set dataset.ground_truth or pass --ground-truth")
+    project = Project.open(config.project_dir)
+    if not project.has("segmentation"):
+        raise InputError("the project has no segmentation yet: run `promptcut segment` first")
+    location = source.path if args.ground_truth else config.source_location(source)
+    with _open_input(location, source.key, "segmentation", config.dataset.voxel_size) as truth:
+        rows = evaluation.evaluate(project, truth, progress=not args.quiet)
+    print(evaluation.format_table(rows))
+    json_path, png_path = evaluation.save(rows, project.root / "evaluation",
+                                          f"{config.name}: {config.dataset.name}")
+    print(f"wrote {json_path} and {png_path}")
     return 0
 
 

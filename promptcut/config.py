@@ -52,7 +52,7 @@ class SupervoxelConfig:
 
 @dataclass
 class AgglomerationConfig:
-    thresholds: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7])
+    thresholds: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7])
     quantile: float = 0.5
     default_threshold: float = 0.5
 

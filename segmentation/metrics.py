@@ -29,22 +29,90 @@ class Scores:
         return {**asdict(self), "voi": self.voi}
 
 
-def contingency(gt: np.ndarray, seg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(gt index, seg index, voxel count) of every overlapping pair, gt 0 left out."""
-    if gt.shape != seg.shape:
-        raise ValueError(f"ground truth {gt.shape} and segmentation {seg.shape} differ in shape")
-    keep = gt.ravel() != 0
-    g, _ = fastremap.renumber(gt.ravel()[keep], in_place=False, preserve_zero=False)
-    s, _ = fastremap.renumber(seg.ravel()[keep], in_place=False, preserve_zero=False)
-    g = g.astype(np.int64) - 1
-    s = s.astype(np.int64) - 1
-    pairs, counts = np.unique(g * (int(s.max(initial=0)) + 1) + s, return_counts=True)
-    width = int(s.max(initial=0)) + 1
-    return pairs // width, pairs % width, counts.astype(np.float64)
+@dataclass
+class Contingency:
+    """Voxel counts of every (ground truth, segment) pair, ground-truth 0 left out.
+
+    Tables add across blocks, and relabelling segments (an agglomeration, a best merge) only
+    regroups the table, so one pass over the volumes serves every threshold.
+    """
+
+    gt: np.ndarray  # uint64 ids
+    seg: np.ndarray  # uint64 ids
+    count: np.ndarray  # int64
+
+    @classmethod
+    def of(cls, gt: np.ndarray, seg: np.ndarray) -> "Contingency":
+        if gt.shape != seg.shape:
+            raise ValueError(f"ground truth {gt.shape} and segmentation {seg.shape} differ "
+                             f"in shape")
+        keep = gt.ravel() != 0
+        return cls(*_pair_counts(gt.ravel()[keep], seg.ravel()[keep]))
+
+    @classmethod
+    def concatenate(cls, parts: list["Contingency"]) -> "Contingency":
+        merged = cls(np.concatenate([p.gt for p in parts]), np.concatenate([p.seg for p in parts]),
+                     np.concatenate([p.count for p in parts]))
+        return merged.regrouped(merged.seg)
+
+    def regrouped(self, seg: np.ndarray) -> "Contingency":
+        """The table with each row's segment replaced by ``seg`` (aligned with the rows)."""
+        if len(self.gt) == 0:
+            return self
+        return Contingency(*_pair_counts(self.gt, np.asarray(seg, np.uint64), self.count))
+
+    def relabelled(self, ids: np.ndarray, new_ids: np.ndarray) -> "Contingency":
+        """Segments mapped through a table (``ids`` sorted); ids not in it stay as they are."""
+        index = np.minimum(np.searchsorted(ids, self.seg), max(len(ids) - 1, 0))
+        found = (ids[index] == self.seg) if len(ids) else np.zeros(len(self.seg), bool)
+        return self.regrouped(np.where(found, new_ids[index] if len(ids) else 0, self.seg))
+
+    def best_merge(self) -> "Contingency":
+        """Each segment given to the ground-truth id it overlaps most."""
+        order = np.lexsort((-self.count, self.seg))
+        first = np.ones(len(order), bool)
+        first[1:] = self.seg[order][1:] != self.seg[order][:-1]
+        winners = order[first]
+        return self.relabelled(self.seg[winners], self.gt[winners])
+
+    def scores(self) -> Scores:
+        _, gi = np.unique(self.gt, return_inverse=True)
+        _, si = np.unique(self.seg, return_inverse=True)
+        return _scores(gi.ravel(), si.ravel(), self.count.astype(np.float64))
+
+
+def _pair_counts(a: np.ndarray, b: np.ndarray, weights: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct (a, b) pairs and how often (or how heavily) each occurs."""
+    if len(a) == 0:
+        return np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    a_index, a_ids = _compact(a)
+    b_index, b_ids = _compact(b)
+    key = a_index * len(b_ids) + b_index
+    if weights is None:  # volumes: fastremap's hashing beats sorting by far
+        keys, counts = fastremap.unique(key, return_counts=True)
+    else:
+        keys, inverse = np.unique(key, return_inverse=True)
+        counts = np.bincount(inverse.ravel(), weights=weights, minlength=len(keys))
+    return (a_ids[keys // len(b_ids)], b_ids[keys % len(b_ids)], counts.astype(np.int64))
+
+
+def _compact(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(index of each value in the sorted distinct values as int64, the distinct values)."""
+    renumbered, mapping = fastremap.renumber(values, preserve_zero=False, in_place=False)
+    ids = np.zeros(len(mapping), np.uint64)
+    ids[np.fromiter(mapping.values(), np.int64) - 1] = np.fromiter(mapping.keys(), np.uint64)
+    order = np.argsort(ids)
+    rank = np.empty(len(ids), np.int64)
+    rank[order] = np.arange(len(ids))
+    return rank[renumbered.astype(np.int64) - 1], ids[order]
 
 
 def scores(gt: np.ndarray, seg: np.ndarray) -> Scores:
-    gi, si, n = contingency(gt, seg)
+    return Contingency.of(gt, seg).scores()
+
+
+def _scores(gi: np.ndarray, si: np.ndarray, n: np.ndarray) -> Scores:
     total = n.sum()
     if total == 0:
         return Scores(0.0, 0.0, 0.0, 1.0, 1.0)
@@ -73,19 +141,15 @@ def _nonzero(p: np.ndarray) -> np.ndarray:
 def best_merge(gt: np.ndarray, supervoxels: np.ndarray) -> np.ndarray:
     """Each supervoxel given to the ground-truth neuron it overlaps most: the best that merging
     alone can reach, and so the ceiling that a supervoxel set puts on proofreading."""
-    ids, inverse = np.unique(supervoxels.ravel(), return_inverse=True)
-    g, gt_ids = fastremap.renumber(gt.ravel(), in_place=False, preserve_zero=False)
-    width = int(g.max(initial=0)) + 1
-    pairs, counts = np.unique(inverse.astype(np.int64) * width + g, return_counts=True)
-    sv_index, gt_index = pairs // width, pairs % width
-    counts = np.where(gt_index == 0, 0, counts)  # unlabelled voxels vote for nobody
-    order = np.lexsort((-counts, sv_index))
+    table = Contingency.of(gt, supervoxels)
+    order = np.lexsort((-table.count, table.seg))
     first = np.ones(len(order), bool)
-    first[1:] = sv_index[order][1:] != sv_index[order][:-1]
-    winner = np.zeros(len(ids), np.int64)
-    winner[sv_index[order][first]] = gt_index[order][first]
-    back = {v: k for k, v in gt_ids.items()}
-    lookup = np.array([back.get(int(i), 0) for i in range(width)], dtype=np.uint64)
-    result = lookup[winner][inverse].reshape(supervoxels.shape)
-    result[supervoxels == 0] = 0
-    return result
+    first[1:] = table.seg[order][1:] != table.seg[order][:-1]
+    winners = order[first]
+    ids, owners = table.seg[winners], table.gt[winners]
+    flat = supervoxels.ravel().astype(np.uint64)
+    index = np.minimum(np.searchsorted(ids, flat), max(len(ids) - 1, 0))
+    found = ids[index] == flat if len(ids) else np.zeros(flat.shape, bool)
+    result = np.where(found, owners[index] if len(ids) else 0, 0).astype(np.uint64)
+    result[flat == 0] = 0
+    return result.reshape(supervoxels.shape)

@@ -50,7 +50,7 @@ class PipelineParams:
     block_shape: tuple[int, int, int] = (128, 128, 128)
     flood_halo: int = 8  # voxels of context for the flood of each block
     supervoxels: SupervoxelParams = field(default_factory=SupervoxelParams)
-    thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7)
+    thresholds: Sequence[float] = (0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7)
     quantile: float = 0.5
     default_threshold: float = 0.5
     meshes: bool = True
