@@ -19,6 +19,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: install
+	$(BIN)/promptcut segment --config $(CONFIG) --if-needed
 	$(BIN)/promptcut serve --config $(CONFIG)
 
 test: install

@@ -19,9 +19,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from segmentation.errors import InputError
-from segmentation.rag import Rag
-
-HISTOGRAM_BINS = 64  # for merged scores: quantiles to 1/64 of the affinity range
+from segmentation.rag import BINS, Rag
 
 
 @dataclass
@@ -74,13 +72,13 @@ def agglomerate(rag: Rag, thresholds: Sequence[float], quantile: float = 0.5,
         return root
 
     def score(e: int) -> float:
-        cumulative = np.cumsum(hist[e])
-        index = int(np.searchsorted(cumulative, quantile * cumulative[-1] - 1e-9))
-        return 1.0 - index / (HISTOGRAM_BINS - 1)
+        cumulative = hist[e].cumsum()
+        index = int(cumulative.searchsorted(quantile * cumulative[-1] - 1e-9))
+        return 1.0 - (index + 0.5) / BINS
 
-    version = np.zeros(len(hist), np.int64)
-    queue = [(score(e), e, 0, a, b) for e, (a, b) in
-             enumerate(zip(a_index.tolist(), b_index.tolist()))]
+    version = [0] * len(hist)
+    queue = list(zip(initial_scores(hist, quantile).tolist(), range(len(hist)), version,
+                     a_index.tolist(), b_index.tolist()))
     heapq.heapify(queue)
 
     def merge(keep: int, gone: int) -> None:
@@ -101,7 +99,7 @@ def agglomerate(rag: Rag, thresholds: Sequence[float], quantile: float = 0.5,
                 version[e] += 1  # retired
                 target = existing
             version[target] += 1
-            heapq.heappush(queue, (score(target), target, int(version[target]), keep, other))
+            heapq.heappush(queue, (score(target), target, version[target], keep, other))
         neighbours[gone] = {}
         for other in forbidden[gone]:
             forbidden[other].discard(gone)
@@ -131,9 +129,17 @@ def agglomerate(rag: Rag, thresholds: Sequence[float], quantile: float = 0.5,
     return Agglomeration(thresholds, memberships)
 
 
+def initial_scores(hist: np.ndarray, quantile: float) -> np.ndarray:
+    """Score of every edge at once: one minus the centre of its quantile bin."""
+    if len(hist) == 0:
+        return np.zeros(0)
+    cumulative = hist.cumsum(axis=1)
+    index = (cumulative < quantile * cumulative[:, -1:] - 1e-9).sum(axis=1)
+    return 1.0 - (index + 0.5) / BINS
+
+
 def _dense_histograms(rag: Rag) -> np.ndarray:
-    """(E, HISTOGRAM_BINS) face counts per edge, coarsened from the RAG's 256 bins."""
-    hist = np.zeros((rag.num_edges, HISTOGRAM_BINS), np.int64)
-    coarse = (rag.hist_bin.astype(np.int64) * HISTOGRAM_BINS) // 256
-    np.add.at(hist, (rag.hist_edge, coarse), rag.hist_count)
+    """(E, BINS) face counts per edge: merging regions adds rows."""
+    hist = np.zeros((rag.num_edges, BINS), np.int32)
+    hist[rag.hist_edge, rag.hist_bin] = rag.hist_count
     return hist

@@ -101,6 +101,29 @@ class Runner:
             return 1
         return max(1, sum(self.client.nthreads().values()))
 
+    def imap(self, fn: Callable, blocks: Sequence[Block], *args: Any,
+             desc: str = "") -> Iterator:
+        """fn(block, *args) for every block, yielded as they finish (in any order); each result
+        is let go of by the workers once yielded, so results need not all fit at once."""
+        bar = tqdm(total=len(blocks), desc=desc, disable=not self.progress, leave=False,
+                   unit="block")
+        try:
+            if self.client is None:
+                for block in blocks:
+                    yield fn(block, *args)
+                    bar.update()
+                return
+            from distributed import as_completed
+
+            futures = [self.client.submit(fn, block, *args, pure=False) for block in blocks]
+            for future in as_completed(futures):
+                result = future.result()
+                future.release()
+                bar.update()
+                yield result
+        finally:
+            bar.close()
+
     def map(self, fn: Callable, blocks: Sequence[Block], *args: Any, desc: str = "") -> list:
         """fn(block, *args) for every block; results in block order."""
         bar = tqdm(total=len(blocks), desc=desc, disable=not self.progress, leave=False,

@@ -118,10 +118,15 @@ def segment(project: Project, model: Optional[AffinityModel], params: PipelinePa
                    str(work / "seed_table.npz"), str(work / "fragments"), params.flood_halo,
                    desc="flood")
     with timer("rag"):
-        parts = runner.map(rag_task, blocks, str(work / "fragments"), str(affinities_path),
-                           desc="rag")
-        rag = build_rag(NodeStats.concatenate(p[1] for p in parts),
-                        Contacts.concatenate(p[0] for p in parts))
+        contacts, stats = Contacts.empty(), NodeStats.concatenate([])
+        pending: list = []
+        for part in runner.imap(rag_task, blocks, str(work / "fragments"),
+                                str(affinities_path), desc="rag"):
+            pending.append(part)
+            if len(pending) == 8:  # fold as results arrive: memory stays near the result's
+                contacts, stats = _fold(contacts, stats, pending)
+                pending = []
+        rag = build_rag(*reversed(_fold(contacts, stats, pending)))
     with timer("merge small"):
         final_ids = merge_small_fragments(rag, sv.min_size)
         np.savez(work / "relabel.npz", old=rag.ids, new=final_ids)
@@ -135,6 +140,7 @@ def segment(project: Project, model: Optional[AffinityModel], params: PipelinePa
                                             voxel_size, CHUNK)
             runner.map(relabel_task, blocks, str(work / "fragments"), str(work / "relabel.npz"),
                        str(scratch), desc="relabel")
+        with timer("pyramid"):
             write_pyramid(scratch, base, "segmentation", np.dtype(np.uint64), plan, CHUNK,
                           "precomputed")
         if params.meshes:
@@ -291,6 +297,11 @@ def rag_task(block: Block, fragments: str, affinities: str) -> tuple[Contacts, N
     affinity = open_zarr(Path(affinities))[(slice(0, 3),) + block.core].read().result()
     core = labels[tuple(slice(l, None) for l in lower)]
     return block_contacts(labels, affinity, lower), block_node_stats(core, block.origin)
+
+
+def _fold(contacts: Contacts, stats: NodeStats, parts: list) -> tuple[Contacts, NodeStats]:
+    return (Contacts.concatenate([contacts] + [p[0] for p in parts]).reduced(),
+            NodeStats.concatenate([stats] + [p[1] for p in parts]).reduced())
 
 
 def merge_small_fragments(rag: Rag, min_size: int) -> np.ndarray:

@@ -2,9 +2,10 @@
 
 An edge joins two supervoxels that touch across a voxel face. Its statistics come from the
 nearest-neighbour affinities on those faces: contact area (faces), mean, and quantiles. They are
-computed from exact 256-bin histograms of the uint8 affinities, which add across blocks, so a
-blockwise RAG equals a whole-volume one bit for bit. Quantile q of an edge is the smallest
-affinity a such that at least a fraction q of its faces have affinity <= a.
+computed from 64-bin histograms of the uint8 affinities (bin k holds 4k .. 4k + 3) plus exact
+sums, all of which add across blocks, so a blockwise RAG equals a whole-volume one bit for bit.
+The mean is exact; quantile q of an edge is the centre of the first bin by which at least a
+fraction q of its faces are counted, so within 2/255 of the exact quantile.
 
 Stored as one ``.npz`` of flat columns (no pickles), which loads in milliseconds.
 """
@@ -19,22 +20,25 @@ import fastremap
 import numpy as np
 
 QUANTILES = (0.1, 0.5, 0.9)
-BINS = 256
+BINS = 64
+BIN_WIDTH = 256 // BINS
 
 
 @dataclass
 class Contacts:
-    """Sparse histogram rows (a, b, affinity bin, faces) with a < b, from one block or more."""
+    """Sparse histogram rows (a, b, affinity bin, faces, sum of their uint8 affinities) with
+    a < b, from one block or more."""
 
     a: np.ndarray
     b: np.ndarray
     bin: np.ndarray
     count: np.ndarray
+    total: np.ndarray
 
     @classmethod
     def empty(cls) -> "Contacts":
         return cls(np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint8),
-                   np.zeros(0, np.int64))
+                   np.zeros(0, np.int64), np.zeros(0, np.int64))
 
     @classmethod
     def concatenate(cls, parts: Iterable["Contacts"]) -> "Contacts":
@@ -46,11 +50,13 @@ class Contacts:
         if len(self.a) == 0:
             return self
         order = np.lexsort((self.bin, self.b, self.a))
-        a, b, bins, count = self.a[order], self.b[order], self.bin[order], self.count[order]
+        a, b, bins = self.a[order], self.b[order], self.bin[order]
         start = np.ones(len(a), bool)
         start[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1]) | (bins[1:] != bins[:-1])
         index = np.flatnonzero(start)
-        return Contacts(a[index], b[index], bins[index], np.add.reduceat(count, index))
+        return Contacts(a[index], b[index], bins[index],
+                        np.add.reduceat(self.count[order], index),
+                        np.add.reduceat(self.total[order], index))
 
 
 @dataclass
@@ -111,9 +117,10 @@ def block_contacts(labels: np.ndarray, affinities: np.ndarray,
         if not touching.any():
             continue
         a, b = u[touching], w[touching]
+        values = affinities[c][tuple(here)][touching].astype(np.int64)
         parts.append(Contacts(np.minimum(a, b), np.maximum(a, b),
-                              affinities[c][tuple(here)][touching].astype(np.uint8),
-                              np.ones(len(a), np.int64)))
+                              (values // BIN_WIDTH).astype(np.uint8),
+                              np.ones(len(a), np.int64), values))
     return Contacts.concatenate(parts).reduced()
 
 
@@ -156,9 +163,10 @@ class Rag:
     area: np.ndarray  # (E,) faces
     mean: np.ndarray  # (E,) float32 mean affinity
     quantiles: np.ndarray  # (E, 3) float32 affinity quantiles 10 / 50 / 90 %
-    hist_edge: np.ndarray  # sparse histograms: edge row, bin (0..255), faces
+    hist_edge: np.ndarray  # sparse histograms: edge row, bin (0..63), faces, affinity sum
     hist_bin: np.ndarray
     hist_count: np.ndarray
+    hist_total: np.ndarray
 
     @property
     def num_nodes(self) -> int:
@@ -193,7 +201,7 @@ class Rag:
 
     def contacts(self) -> Contacts:
         return Contacts(self.edges[self.hist_edge, 0], self.edges[self.hist_edge, 1],
-                        self.hist_bin, self.hist_count)
+                        self.hist_bin, self.hist_count, self.hist_total)
 
     def node_stats(self) -> NodeStats:
         coord = self.centroid.astype(np.float64) * self.size[:, None]
@@ -209,7 +217,8 @@ class Rag:
         lookup_b = new_ids[self.node_index(contacts.b)]
         keep = lookup_a != lookup_b
         merged = Contacts(np.minimum(lookup_a, lookup_b)[keep], np.maximum(lookup_a,
-                          lookup_b)[keep], contacts.bin[keep], contacts.count[keep])
+                          lookup_b)[keep], contacts.bin[keep], contacts.count[keep],
+                          contacts.total[keep])
         stats = self.node_stats()
         stats.ids = new_ids
         return build_rag(stats, merged)
@@ -231,8 +240,7 @@ def build_rag(stats: NodeStats, contacts: Contacts) -> Rag:
         edges = np.zeros((0, 2), np.uint64)
     count = contacts.count
     area = np.add.reduceat(count, starts) if len(starts) else np.zeros(0, np.int64)
-    weighted = np.add.reduceat(count * contacts.bin.astype(np.int64), starts) if len(starts) \
-        else np.zeros(0, np.int64)
+    weighted = np.add.reduceat(contacts.total, starts) if len(starts) else np.zeros(0, np.int64)
     mean = (weighted / np.maximum(area, 1) / 255.0).astype(np.float32)
     quantiles = histogram_quantiles(edge_of_row, contacts.bin, count, area, QUANTILES)
     size = np.maximum(stats.size, 1)
@@ -242,7 +250,8 @@ def build_rag(stats: NodeStats, contacts: Contacts) -> Rag:
         centroid=(stats.coord_sum / size[:, None]).astype(np.float32),
         edges=edges.astype(np.uint64), area=area.astype(np.int64), mean=mean,
         quantiles=quantiles, hist_edge=edge_of_row.astype(np.int64),
-        hist_bin=contacts.bin.astype(np.uint8), hist_count=count.astype(np.int64))
+        hist_bin=contacts.bin.astype(np.uint8), hist_count=count.astype(np.int64),
+        hist_total=contacts.total.astype(np.int64))
 
 
 def histogram_quantiles(row_edge: np.ndarray, bins: np.ndarray, counts: np.ndarray,
@@ -257,6 +266,7 @@ def histogram_quantiles(row_edge: np.ndarray, bins: np.ndarray, counts: np.ndarr
     for j, q in enumerate(qs):
         reached = np.flatnonzero(within >= q * area[row_edge] - 1e-9)
         first_edge, first_row = np.unique(row_edge[reached], return_index=True)
-        result[first_edge, j] = bins[reached[first_row]] / 255.0
+        result[first_edge, j] = (bins[reached[first_row]] * BIN_WIDTH
+                                 + (BIN_WIDTH - 1) / 2) / 255.0
     return result
 

@@ -174,3 +174,16 @@ def test_describe_segment_counts_voxels_and_refuses_background(tmp_path):
     assert session.describe_segment((0, 0, 0)).voxels == 60
     with pytest.raises(InputError, match="background"):
         session.describe_segment((3, 4, 5))
+
+
+def test_segments_of_a_segmented_project_count_all_their_supervoxels(segmented_session):
+    session = segmented_session
+    labels = session.project.volume("segmentation").read(slice(None), slice(None), slice(None))
+    supervoxel = int(labels[80, 125, 125])
+    described = session.describe_segment((80, 125, 125))
+    members = session.membership.members(described.segment)
+    assert described.supervoxel == supervoxel and supervoxel in members.tolist()
+    assert described.supervoxels == len(members) > 1
+    assert described.voxels == int(np.isin(labels, members).sum())
+    groups = session.viewer.state.layers["supervoxels"].equivalences
+    assert sorted(groups.members(described.segment)) == sorted(members.tolist())
