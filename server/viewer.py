@@ -91,8 +91,9 @@ def configure(viewer: neuroglancer.Viewer, voxel_size: Sequence[float], sources:
             s.layers[IMAGE_LAYER] = neuroglancer.ImageLayer(source=sources[IMAGE_LAYER])
         if SEGMENTATION_LAYER in sources:
             layer = neuroglancer.SegmentationLayer(source=sources[SEGMENTATION_LAYER],
-                                                   selected_alpha=0.35, not_selected_alpha=0.1)
-            layer.equivalences = [list(map(int, group)) for group in equivalences]
+                                                   selected_alpha=0.5, not_selected_alpha=0.3)
+            if equivalences:  # an empty list would still add a local equivalence source
+                layer.equivalences = [list(map(int, group)) for group in equivalences]
             layer.segments = {int(v) for v in visible}
             s.layers[SEGMENTATION_LAYER] = layer
         s.position = [v + 0.5 for v in to_viewer(camera.position)]  # voxel centres

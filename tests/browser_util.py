@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -58,7 +59,9 @@ def wait_for_panel(page, predicate: Callable[[np.ndarray], bool], timeout: float
             if predicate(pixels):
                 return pixels
         time.sleep(interval)
-    raise AssertionError("the panel never showed what was expected")
+    shot = Path(tempfile.gettempdir()) / f"promptcut-failed-{int(time.time())}.png"
+    page.screenshot(path=str(shot))
+    raise AssertionError(f"the panel never showed what was expected (screenshot: {shot})")
 
 
 def grey_and_textured(pixels: np.ndarray) -> bool:
