@@ -1,0 +1,216 @@
+"""The proofreading engine on a 4 x 4 grid of supervoxels whose truth is known.
+
+Supervoxel ids run 1..16 row by row; the truth is two neurons, the left two columns and the
+right two. Faces inside a neuron have affinity 0.9, faces between them 0.08.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from segmentation.editlog import EditLog
+from segmentation.errors import InputError, PromptcutError
+from segmentation.rag import block_contacts, block_node_stats, build_rag
+from segmentation.session import EditError, ProofreadingSession
+
+CELL = 3
+
+
+def grid():
+    labels = np.zeros((1, 4 * CELL, 4 * CELL), np.uint64)
+    for r in range(4):
+        for c in range(4):
+            labels[0, r * CELL:(r + 1) * CELL, c * CELL:(c + 1) * CELL] = r * 4 + c + 1
+    column = (labels - 1) % 4
+    left = column < 2
+    affinities = np.full((3,) + labels.shape, 230, np.uint8)
+    across = np.zeros(labels.shape, bool)
+    across[..., 1:] = left[..., 1:] != left[..., :-1]
+    affinities[2][across] = 20
+    rag = build_rag(block_node_stats(labels, (0, 0, 0)),
+                    block_contacts(labels, affinities, (0, 0, 0)))
+    return labels, rag
+
+
+def centre(sv: int) -> tuple[int, int, int]:
+    r, c = divmod(sv - 1, 4)
+    return 0, r * CELL + 1, c * CELL + 1
+
+
+LEFT = [r * 4 + c + 1 for r in range(4) for c in range(2)]
+RIGHT = [r * 4 + c + 1 for r in range(4) for c in range(2, 4)]
+
+
+def make(tmp_path, segments=None, name="log.sqlite"):
+    labels, rag = grid()
+
+    def locate(point):
+        z, y, x = (int(v) for v in point)
+        if not (0 <= z < labels.shape[0] and 0 <= y < labels.shape[1] and 0 <= x < labels.shape[2]):
+            raise InputError(f"voxel {(z, y, x)} is outside the volume")
+        return int(labels[z, y, x])
+
+    if segments is None:
+        segments = rag.ids.copy()
+    return ProofreadingSession(rag, segments, EditLog(tmp_path / name), locate)
+
+
+def membership(session) -> dict[int, int]:
+    return dict(zip(session.rag.ids.tolist(), session.segment.tolist()))
+
+
+def all_one(rag_ids):
+    return np.full(len(rag_ids), 1, np.uint64)
+
+
+def test_merge_joins_two_segments_and_logs_before_acknowledging(tmp_path):
+    session = make(tmp_path)
+    result = session.merge("alice", centre(1), centre(2))
+    assert result.kind == "merge" and result.operation == 1 and result.supervoxels_changed == 1
+    assert session.segment_of(1) == session.segment_of(2)
+    assert sorted(session.members_of(result.segments[0]).tolist()) == [1, 2]
+    entries = list(session.log.entries())
+    assert len(entries) == 1 and entries[0].user == "alice" and len(entries[0].delta) == 1
+    assert session.decisions()[0] == [(1, 2)]  # the merge confirmed the 1-2 edge
+    assert result.milliseconds > 0
+
+
+def test_split_cuts_along_the_weak_faces_and_keeps_both_sides_connected(tmp_path):
+    labels, rag = grid()
+    session = make(tmp_path, all_one(rag.ids))
+    result = session.split("alice", [centre(1), centre(13)], [centre(4)])
+    left, right = session.segment_of(1), session.segment_of(4)
+    assert left != right
+    assert {sv for sv, seg in membership(session).items() if seg == left} == set(LEFT)
+    assert {sv for sv, seg in membership(session).items() if seg == right} == set(RIGHT)
+    assert left == 1  # the side holding the segment's name keeps it
+    separated = set(session.decisions()[1])
+    assert separated == {(2, 3), (6, 7), (10, 11), (14, 15)}
+    assert sorted(result.segments) == sorted([left, right])
+
+
+def test_prompt_cut_adds_missing_pieces_and_removes_wrong_ones(tmp_path):
+    labels, rag = grid()
+    # segment 1 holds the left column pair minus supervoxel 13, plus a wrong piece (3)
+    segments = np.array([1 if sv in (set(LEFT) - {13}) | {3} else sv for sv in
+                         rag.ids.tolist()], np.uint64)
+    session = make(tmp_path, segments)
+    session.prompt_cut("alice", [centre(1), centre(13)], [centre(3)])
+    result = {sv for sv, seg in membership(session).items() if seg == session.segment_of(1)}
+    assert result == set(LEFT)
+
+
+def test_prompt_cut_with_a_mask_and_no_negatives(tmp_path):
+    labels, rag = grid()
+    segments = np.array([1 if sv in LEFT + [3, 7] else sv for sv in rag.ids.tolist()],
+                        np.uint64)
+    session = make(tmp_path, segments)
+    mask = {sv: (0.95 if sv in LEFT else 0.02) for sv in rag.ids.tolist()}
+    session.prompt_cut("alice", [centre(5)], [], mask)
+    assert {sv for sv, seg in membership(session).items() if seg == 1} == set(LEFT)
+
+
+def test_undo_and_redo_are_per_user(tmp_path):
+    session = make(tmp_path)
+    session.merge("alice", centre(1), centre(2))
+    session.merge("bob", centre(15), centre(16))
+    undone = session.undo("alice")
+    assert undone.kind == "undo" and session.segment_of(1) != session.segment_of(2)
+    assert session.segment_of(15) == session.segment_of(16)  # bob's edit stands
+    with pytest.raises(EditError, match="nothing to undo"):
+        session.undo("alice")
+    session.redo("alice")
+    assert session.segment_of(1) == session.segment_of(2)
+    with pytest.raises(EditError, match="nothing to redo"):
+        session.redo("alice")
+    session.undo("bob")
+    assert session.segment_of(15) != session.segment_of(16)
+    assert [e.kind for e in session.log.entries()] == ["merge", "merge", "undo", "redo", "undo"]
+
+
+def test_undo_refuses_when_someone_else_edited_the_same_supervoxels(tmp_path):
+    session = make(tmp_path)
+    session.merge("alice", centre(1), centre(2))
+    session.merge("bob", centre(2), centre(3))
+    before, entries = membership(session), len(session.log)
+    with pytest.raises(EditError, match="edited since"):
+        session.undo("alice")
+    assert membership(session) == before and len(session.log) == entries
+
+
+def test_restart_replays_the_log_to_the_identical_membership(tmp_path):
+    labels, rag = grid()
+    session = make(tmp_path, all_one(rag.ids))
+    session.split("alice", [centre(1)], [centre(4)])
+    session.merge("bob", centre(1), centre(4))
+    session.undo("bob")
+    session.prompt_cut("alice", [centre(5), centre(7)], [centre(8)])
+    assert session.segment_of(7) == session.segment_of(5)
+    expected = membership(session)
+    confirmed, separated = session.decisions()
+    session.log.close()
+    again = make(tmp_path, all_one(rag.ids))
+    assert membership(again) == expected
+    assert again.decisions() == (confirmed, separated)
+    again.undo("alice")  # the undo stacks came back too
+    assert again.segment_of(7) != again.segment_of(5)
+    with pytest.raises(EditError, match="edited since"):  # alice's cut came after bob's undo
+        again.redo("bob")
+
+
+@pytest.mark.parametrize("operation, message", [
+    (lambda s: s.merge("u", centre(1), centre(1)), "nothing to merge"),
+    (lambda s: s.merge("u", (0, 0, 0), (0, 99, 0)), "outside"),
+    (lambda s: s.split("u", [centre(1)], [centre(2)]), "different segments"),
+    (lambda s: s.split("u", [centre(1)], [(0, 0, 0)]), "same supervoxel"),
+    (lambda s: s.split("u", [centre(1)], []), "each side"),
+    (lambda s: s.prompt_cut("u", [], [centre(1)]), "positive"),
+    (lambda s: s.undo("nobody"), "nothing to undo"),
+    (lambda s: s.redo("nobody"), "nothing to redo"),
+])
+def test_bad_edits_change_nothing_and_say_why(tmp_path, operation, message):
+    session = make(tmp_path)
+    session.merge("setup", centre(5), centre(9))
+    before, entries = membership(session), len(session.log)
+    with pytest.raises(PromptcutError, match=message):
+        operation(session)
+    assert membership(session) == before and len(session.log) == entries
+
+
+def test_background_point_is_refused(tmp_path):
+    session = make(tmp_path)
+    session.locate = lambda point: 0
+    with pytest.raises(EditError, match="background"):
+        session.merge("u", (0, 0, 0), (0, 1, 1))
+    assert len(session.log) == 0
+
+
+def test_a_cut_that_would_leave_a_side_empty_is_refused(tmp_path):
+    labels, rag = grid()
+    session = make(tmp_path, all_one(rag.ids))  # one segment, no neighbours
+    with pytest.raises(EditError, match="empty"):
+        session.prompt_cut("u", [centre(1)])
+    assert len(session.log) == 0
+
+
+def test_two_clients_editing_the_same_segment_at_once(tmp_path):
+    session = make(tmp_path)
+    with session.reserve([session.segment_of(1)], "alice"):
+        with pytest.raises(EditError, match="being edited by alice"):
+            session.merge("bob", centre(1), centre(2))
+        session.merge("bob", centre(15), centre(16))  # other segments are free
+    assert len(session.log) == 1
+    session.merge("bob", centre(1), centre(2))  # and free again afterwards
+
+
+def test_log_exports_as_json_lines(tmp_path):
+    session = make(tmp_path)
+    session.merge("alice", centre(1), centre(2))
+    session.undo("alice")
+    count = session.log.export_jsonl(tmp_path / "log.jsonl")
+    lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert count == 2 and [l["kind"] for l in lines] == ["merge", "undo"]
+    assert lines[1]["target"] == 1 and lines[0]["delta"] == [[2, 2, 1]] or lines[0]["delta"]
