@@ -32,7 +32,7 @@ def mesh_block(labels: np.ndarray, origin: Sequence[int], voxel_size: Sequence[f
         if len(mesh.faces) == 0:
             continue
         mesh.vertices = (mesh.vertices + shift).astype(np.float32)
-        name = f"{int(segment)}:0:{block_index}"
+        name = f"fragment-{int(segment)}-{block_index}"
         (folder / name).write_bytes(mesh.to_precomputed())
         written[int(segment)] = [name]
     mesher.clear()

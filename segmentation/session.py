@@ -44,16 +44,18 @@ class OperationResult:
     message: str
     milliseconds: float
     supervoxels_changed: int
+    delta: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 3), np.uint64))
 
 
 @dataclass
 class PromptWeights:
     """How prompts become unary terms of the prompt cut."""
 
-    keep: float = 0.3  # per supervoxel: mild preference to stay where it is
+    # each in units of a supervoxel's total bond (sum of its edge capacities) to the region
+    keep: float = 0.6  # preference to stay where it is
     distance_scale: float = 30.0  # voxels: how far a prompt's pull reaches
-    pull: float = 2.0  # strength of the pull of the nearest prompt
-    mask: float = 4.0  # strength of a mask probability
+    pull: float = 0.5  # pull of the nearest prompt, at the prompt
+    mask: float = 2.0  # weight of a mask probability
     mask_edge: float = 0.9  # how much a mask boundary lowers the cost of cutting an edge
 
 
@@ -165,7 +167,7 @@ class ProofreadingSession:
             self._apply(entry, plan.decisions)
         return OperationResult(entry.id, plan.kind, user, plan.segments, plan.removed,
                                plan.message, (time.perf_counter() - started) * 1000,
-                               len(plan.delta))
+                               len(plan.delta), entry.delta)
 
     def reserve(self, segments: Sequence[int], user: str):
         """Hold segments for a long edit (a model prompt): others' edits of them are refused."""
@@ -256,19 +258,23 @@ class ProofreadingSession:
         nodes = np.fromiter(region, np.int64, len(region))
         problem, local = self._local_problem(nodes)
         w = self.weights
+        # soft terms are in units of each node's own bond to the region, so they weigh the
+        # same against the pairwise terms whatever the size of the contacts
+        strength = np.bincount(problem.a, problem.capacity, len(nodes)) + \
+            np.bincount(problem.b, problem.capacity, len(nodes)) + 1e-6
         inside = self.segment[nodes] == np.uint64(segment)
-        problem.to_source += np.where(inside, w.keep, 0.0)
-        problem.to_sink += np.where(inside, 0.0, w.keep)
+        problem.to_source += strength * np.where(inside, w.keep, 0.0)
+        problem.to_sink += strength * np.where(inside, 0.0, w.keep)
         centroids = self.rag.centroid[nodes].astype(np.float64)
         for points, terms in ((positives, problem.to_source), (negatives, problem.to_sink)):
             if len(points):
                 gap = np.min(np.linalg.norm(centroids[:, None, :] - np.asarray(
                     points, np.float64)[None], axis=2), axis=1)
-                terms += w.pull * np.exp(-gap / w.distance_scale)
+                terms += strength * w.pull * np.exp(-gap / w.distance_scale)
         if mask:
             probability = np.array([mask.get(int(s), 0.0) for s in self.rag.ids[nodes]])
-            problem.to_source += w.mask * probability
-            problem.to_sink += w.mask * (1.0 - probability) * (probability >= 0)
+            problem.to_source += strength * w.mask * probability
+            problem.to_sink += strength * w.mask * (1.0 - probability)
             crossing = np.abs(probability[problem.a] - probability[problem.b])
             problem.capacity *= 1.0 - w.mask_edge * crossing
         positive_local = local(self._nodes(positive_svs))

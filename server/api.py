@@ -43,7 +43,7 @@ class InfoHandler(JsonHandler):
         self.send(self.session.info())
 
 
-class SegmentHandler(JsonHandler):
+class SegmentInfoHandler(JsonHandler):
     """GET /api/segment?z=&y=&x= : the segment at a voxel, as the `i` key reports it."""
 
     def get(self) -> None:
@@ -61,3 +61,18 @@ class ReportsHandler(JsonHandler):
         after = int(self.get_query_argument("after", "0") or 0)
         reports = [asdict(r) for r in self.session.router.reports if r.sequence > after]
         self.send({"reports": reports})
+
+
+class ViewerHandler(JsonHandler):
+    """GET /api/viewer?user=NAME : that proofreader's own viewer (made on first use)."""
+
+    def get(self) -> None:
+        user = self.get_query_argument("user", "") or self.session.default_user
+        try:
+            viewer = self.session.viewer_for(user)
+        except PromptcutError as exc:
+            raise tornado.web.HTTPError(400, str(exc)) from None
+        if self.get_query_argument("redirect", "1") == "1":
+            self.redirect(viewer.get_viewer_url())
+        else:
+            self.send({"user": user, "viewer_url": viewer.get_viewer_url()})

@@ -11,13 +11,12 @@ import errno
 import logging
 import socket
 import threading
+import time
 import webbrowser
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
-
-import numpy as np
 
 import neuroglancer
 import tornado.httpserver
@@ -27,14 +26,19 @@ from tornado.ioloop import IOLoop
 
 from promptcut.config import Config
 from segmentation.errors import InputError
-from segmentation.membership import Membership
+from segmentation.editlog import EditLog
+from segmentation.export import export_segmentation
 from segmentation.pipeline import Segments
+from segmentation.rag import Rag
+from segmentation.session import OperationResult, ProofreadingSession
 from segmentation.project import Project
 from segmentation.stats import VoxelCounts
 from server import viewer as ngview
 from server.actions import Action, ActionRouter
-from server.api import InfoHandler, ReportsHandler, SegmentHandler
+from server.api import InfoHandler, ReportsHandler, SegmentInfoHandler, ViewerHandler
 from server.data import DataHandler
+from server.proofreading import PROMPT_LAYER, Proofreading, prompt_layer
+from server.segments import MembershipView, SegmentChunkHandler, SegmentSource
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
@@ -62,8 +66,9 @@ class ServerSession:
     def __init__(self, config: Config, project: Project):
         self.config = config
         self.project = project
-        self.viewer: Optional[neuroglancer.Viewer] = None
-        self.router: Optional[ActionRouter] = None
+        self.viewers: dict[str, neuroglancer.Viewer] = {}
+        self.routers: dict[str, ActionRouter] = {}
+        self.users: dict[str, Proofreading] = {}
         self.loop: Optional[IOLoop] = None
         self.port: Optional[int] = None
         self._http: Optional[tornado.httpserver.HTTPServer] = None
@@ -71,14 +76,37 @@ class ServerSession:
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="promptcut-bg")
         self._sizes: Optional[Future] = None
         self._initial_view: tuple = ()
-        self.membership = self._load_membership()
+        self._users_lock = threading.Lock()
+        self.proofreading: Optional[ProofreadingSession] = None
+        self.membership_view: Optional[MembershipView] = None
+        self.segment_source: Optional[SegmentSource] = None
+        if (project.root / "rag.npz").is_file() and project.has("segmentation"):
+            self._open_proofreading()
 
-    def _load_membership(self) -> Membership:
-        """The agglomeration at its default threshold, or every supervoxel on its own."""
+    def _open_proofreading(self) -> None:
+        """The live graph and membership: the agglomeration, then every logged edit."""
+        rag = Rag.load(self.project.root / "rag.npz")
         segments = Segments.load(self.project.root / "segments.npz")
-        if segments is None:
-            return Membership.identity(np.zeros(0, np.uint64))
-        return Membership(segments.ids, segments.at())
+        base = segments.at() if segments is not None else rag.ids
+        volume = self.project.volume("segmentation")
+        self.proofreading = ProofreadingSession(rag, base, EditLog(self.project.root /
+                                                                   "edit_log.sqlite"),
+                                                volume.value_at)
+        self.membership_view = MembershipView(rag.ids, self.proofreading.segment)
+        self.segment_source = SegmentSource(Path(volume.location), self.membership_view,
+                                            self.proofreading.members_of)
+
+    @property
+    def default_user(self) -> str:
+        return "proofreader"
+
+    @property
+    def viewer(self) -> Optional[neuroglancer.Viewer]:
+        return self.viewers.get(self.default_user)
+
+    @property
+    def router(self) -> Optional[ActionRouter]:
+        return self.routers.get(self.default_user)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -90,9 +118,10 @@ class ServerSession:
                                         name="promptcut-http", daemon=True)
         self._thread.start()
         ready.wait()
-        if self.project.has("segmentation"):
+        if self.project.has("segmentation") and self.proofreading is None:
             self._sizes = self._background.submit(self.project.supervoxel_sizes)
-        self.viewer = self._make_viewer()
+        neuroglancer.set_server_bind_address(server.host, server.viewer_port)
+        self.viewer_for(self.default_user)
 
     def _serve(self, sockets: list[socket.socket], ready: threading.Event) -> None:
         asyncio.set_event_loop(asyncio.new_event_loop())
@@ -102,42 +131,65 @@ class ServerSession:
         ready.set()
         self.loop.start()
 
-    def _make_viewer(self) -> neuroglancer.Viewer:
-        server = self.config.server
-        neuroglancer.set_server_bind_address(server.host, server.viewer_port)
-        try:
-            viewer = neuroglancer.Viewer()
-        except OSError as exc:
-            raise _port_error(exc, server.host, server.viewer_port, "server.viewer_port") from None
+    def viewer_for(self, user: str) -> neuroglancer.Viewer:
+        """Each proofreader gets a viewer of their own: their own URL, prompts and undo."""
+        if not user or len(user) > 64 or not all(c.isalnum() or c in "-_." for c in user):
+            raise InputError("a user name is 1 to 64 letters, digits, '-', '_' or '.'")
+        with self._users_lock:
+            if user in self.viewers:
+                return self.viewers[user]
+            try:
+                viewer = neuroglancer.Viewer()
+            except OSError as exc:
+                server = self.config.server
+                raise _port_error(exc, server.host, server.viewer_port,
+                                  "server.viewer_port") from None
+            if not self._initial_view:
+                self._initial_view = self._view_settings()
+            ngview.configure(viewer, *self._initial_view)
+            router = ActionRouter(viewer)
+            actions = [Action("promptcut-info", "keyi", "show the segment under the mouse",
+                              lambda pointer: self.describe_segment(
+                                  self.require_voxel(pointer)).message())]
+            if self.proofreading is not None:
+                self.users[user] = Proofreading(self, user)
+                actions += self.users[user].actions()
+                with viewer.txn() as state:
+                    state.layers[PROMPT_LAYER] = prompt_layer(state.dimensions)
+            for action in actions:
+                router.register(action)
+            self.viewers[user], self.routers[user] = viewer, router
+            return viewer
+
+    def _view_settings(self) -> tuple:
         volumes = {kind: self.project.volume(kind) for kind in MOUNTS if self.project.has(kind)}
-        shape = volumes["image"].shape
         sources = {MOUNTS[kind]: self.source_url(kind) for kind in volumes}
-        camera = ngview.default_camera(shape, self.config.viewer.layout,
+        camera = ngview.default_camera(volumes["image"].shape, self.config.viewer.layout,
                                        self.config.viewer.position,
                                        self.config.viewer.cross_section_scale)
-        self._initial_view = (volumes["image"].voxel_size, sources, camera,
-                              self.config.viewer.show_layer_panel,
-                              [list(map(int, g)) for g in self.membership.groups()],
-                              self._segments_at(camera.position))
-        ngview.configure(viewer, *self._initial_view)
-        self.router = ActionRouter(viewer)
-        for action in self.actions():
-            self.router.register(action)
-        return viewer
+        return (volumes["image"].voxel_size, sources, camera,
+                self.config.viewer.show_layer_panel, (), self._segments_at(camera.position))
 
     def reset_view(self) -> None:
-        """Layers, camera and layout back to how the session started."""
-        ngview.configure(self.viewer, *self._initial_view)
+        """Layers, camera and layout of every viewer back to how the session started."""
+        settings = list(self._initial_view)
+        if self.proofreading is not None:
+            settings[1] = {**settings[1], ngview.SEGMENTATION_LAYER: self.source_url(
+                "segmentation")}
+        for viewer in self.viewers.values():
+            ngview.configure(viewer, *settings)
 
     def stop(self) -> None:
         # neuroglancer's own server is process-wide and may serve other viewers: it stays up.
-        if self.router:
-            self.router.close()
+        for router in self.routers.values():
+            router.close()
         if self.loop is not None:
             self.loop.add_callback(self._shutdown)
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._background.shutdown(wait=False, cancel_futures=True)
+        if self.proofreading is not None:
+            self.proofreading.log.close()
 
     def _shutdown(self) -> None:
         if self._http is not None:
@@ -159,7 +211,10 @@ class ServerSession:
         return self.viewer.get_viewer_url() if self.viewer else ""
 
     def source_url(self, kind: str) -> str:
-        """The neuroglancer data source of a volume: served by us when local, else its URL."""
+        """The neuroglancer data source of a volume: served by us when local, else its URL.
+        With a live membership, the segmentation comes with it applied, by generation."""
+        if kind == "segmentation" and self.membership_view is not None:
+            return f"precomputed://{self.base_url}/segments/g{self.membership_view.generation}"
         volume = self.project.volume(kind)
         protocol = PROTOCOL[volume.format]
         if volume.is_local:
@@ -171,16 +226,21 @@ class ServerSession:
         return {v.kind: Path(v.location) for v in volumes if v.is_local}
 
     # -- what the keys and the API do ------------------------------------------------------------
-    def actions(self) -> list[Action]:
-        return [Action("promptcut-info", "keyi", "show the segment under the mouse",
-                       lambda pointer: self.describe_segment(_require_voxel(pointer)).message())]
+    @staticmethod
+    def require_voxel(pointer: ngview.Pointer) -> tuple[int, int, int]:
+        if pointer.voxel is None:
+            raise InputError("move the mouse over the volume first")
+        return pointer.voxel
+
+    def segment_of(self, supervoxel: int) -> int:
+        return self.proofreading.segment_of(supervoxel) if self.proofreading else supervoxel
 
     def _segments_at(self, zyx: Sequence[float]) -> list[int]:
         """The segment at a voxel, to show in 3D from the start (none on background)."""
         if not self.project.has("segmentation"):
             return []
         supervoxel = int(self.project.volume("segmentation").value_at([int(v) for v in zyx]))
-        return [self.membership.segment_of(supervoxel)] if supervoxel else []
+        return [self.segment_of(supervoxel)] if supervoxel else []
 
     def describe_segment(self, zyx: Sequence[int]) -> SegmentDescription:
         if not self.project.has("segmentation"):
@@ -189,13 +249,42 @@ class ServerSession:
         supervoxel = int(self.project.volume("segmentation").value_at(zyx))
         if supervoxel == 0:
             raise InputError(f"no segment at z {zyx[0]}, y {zyx[1]}, x {zyx[2]} (background)")
+        if self.proofreading is not None:
+            session = self.proofreading
+            segment = session.segment_of(supervoxel)
+            members = session.members_of(segment)
+            voxels = int(session.rag.size[session.rag.node_index(members)].sum())
+            return SegmentDescription(segment, supervoxel, voxels, len(members), zyx)
         if self._sizes is None:
             self._sizes = self._background.submit(self.project.supervoxel_sizes)
         sizes: VoxelCounts = self._sizes.result()
-        segment = self.membership.segment_of(supervoxel)
-        members = self.membership.members(segment)
-        voxels = sum(sizes.count(int(m)) for m in members)
-        return SegmentDescription(segment, supervoxel, voxels, len(members), zyx)
+        return SegmentDescription(supervoxel, supervoxel, sizes.count(supervoxel), 1, zyx)
+
+    def prompt_cut(self, user: str, positives, negatives) -> OperationResult:
+        """The prompt cut; the models issue adds SAM2 masks here."""
+        return self.proofreading.prompt_cut(user, positives, negatives)
+
+    def after_edit(self, result: OperationResult) -> None:
+        """Tell every viewer: a new generation of the segmentation, and which segments to show
+        in place of the ones the edit removed."""
+        self.membership_view.apply(result.delta)
+        url = self.source_url("segmentation")
+        for viewer in list(self.viewers.values()):
+            with viewer.txn() as s:
+                layer = s.layers[ngview.SEGMENTATION_LAYER]
+                layer.source = url
+                shown = {int(v) for v in layer.segments}
+                if shown & set(result.removed + result.segments) or not shown:
+                    shown = (shown - set(result.removed)) | set(result.segments[:1])
+                layer.segments = shown
+
+    def export(self, output: Optional[Path] = None) -> Path:
+        if self.proofreading is None:
+            raise InputError("nothing to export: this project has no proofreading session")
+        session = self.proofreading
+        folder = output or self.project.root / "exports" / time.strftime("%Y%m%d-%H%M%S")
+        return export_segmentation(self.project.volume("segmentation"), session.rag.ids,
+                                   session.segment.copy(), session.log, folder)
 
     def info(self) -> dict:
         image = self.project.volume("image")
@@ -208,22 +297,21 @@ class ServerSession:
             "voxel_size_nm_zyx": list(image.voxel_size),
             "layers": {MOUNTS[k]: self.source_url(k) for k in MOUNTS if self.project.has(k)},
             "keys": self.router.key_reference() if self.router else [],
+            "proofreading": self.proofreading is not None,
+            "users": sorted(self.viewers),
         }
-
-
-def _require_voxel(pointer: ngview.Pointer) -> tuple[int, int, int]:
-    if pointer.voxel is None:
-        raise InputError("move the mouse over the volume first")
-    return pointer.voxel
 
 
 def make_app(session: ServerSession) -> tornado.web.Application:
     api = {"session": session}
-    return tornado.web.Application([
+    live = [(r"/segments/g(\d+)/(.*)", SegmentChunkHandler, {"source": session.segment_source})
+            ] if session.segment_source is not None else []
+    return tornado.web.Application(live + [
         (r"/data/([^/]+)/(.*)", DataHandler, {"mounts": session.mounts()}),
         (r"/api/info", InfoHandler, api),
-        (r"/api/segment", SegmentHandler, api),
+        (r"/api/segment", SegmentInfoHandler, api),
         (r"/api/reports", ReportsHandler, api),
+        (r"/api/viewer", ViewerHandler, api),
         (r"/static/(.*)", tornado.web.StaticFileHandler, {"path": str(STATIC_DIR)}),
         (r"/()", tornado.web.StaticFileHandler,
          {"path": str(STATIC_DIR), "default_filename": "index.html"}),

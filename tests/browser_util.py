@@ -19,7 +19,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--use-angle=sw
                   "--enable-unsafe-swiftshader", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update",
                   "--disable-sync"]
-PANEL = ".neuroglancer-rendered-data-panel"
+PANEL = ".neuroglancer-rendered-data-panel:visible"
 
 
 @contextmanager

@@ -113,7 +113,7 @@ def test_agglomerated_neurons_show_as_meshes_in_3d(browser, segmented_session):
     state = session.viewer.state
     visible = [int(v) for v in state.layers["supervoxels"].segments]
     assert len(visible) == 1  # the neuron at the starting position
-    members = session.membership.members(visible[0])
+    members = session.proofreading.members_of(visible[0])
     assert len(members) > 1  # an agglomerated neuron: several supervoxels, one segment
     with session.viewer.txn() as s:
         s.layout = "3d"

@@ -181,9 +181,33 @@ def test_segments_of_a_segmented_project_count_all_their_supervoxels(segmented_s
     labels = session.project.volume("segmentation").read(slice(None), slice(None), slice(None))
     supervoxel = int(labels[80, 125, 125])
     described = session.describe_segment((80, 125, 125))
-    members = session.membership.members(described.segment)
+    members = session.proofreading.members_of(described.segment)
     assert described.supervoxel == supervoxel and supervoxel in members.tolist()
     assert described.supervoxels == len(members) > 1
     assert described.voxels == int(np.isin(labels, members).sum())
-    groups = session.viewer.state.layers["supervoxels"].equivalences
-    assert sorted(groups.members(described.segment)) == sorted(members.tolist())
+
+
+def test_segment_chunks_are_served_with_the_membership_applied(segmented_session):
+    session = segmented_session
+    generation = session.membership_view.generation
+    response, body = request(session, f"/segments/g{generation}/info")
+    info = json.loads(body)
+    assert info["scales"][0]["encoding"] == "raw" and info["mesh"] == "mesh"
+    dtype = np.dtype(info["data_type"])
+    key = info["scales"][0]["key"]
+    response, body = request(session, f"/segments/g{generation}/{key}/0-64_64-128_0-64")
+    assert response.status == 200
+    served = np.frombuffer(body, dtype).reshape(64, 64, 64)  # z, y, x with x fastest
+    supervoxels = session.project.volume("segmentation").read(slice(0, 64), slice(64, 128),
+                                                              slice(0, 64))
+    expected = np.vectorize(session.proofreading.segment_of)(supervoxels)
+    np.testing.assert_array_equal(served, expected)
+    segment = int(served[10, 10, 10])
+    response, body = request(session, f"/segments/g{generation}/mesh/{segment}:0")
+    fragments = json.loads(body)["fragments"]
+    members = session.proofreading.members_of(segment).tolist()
+    assert fragments and all(int(f.split("-")[1]) in members for f in fragments)
+    response, body = request(session, f"/segments/g{generation}/mesh/{fragments[0]}")
+    assert response.status == 200 and len(body) > 12
+    response, _ = request(session, f"/segments/g{generation}/mesh/..%2Finfo")
+    assert response.status == 404

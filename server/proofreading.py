@@ -1,0 +1,162 @@
+"""Keyboard proofreading in the viewer: prompts, merge, split, prompt cut, undo, redo, export.
+
+Each proofreader has their own neuroglancer viewer (their own URL), prompt points and undo
+history; all of them edit the one ProofreadingSession. After every edit the segmentation layer's
+URL gets the new generation in every viewer, so each browser refetches only what it shows.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Optional
+
+import neuroglancer
+
+from segmentation.errors import InputError
+from segmentation.session import OperationResult
+from server.actions import Action
+from server.viewer import SEGMENTATION_LAYER, Pointer, to_viewer
+
+if TYPE_CHECKING:
+    from server.app import ServerSession
+
+PROMPT_LAYER = "prompts"
+PROMPT_SHADER = """
+void main() {
+  setColor(prop_sign() > 0 ? vec3(0.15, 0.9, 0.3) : vec3(1.0, 0.25, 0.2));
+  setPointMarkerSize(12.0);
+}
+"""
+
+
+@dataclass
+class UserState:
+    """One proofreader's prompt points and the first point of a pending merge."""
+
+    positives: list[tuple[int, int, int]] = field(default_factory=list)
+    negatives: list[tuple[int, int, int]] = field(default_factory=list)
+    merge_from: Optional[tuple[int, int, int]] = None
+
+
+def prompt_layer(dimensions) -> neuroglancer.LocalAnnotationLayer:
+    return neuroglancer.LocalAnnotationLayer(
+        dimensions=dimensions,
+        annotation_properties=[neuroglancer.AnnotationPropertySpec(id="sign", type="int8",
+                                                                   default=1)],
+        shader=PROMPT_SHADER)
+
+
+class Proofreading:
+    """The keys of one proofreader, and what they do to the session and the viewers."""
+
+    def __init__(self, server: "ServerSession", user: str):
+        self.server = server
+        self.user = user
+        self.state = UserState()
+        self._lock = threading.Lock()
+
+    def actions(self) -> list[Action]:
+        spec: list[tuple[str, str, str, Callable[[Pointer], str]]] = [
+            ("promptcut-positive", "keyp", "add a positive prompt point", self.positive),
+            ("promptcut-negative", "shift+keyp", "add a negative prompt point", self.negative),
+            ("promptcut-cut", "keyc", "prompt cut: reshape the segment from the prompts",
+             self.prompt_cut),
+            ("promptcut-merge", "keym", "merge: press on one segment, then on the other",
+             self.merge),
+            ("promptcut-split", "keyk", "split the segment between positive (source) and "
+             "negative (sink) prompts", self.split),
+            ("promptcut-undo", "keyu", "undo your last edit", self.undo),
+            ("promptcut-redo", "shift+keyu", "redo your last undone edit", self.redo),
+            ("promptcut-clear", "keyq", "clear your prompt points", self.clear),
+            ("promptcut-export", "shift+keye", "export the corrected segmentation",
+             self.export),
+            ("promptcut-help", "shift+keyh", "list promptcut's keys", self.help),
+        ]
+        return [Action(name, key, label, run) for name, key, label, run in spec]
+
+    # -- prompts --------------------------------------------------------------------------------
+    def positive(self, pointer: Pointer) -> str:
+        return self._add_prompt(pointer, +1)
+
+    def negative(self, pointer: Pointer) -> str:
+        return self._add_prompt(pointer, -1)
+
+    def _add_prompt(self, pointer: Pointer, sign: int) -> str:
+        voxel = self.server.require_voxel(pointer)
+        self.server.proofreading.supervoxel_at(voxel, "point")  # refuse background early
+        with self._lock:
+            (self.state.positives if sign > 0 else self.state.negatives).append(voxel)
+            count = len(self.state.positives), len(self.state.negatives)
+        self.show_prompts()
+        word = "positive" if sign > 0 else "negative"
+        return f"{word} point at z {voxel[0]}, y {voxel[1]}, x {voxel[2]} ({count[0]} +, " \
+               f"{count[1]} -)"
+
+    def clear(self, pointer: Pointer) -> str:
+        with self._lock:
+            self.state = UserState()
+        self.show_prompts()
+        return "prompt points cleared"
+
+    def show_prompts(self) -> None:
+        viewer = self.server.viewers[self.user]
+        with self._lock:
+            points = [(p, 1) for p in self.state.positives] + [(p, -1) for p in
+                                                               self.state.negatives]
+        with viewer.txn() as s:
+            layer = s.layers[PROMPT_LAYER]
+            layer.annotations = [
+                neuroglancer.PointAnnotation(id=f"prompt{i}", point=[v + 0.5 for v in
+                                                                     to_viewer(p)],
+                                             props=[sign])
+                for i, (p, sign) in enumerate(points)]
+
+    # -- edits ----------------------------------------------------------------------------------
+    def merge(self, pointer: Pointer) -> str:
+        voxel = self.server.require_voxel(pointer)
+        session = self.server.proofreading
+        with self._lock:
+            first = self.state.merge_from
+            if first is None:
+                segment = session.segment_of(session.supervoxel_at(voxel, "point"))
+                self.state.merge_from = voxel
+                return f"merge: segment {segment} chosen; press M over the segment to join"
+            self.state.merge_from = None
+        return self._report(session.merge(self.user, first, voxel))
+
+    def split(self, pointer: Pointer) -> str:
+        with self._lock:
+            sources, sinks = list(self.state.positives), list(self.state.negatives)
+        if not sources or not sinks:
+            raise InputError("a split needs positive (P) and negative (Shift+P) points")
+        result = self.server.proofreading.split(self.user, sources, sinks)
+        self.clear(pointer)
+        return self._report(result)
+
+    def prompt_cut(self, pointer: Pointer) -> str:
+        with self._lock:
+            positives, negatives = list(self.state.positives), list(self.state.negatives)
+        if not positives:
+            raise InputError("add a positive point (P) over the segment first")
+        result = self.server.prompt_cut(self.user, positives, negatives)
+        self.clear(pointer)
+        return self._report(result)
+
+    def undo(self, pointer: Pointer) -> str:
+        return self._report(self.server.proofreading.undo(self.user))
+
+    def redo(self, pointer: Pointer) -> str:
+        return self._report(self.server.proofreading.redo(self.user))
+
+    def export(self, pointer: Pointer) -> str:
+        folder = self.server.export()
+        return f"exported to {folder}"
+
+    def help(self, pointer: Pointer) -> str:
+        keys = self.server.routers[self.user].key_reference()
+        return "keys: " + "; ".join(f"{k['key']} {k['action']}" for k in keys)
+
+    def _report(self, result: OperationResult) -> str:
+        self.server.after_edit(result)
+        return f"{result.message} [operation {result.operation}, {result.milliseconds:.0f} ms]"

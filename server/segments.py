@@ -1,0 +1,185 @@
+"""Segmentation chunks and mesh manifests served with the live membership applied.
+
+The browser never holds the agglomeration: it asks for ``/segments/g<generation>/...`` and gets
+segment ids, not supervoxel ids. An edit bumps the generation in the layer's URL, so the client
+refetches only the chunks in view; a chunk whose supervoxels did not change is answered from
+cache. What an edit costs the browser is thus independent of the size of the project.
+"""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import json
+import re
+import threading
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import tornado.web
+from tornado.ioloop import IOLoop
+
+from segmentation.volume import open_precomputed_scale
+from server.data import CorsMixin, safe_relative
+
+CHUNK_NAME = re.compile(r"^(\d+)-(\d+)_(\d+)-(\d+)_(\d+)-(\d+)$")
+
+
+class MembershipView:
+    """supervoxel -> segment lookup for whole arrays, with a generation per edit."""
+
+    def __init__(self, ids: np.ndarray, segments: np.ndarray):
+        top = int(max(ids.max(initial=0), segments.max(initial=0)))
+        self.dtype = np.dtype(np.uint32) if top < 2 ** 32 else np.dtype(np.uint64)
+        self.lut = np.arange(int(ids.max(initial=0)) + 1, dtype=np.uint64)
+        self.lut[ids.astype(np.int64)] = segments
+        self.generation = 0
+        self._changes: list[tuple[int, np.ndarray]] = []  # (generation, supervoxels)
+        self._lock = threading.Lock()
+
+    def apply(self, delta: np.ndarray) -> int:
+        """Record an edit's (supervoxel, old, new) rows; returns the new generation."""
+        with self._lock:
+            self.lut[delta[:, 0].astype(np.int64)] = delta[:, 2]
+            self.generation += 1
+            self._changes.append((self.generation, delta[:, 0].copy()))
+            if int(delta[:, 2].max(initial=0)) >= 2 ** 32:
+                self.dtype = np.dtype(np.uint64)
+            return self.generation
+
+    def map(self, supervoxels: np.ndarray) -> np.ndarray:
+        inside = supervoxels < len(self.lut)
+        mapped = np.where(inside, self.lut[np.where(inside, supervoxels, 0).astype(np.int64)],
+                          supervoxels)
+        return mapped.astype(self.dtype)
+
+    def changed_since(self, generation: int) -> np.ndarray:
+        with self._lock:
+            parts = [svs for g, svs in self._changes if g > generation]
+        return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+
+
+class SegmentSource:
+    """Serves one supervoxel volume (precomputed, local) as segments."""
+
+    def __init__(self, volume_dir: Path, view: MembershipView, members, cache_chunks: int = 256):
+        self.root = Path(volume_dir)
+        self.view = view
+        self.members = members  # segment -> supervoxel ids (the session's members_of)
+        self.info = json.loads((self.root / "info").read_text())
+        self._scales = {s["key"]: i for i, s in enumerate(self.info["scales"])}
+        self._stores: dict[int, object] = {}
+        self._cache: collections.OrderedDict = collections.OrderedDict()
+        self._capacity = cache_chunks
+        self._lock = threading.Lock()
+        self._fragments = self._read_fragments()
+
+    def served_info(self) -> dict:
+        info = json.loads(json.dumps(self.info))
+        info["data_type"] = self.view.dtype.name
+        for scale in info["scales"]:
+            scale["encoding"] = "raw"
+            scale.pop("compressed_segmentation_block_size", None)
+        if self._fragments is not None:
+            info["mesh"] = "mesh"
+        return info
+
+    def chunk(self, scale_key: str, name: str) -> Optional[bytes]:
+        """Raw little-endian chunk (x fastest) of segment ids, or None if no such chunk."""
+        match = CHUNK_NAME.match(name)
+        index = self._scales.get(scale_key)
+        if match is None or index is None:
+            return None
+        x0, x1, y0, y1, z0, z1 = (int(v) for v in match.groups())
+        key = (index, name)
+        generation = self.view.generation
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+        if cached is not None:
+            supervoxels, present, encoded, at = cached
+            if at == generation or not np.isin(self.view.changed_since(at), present).any():
+                return encoded
+        else:
+            store = self._store(index)
+            supervoxels = store[z0:z1, y0:y1, x0:x1].read().result()
+            present = np.unique(supervoxels)
+        encoded = np.ascontiguousarray(self.view.map(supervoxels)).tobytes()
+        with self._lock:
+            self._cache[key] = (supervoxels, present, encoded, generation)
+            self._cache.move_to_end(key)
+            while len(self._cache) > self._capacity:
+                self._cache.popitem(last=False)
+        return encoded
+
+    def manifest(self, segment: int) -> Optional[dict]:
+        if self._fragments is None:
+            return None
+        try:
+            members = self.members(segment)
+        except Exception:  # an id that is no longer a segment: nothing to draw
+            return {"fragments": []}
+        names = [name for sv in members.tolist() for name in self._fragments.get(int(sv), ())]
+        return {"fragments": names}
+
+    def fragment(self, name: str) -> Optional[bytes]:
+        relative = safe_relative(name)
+        path = self.root / "mesh" / str(relative) if relative is not None else None
+        return path.read_bytes() if path is not None and path.is_file() else None
+
+    def _store(self, index: int):
+        if index not in self._stores:
+            self._stores[index] = open_precomputed_scale(self.root, index)
+        return self._stores[index]
+
+    def _read_fragments(self) -> Optional[dict[int, list[str]]]:
+        """Fragment names of every supervoxel, read once from the per-supervoxel manifests."""
+        folder = self.root / "mesh"
+        if not folder.is_dir():
+            return None
+        fragments = {}
+        for path in folder.glob("*:0"):
+            if path.name[:-2].isdigit():
+                fragments[int(path.name[:-2])] = json.loads(path.read_text())["fragments"]
+        return fragments
+
+
+class SegmentChunkHandler(CorsMixin, tornado.web.RequestHandler):
+    """GET /segments/g<generation>/<path>: info, chunks, mesh info, manifests, fragments."""
+
+    def initialize(self, source: SegmentSource) -> None:
+        self.source = source
+
+    async def get(self, generation: str, path: str) -> None:
+        source = self.source
+        parts = path.split("/")
+        body: Optional[bytes]
+        kind = "application/octet-stream"
+        if path == "info":
+            body, kind = json.dumps(source.served_info()).encode(), "application/json"
+        elif path == "mesh/info":
+            body = json.dumps({"@type": "neuroglancer_legacy_mesh"}).encode()
+            kind = "application/json"
+        elif len(parts) == 2 and parts[0] == "mesh" and parts[1].endswith(":0") \
+                and parts[1][:-2].isdigit():
+            manifest = source.manifest(int(parts[1][:-2]))
+            body = json.dumps(manifest).encode() if manifest is not None else None
+            kind = "application/json"
+        elif len(parts) == 2 and parts[0] == "mesh":
+            body = await IOLoop.current().run_in_executor(None, source.fragment, parts[1])
+        elif len(parts) == 2:
+            body = await IOLoop.current().run_in_executor(None, source.chunk, parts[0],
+                                                          parts[1])
+        else:
+            body = None
+        if body is None:
+            raise tornado.web.HTTPError(404)
+        self.set_header("Content-Type", kind)
+        self.set_header("Cache-Control", "no-cache")
+        if "gzip" in self.request.headers.get("Accept-Encoding", "") and len(body) > 256:
+            body = gzip.compress(body, compresslevel=1)
+            self.set_header("Content-Encoding", "gzip")
+        self.set_header("Vary", "Accept-Encoding")
+        self.write(body)
