@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+import numpy as np
+
 from segmentation.errors import InputError, PromptcutError
 
 
@@ -42,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
          "meshes for the project", _segment_arguments)
     _add(commands, "evaluate", cmd_evaluate, "VOI and adapted Rand error against ground truth, "
          "as a table and a plot", _evaluate_arguments)
+    _add(commands, "agglomerate", cmd_agglomerate, "agglomerate the project's supervoxels "
+         "again, honouring proofreaders' merges and splits", _config_only)
+    _add(commands, "export", cmd_export, "write the corrected segmentation, its membership "
+         "table and the edit log", _export_arguments)
+    _add(commands, "log", cmd_log, "the edit log as JSON lines", _log_arguments)
     _add(commands, "serve", cmd_serve, "open the project in neuroglancer", _serve_arguments)
     return parser
 
@@ -180,6 +187,69 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     json_path, png_path = evaluation.save(rows, project.root / "evaluation",
                                           f"{config.name}: {config.dataset.name}")
     print(f"wrote {json_path} and {png_path}")
+    return 0
+
+
+def _config_only(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="the project's YAML config")
+
+
+def _export_arguments(p: argparse.ArgumentParser) -> None:
+    _config_only(p)
+    p.add_argument("--output", help="export folder (default: PROJECT/exports/<time>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _log_arguments(p: argparse.ArgumentParser) -> None:
+    _config_only(p)
+    p.add_argument("--output", help="file to write (default: standard output)")
+
+
+def _open_session(config_path: str):
+    from promptcut.config import load_config
+    from segmentation.proofread import open_session
+    from segmentation.project import Project
+
+    config = load_config(config_path)
+    return config, Project.open(config.project_dir), open_session(
+        Project.open(config.project_dir))
+
+
+def cmd_agglomerate(args: argparse.Namespace) -> int:
+    from segmentation.proofread import reagglomerate
+
+    config, project, session = _open_session(args.config)
+    a = config.segment.agglomeration
+    result = reagglomerate(project, session, a.thresholds, a.quantile, a.default_threshold)
+    print(result)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import time
+
+    from segmentation.export import export_segmentation
+
+    config, project, session = _open_session(args.config)
+    output = Path(args.output) if args.output else \
+        project.root / "exports" / time.strftime("%Y%m%d-%H%M%S")
+    folder = export_segmentation(project.volume("segmentation"), session.rag.ids,
+                                 session.segment, session.log, output,
+                                 progress=not args.quiet)
+    print(f"exported {len(np.unique(session.segment))} segments to {folder}")
+    return 0
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    import json
+
+    _, _, session = _open_session(args.config)
+    if args.output:
+        count = session.log.export_jsonl(Path(args.output))
+        print(f"wrote {count} operations to {args.output}", file=sys.stderr)
+    else:
+        for entry in session.log.entries():
+            print(json.dumps(entry.as_json()))
     return 0
 
 

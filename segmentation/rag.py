@@ -195,9 +195,12 @@ class Rag:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: Path) -> "Rag":
+    def load(cls, path: Path, histograms: bool = True) -> "Rag":
+        """``histograms=False`` leaves the per-edge histograms out: a proofreading session does
+        not need them, and they are most of the file."""
         with np.load(path, allow_pickle=False) as data:
-            return cls(**{f.name: data[f.name] for f in fields(cls)})
+            return cls(**{f.name: data[f.name] if histograms or not f.name.startswith("hist")
+                          else np.zeros(0, data[f.name].dtype) for f in fields(cls)})
 
     def contacts(self) -> Contacts:
         return Contacts(self.edges[self.hist_edge, 0], self.edges[self.hist_edge, 1],

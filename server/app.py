@@ -26,10 +26,8 @@ from tornado.ioloop import IOLoop
 
 from promptcut.config import Config
 from segmentation.errors import InputError
-from segmentation.editlog import EditLog
 from segmentation.export import export_segmentation
-from segmentation.pipeline import Segments
-from segmentation.rag import Rag
+from segmentation.proofread import open_session
 from segmentation.session import OperationResult, ProofreadingSession
 from segmentation.project import Project
 from segmentation.stats import VoxelCounts
@@ -85,14 +83,9 @@ class ServerSession:
 
     def _open_proofreading(self) -> None:
         """The live graph and membership: the agglomeration, then every logged edit."""
-        rag = Rag.load(self.project.root / "rag.npz")
-        segments = Segments.load(self.project.root / "segments.npz")
-        base = segments.at() if segments is not None else rag.ids
+        self.proofreading = open_session(self.project)
         volume = self.project.volume("segmentation")
-        self.proofreading = ProofreadingSession(rag, base, EditLog(self.project.root /
-                                                                   "edit_log.sqlite"),
-                                                volume.value_at)
-        self.membership_view = MembershipView(rag.ids, self.proofreading.segment)
+        self.membership_view = MembershipView(self.proofreading.rag.ids, self.proofreading.segment)
         self.segment_source = SegmentSource(Path(volume.location), self.membership_view,
                                             self.proofreading.members_of)
 

@@ -1,0 +1,51 @@
+"""Opening a project's proofreading session, and folding proofreaders' decisions back into the
+agglomeration."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from typing import Sequence
+
+from segmentation.agglomerate import agglomerate
+from segmentation.editlog import EditLog
+from segmentation.errors import InputError
+from segmentation.pipeline import Segments, save_segments
+from segmentation.project import Project
+from segmentation.rag import Rag
+from segmentation.session import ProofreadingSession
+
+LOG_NAME = "edit_log.sqlite"
+
+
+def open_session(project: Project) -> ProofreadingSession:
+    """The live session: the graph, the agglomeration at its default threshold, then the log."""
+    rag_path = project.root / "rag.npz"
+    if not rag_path.is_file() or not project.has("segmentation"):
+        raise InputError(f"{project.root} has no region adjacency graph: run `promptcut "
+                         f"segment` first")
+    rag = Rag.load(rag_path, histograms=False)
+    segments = Segments.load(project.root / "segments.npz")
+    base = segments.at() if segments is not None else rag.ids
+    volume = project.volume("segmentation")
+    return ProofreadingSession(rag, base, EditLog(project.root / LOG_NAME), volume.value_at)
+
+
+def reagglomerate(project: Project, session: ProofreadingSession, thresholds: Sequence[float],
+                  quantile: float, default_threshold: float) -> str:
+    """Agglomerate again with the confirmed edges merged first and the separated ones never
+    merged. The old log, whose edits the new agglomeration replaces, is kept beside it."""
+    confirmed, separated = session.decisions()
+    rag = Rag.load(project.root / "rag.npz")
+    result = agglomerate(rag, thresholds, quantile, merge_pairs=confirmed,
+                         split_pairs=separated)
+    save_segments(project.root / "segments.npz", rag.ids, result, default_threshold)
+    session.log.close()
+    log = project.root / LOG_NAME
+    archived = log.with_name(f"edit_log.{time.strftime('%Y%m%d-%H%M%S')}.sqlite")
+    for suffix in ("", "-wal", "-shm"):
+        source = log.with_name(log.name + suffix)
+        if source.exists():
+            shutil.move(source, archived.with_name(archived.name + suffix))
+    return (f"agglomerated with {len(confirmed)} confirmed and {len(separated)} separated "
+            f"edges; the edit log so far is kept as {archived.name}")

@@ -1,0 +1,93 @@
+"""`promptcut export`, `log` and `agglomerate` on a copy of the segmented demo."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import tensorstore as ts
+import yaml
+
+from promptcut.cli import main
+from promptcut.config import load_config
+from segmentation.pipeline import Segments
+from segmentation.project import Project
+from segmentation.proofread import open_session
+from segmentation.volume import open_volume
+
+
+@pytest.fixture
+def edited(tmp_path, segmented_config):
+    """A private copy of the segmented demo with one merge and one split in its log."""
+    shutil.copytree(segmented_config.project_dir, tmp_path / "project")
+    data = yaml.safe_load((segmented_config.base_dir / "config.yaml").read_text())
+    data["project"] = str(tmp_path / "project")
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(data))
+    for name in ("edit_log.sqlite", "edit_log.sqlite-wal", "edit_log.sqlite-shm"):
+        (tmp_path / "project" / name).unlink(missing_ok=True)
+    project = Project.open(tmp_path / "project")
+    session = open_session(project)
+    rag = session.rag
+    a, b = rag.edge_index()
+    apart = np.flatnonzero(session.segment[a] != session.segment[b])
+    sv_a, sv_b = int(rag.ids[a[apart[0]]]), int(rag.ids[b[apart[0]]])
+    labels = project.volume("segmentation").read(slice(None), slice(None), slice(None))
+    point = {sv: tuple(int(v) for v in np.argwhere(labels == sv)[0]) for sv in (sv_a, sv_b)}
+    session.merge("alice", point[sv_a], point[sv_b])
+    big = max(session.members, key=lambda s: len(session.members[s]))
+    members = session.members_of(big)
+    first, last = int(members.min()), int(members.max())
+    for sv in (first, last):
+        point[sv] = tuple(int(v) for v in np.argwhere(labels == sv)[0])
+    session.split("bob", [point[first]], [point[last]])
+    expected = dict(zip(rag.ids.tolist(), session.segment.tolist()))
+    confirmed, separated = session.decisions()
+    session.log.close()
+    return config_path, project, labels, expected, confirmed, separated
+
+
+def test_export_writes_exactly_the_membership_applied(edited, tmp_path, capsys):
+    config_path, project, labels, expected, _, _ = edited
+    out = tmp_path / "export"
+    assert main(["export", "--config", str(config_path), "--output", str(out), "--quiet"]) == 0
+    truth = np.vectorize(lambda v: expected.get(int(v), int(v)), otypes=[np.uint64])(labels)
+    for location in (out / "segmentation", out / "segmentation.zarr"):
+        volume = open_volume(str(location), "segmentation")
+        np.testing.assert_array_equal(volume.read(slice(None), slice(None), slice(None)), truth)
+    info = json.loads((out / "segmentation" / "info").read_text())
+    assert info["scales"][0]["encoding"] == "compressed_segmentation" and len(info["scales"]) >= 4
+    rows = (out / "membership.csv").read_text().splitlines()
+    assert rows[0] == "supervoxel,segment" and len(rows) == len(expected) + 1
+    assert all(expected[int(sv)] == int(seg) for sv, seg in (r.split(",") for r in rows[1:]))
+    log = [json.loads(line) for line in (out / "edit_log.jsonl").read_text().splitlines()]
+    assert [e["kind"] for e in log] == ["merge", "split"]
+    assert not list(tmp_path.glob("export.partial-*"))
+
+
+def test_log_prints_json_lines(edited, capsys):
+    config_path = edited[0]
+    assert main(["log", "--config", str(config_path)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(e["user"], e["kind"]) for e in lines] == [("alice", "merge"), ("bob", "split")]
+    assert all(len(row) == 3 for e in lines for row in e["delta"])
+
+
+def test_agglomeration_honours_confirmed_and_separated_edges(edited, capsys):
+    config_path, project, _, _, confirmed, separated = edited
+    config = load_config(config_path)
+    assert main(["agglomerate", "--config", str(config_path)]) == 0
+    assert "1 confirmed" in capsys.readouterr().out
+    segments = Segments.load(project.root / "segments.npz")
+    index = {int(v): i for i, v in enumerate(segments.ids)}
+    for membership in segments.membership:
+        for a, b in confirmed:
+            assert membership[index[a]] == membership[index[b]]
+        for a, b in separated:
+            assert membership[index[a]] != membership[index[b]]
+    assert list(project.root.glob("edit_log.*.sqlite"))  # the old log is kept
+    assert not (project.root / "edit_log.sqlite").exists()
+    assert config.segment.agglomeration.default_threshold == pytest.approx(
+        float(segments.default_threshold))
