@@ -40,6 +40,7 @@ class ActionReport:
     pointer: Pointer
     milliseconds: float
     sequence: int
+    finished: float = 0.0  # time.perf_counter() when done, to time what follows
 
 
 class ActionRouter:
@@ -79,7 +80,8 @@ class ActionRouter:
         elapsed = (time.perf_counter() - started) * 1000
         with self._changed:
             self._sequence += 1
-            report = ActionReport(action.name, ok, message, pointer, elapsed, self._sequence)
+            report = ActionReport(action.name, ok, message, pointer, elapsed, self._sequence,
+                                  time.perf_counter())
             self.reports.append(report)
             self._changed.notify_all()
         show_status(self.viewer, STATUS_KEY, message)

@@ -81,6 +81,11 @@ class SegmentSource:
         for scale in info["scales"]:
             scale["encoding"] = "raw"
             scale.pop("compressed_segmentation_block_size", None)
+            # thin chunks, one orientation per kind of panel: a 2D view refetching after an
+            # edit then moves an eighth of the data a cube would need
+            edge = max(scale["chunk_sizes"][0])
+            thin = max(1, edge // 8)
+            scale["chunk_sizes"] = [[edge, edge, thin], [edge, thin, edge], [thin, edge, edge]]
         if self._fragments is not None:
             info["mesh"] = "mesh"
         return info

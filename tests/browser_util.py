@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+from scipy import ndimage
 
 CHROMIUM = os.environ.get("PROMPTCUT_CHROMIUM", "/usr/bin/chromium")
 # Software WebGL and no calls home: what works on a headless machine with no network.
@@ -73,3 +74,55 @@ def grey_and_textured(pixels: np.ndarray) -> bool:
 def coloured_fraction(pixels: np.ndarray) -> float:
     saturation = pixels.max(axis=2) - pixels.min(axis=2)
     return float((saturation > 40).mean())
+
+
+def inside(labels: np.ndarray, sv: int) -> tuple[int, int, int]:
+    """A voxel deep inside supervoxel ``sv``, in the section where it is largest."""
+    mask = labels == sv
+    z = int(np.argmax(mask.sum(axis=(1, 2))))
+    depth = ndimage.distance_transform_edt(np.pad(mask[z], 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(np.argmax(depth), depth.shape)
+    return z, int(y), int(x)
+
+
+class Driver:
+    """Puts the mouse on a voxel (by centring the view on it) and presses keys."""
+
+    def __init__(self, page, session):
+        self.page, self.session = page, session
+        self.router = session.router
+
+    def hover(self, voxel) -> None:
+        from server.viewer import to_viewer
+
+        with self.session.viewer.txn() as s:
+            s.position = [v + 0.5 for v in to_viewer(voxel)]
+        box = None
+        deadline = time.monotonic() + 20
+        while box is None and time.monotonic() < deadline:  # panels are rebuilt now and then
+            box = self.page.locator(PANEL).first.bounding_box(timeout=5000)
+        assert box is not None, "the data panel is gone"
+        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        self.page.mouse.move(cx + 3, cy + 3)
+        self.page.mouse.move(cx, cy)
+        time.sleep(0.6)
+
+    def press(self, key: str, voxel):
+        self.hover(voxel)
+        seen = self.router.last_sequence
+        self.page.keyboard.press(key)
+        report = self.router.wait_for_report(seen, 30)
+        assert report is not None, f"no report for {key}"
+        return report
+
+    def segment_seen_at(self, voxel, expected: int, timeout: float = 30) -> int:
+        """The id the browser shows under the mouse, waiting for it to become ``expected``."""
+        deadline = time.monotonic() + timeout
+        seen = None
+        while time.monotonic() < deadline:
+            report = self.press("i", voxel)
+            seen = report.pointer.selected.get("supervoxels")
+            if seen == expected:
+                return seen
+            time.sleep(0.5)
+        return seen
