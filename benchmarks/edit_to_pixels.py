@@ -100,7 +100,7 @@ def measure(session: ServerSession, labels: np.ndarray, repeats: int) -> dict:
              proof.segment_of(int(q))]
     sv_a, sv_b = max(pairs, key=lambda pq: min(area[pq[0]], area[pq[1]]))
     at_a, at_b = (section_interior(section, sv, z) for sv in (sv_a, sv_b))
-    merge, undo, to_server = [], [], []
+    merge, undo, to_server, baseline = [], [], [], []
     with chromium() as browser:
         page = browser.new_page()
         middle = tuple((p + q) // 2 for p, q in zip(at_a, at_b))
@@ -111,6 +111,20 @@ def measure(session: ServerSession, labels: np.ndarray, repeats: int) -> dict:
         page.goto(session.viewer_url)
         wait_for_panel(page, lambda p: coloured_fraction(p) > 0.3)
         time.sleep(2)
+        centre = screen_point(page, session, middle)
+        clip = {"x": centre[0] - 120, "y": centre[1] - 120, "width": 240, "height": 240}
+        for _ in range(repeats):  # the floor: any state change, through neuroglancer alone
+            before = region(page, clip)
+            started = time.perf_counter()
+            with session.viewer.txn() as s:
+                layer = s.layers["supervoxels"]
+                layer.visible = not layer.visible
+            changed = time_until_changed(page, clip, before)
+            baseline.append(time.perf_counter() - started if changed == changed else changed)
+            time.sleep(1.0)
+        with session.viewer.txn() as s:
+            s.layers["supervoxels"].visible = True
+        time.sleep(1.0)
         for _ in range(repeats):
             for samples, keys in ((merge, ("m", "m")), (undo, ("u",))):
                 points = [at_a, at_b] if len(keys) == 2 else [at_b]
@@ -136,6 +150,7 @@ def measure(session: ServerSession, labels: np.ndarray, repeats: int) -> dict:
     return {"merge": percentiles(ms(merge)), "undo": percentiles(ms(undo)),
             "all_ms": sorted(ms(merge + undo)),
             "press_to_server_done": percentiles(ms(to_server)),
+            "baseline_visibility_toggle": percentiles(ms(baseline)),
             "median_ms": round(statistics.median(ms(merge + undo)), 1)}
 
 

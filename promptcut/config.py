@@ -89,7 +89,7 @@ class ServerConfig:
 class ViewerConfig:
     layout: Literal["4panel", "xy", "xz", "yz", "3d", "xy-3d"] = "4panel"
     position: Optional[list[float]] = None  # voxel, z, y, x; the volume centre by default
-    cross_section_scale: Optional[float] = None  # voxels per screen pixel; fits the volume by default
+    cross_section_scale: Optional[float] = None  # voxels per screen pixel; None fits the volume
     show_layer_panel: bool = False
 
 
@@ -201,7 +201,8 @@ def _check(hint: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"config key '{where}' must be a list, got {_kind(value)}")
         if where.endswith(("voxel_size", "position", "chunk_size", "block_shape")) \
                 and len(value) != 3:
-            raise ConfigError(f"config key '{where}' must list 3 numbers (z, y, x), got {len(value)}")
+            raise ConfigError(f"config key '{where}' must list 3 numbers (z, y, x), "
+                              f"got {len(value)}")
         return [_check(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):

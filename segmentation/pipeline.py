@@ -231,7 +231,8 @@ def seed_task(block: Block, affinities: str, seeds: str, params: SupervoxelParam
         low = [slice(None)] * 3
         high = [slice(None)] * 3
         low[axis], high[axis] = slice(0, 1), slice(-1, None)
-        faces.append((provisional[tuple(low)].squeeze(axis), provisional[tuple(high)].squeeze(axis)))
+        faces.append((provisional[tuple(low)].squeeze(axis),
+                      provisional[tuple(high)].squeeze(axis)))
     return count, faces
 
 

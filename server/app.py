@@ -83,9 +83,9 @@ class ServerSession:
 
     def _open_proofreading(self) -> None:
         """The live graph and membership: the agglomeration, then every logged edit."""
-        self.proofreading = open_session(self.project)
+        self.proofreading = session = open_session(self.project)
         volume = self.project.volume("segmentation")
-        self.membership_view = MembershipView(self.proofreading.rag.ids, self.proofreading.segment)
+        self.membership_view = MembershipView(session.rag.ids, session.segment)
         self.segment_source = SegmentSource(Path(volume.location), self.membership_view,
                                             self.proofreading.members_of)
 
