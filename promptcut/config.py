@@ -78,6 +78,22 @@ class ImportConfig:
 
 
 @dataclass
+class Sam2Config:
+    config: str = "sam2.1_hiera_t"  # a package config name or a YAML file
+    checkpoint: Optional[str] = None  # official {"model": state_dict} file; none: no SAM2
+    propagate: int = 8  # slices each way a mask may propagate
+    score_threshold: float = 0.5  # stop propagating below this predicted IoU
+    overlap_threshold: float = 0.5  # or below this IoU with the previous slice's mask
+    cache_slices: int = 32
+
+
+@dataclass
+class ModelsConfig:
+    device: str = "auto"  # auto: CUDA when there is one, else the CPU
+    sam2: Sam2Config = field(default_factory=Sam2Config)
+
+
+@dataclass
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
@@ -102,6 +118,7 @@ class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     import_: ImportConfig = field(default_factory=ImportConfig, metadata={"key": "import"})
     segment: SegmentConfig = field(default_factory=SegmentConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     viewer: ViewerConfig = field(default_factory=ViewerConfig)
     base_dir: Path = field(default=Path("."), metadata={"internal": True})

@@ -156,7 +156,7 @@ class ProofreadingSession:
         started = time.perf_counter()
         with self._lock:
             plan = plan_fn()
-            busy = [s for s in plan.segments + plan.removed if s in self._busy]
+            busy = [s for s in plan.segments + plan.removed if self._busy.get(s, user) != user]
             if busy:
                 raise EditError(f"segment {busy[0]} is being edited by {self._busy[busy[0]]}; "
                                 f"try again in a moment")

@@ -35,6 +35,7 @@ from server import viewer as ngview
 from server.actions import Action, ActionRouter
 from server.api import InfoHandler, ReportsHandler, SegmentInfoHandler, ViewerHandler
 from server.data import DataHandler
+from server.model_worker import ModelWorker
 from server.proofreading import PROMPT_LAYER, Proofreading, prompt_layer
 from server.segments import MembershipView, SegmentChunkHandler, SegmentSource
 
@@ -78,6 +79,7 @@ class ServerSession:
         self.proofreading: Optional[ProofreadingSession] = None
         self.membership_view: Optional[MembershipView] = None
         self.segment_source: Optional[SegmentSource] = None
+        self.models: Optional[ModelWorker] = None
         if (project.root / "rag.npz").is_file() and project.has("segmentation"):
             self._open_proofreading()
 
@@ -86,6 +88,9 @@ class ServerSession:
         self.proofreading = session = open_session(self.project)
         volume = self.project.volume("segmentation")
         self.membership_view = MembershipView(session.rag.ids, session.segment)
+        models = self.config.models
+        self.models = ModelWorker(models.sam2, models.device, self.project.volume("image"),
+                                  volume, self.config.base_dir, self._model_status)
         self.segment_source = SegmentSource(Path(volume.location), self.membership_view,
                                             self.proofreading.members_of)
 
@@ -183,6 +188,8 @@ class ServerSession:
         self._background.shutdown(wait=False, cancel_futures=True)
         if self.proofreading is not None:
             self.proofreading.log.close()
+        if self.models is not None:
+            self.models.close()
 
     def _shutdown(self) -> None:
         if self._http is not None:
@@ -254,8 +261,20 @@ class ServerSession:
         return SegmentDescription(supervoxel, supervoxel, sizes.count(supervoxel), 1, zyx)
 
     def prompt_cut(self, user: str, positives, negatives) -> OperationResult:
-        """The prompt cut; the models issue adds SAM2 masks here."""
-        return self.proofreading.prompt_cut(user, positives, negatives)
+        """The prompt cut, weighted by a SAM2 mask when a checkpoint is configured. The
+        segments involved are held for the user while the model works."""
+        session = self.proofreading
+        held = sorted({session.segment_of(session.supervoxel_at(p, "positive point"))
+                       for p in positives})
+        with session.reserve(held, user):
+            mask, used = self.models.mask_probabilities(positives, negatives)
+            result = session.prompt_cut(user, positives, negatives, mask)
+        result.message = f"{result.message} (from {used})"
+        return result
+
+    def _model_status(self, message: Optional[str]) -> None:
+        for viewer in list(self.viewers.values()):
+            ngview.show_status(viewer, "promptcut-model", message)
 
     def after_edit(self, result: OperationResult) -> None:
         """Tell every viewer: a new generation of the segmentation, and which segments to show
@@ -291,6 +310,7 @@ class ServerSession:
             "layers": {MOUNTS[k]: self.source_url(k) for k in MOUNTS if self.project.has(k)},
             "keys": self.router.key_reference() if self.router else [],
             "proofreading": self.proofreading is not None,
+            "models": self.models.description if self.models else "none",
             "users": sorted(self.viewers),
         }
 

@@ -89,6 +89,7 @@ class Proofreading:
             (self.state.positives if sign > 0 else self.state.negatives).append(voxel)
             count = len(self.state.positives), len(self.state.negatives)
         self.show_prompts()
+        self.server.models.prefetch_around(voxel)  # the cut that follows finds them encoded
         word = "positive" if sign > 0 else "negative"
         return f"{word} point at z {voxel[0]}, y {voxel[1]}, x {voxel[2]} ({count[0]} +, " \
                f"{count[1]} -)"
