@@ -1,0 +1,107 @@
+"""The SAvEM3 student: a residual 3D U-Net predicting affinities and a boundary map, with
+optional distillation heads that regress a teacher's features (SAM2 embeddings or FGNet
+features) with an L1 loss at 1/2 and 1/8 resolution.
+
+Filters 32/64/128/256 by default; for anisotropic data the downsampling is in x and y only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class UNetConfig:
+    filters: tuple[int, ...] = (32, 64, 128, 256)
+    anisotropic: bool = False  # downsample x and y only
+    affinities: int = 3
+    boundary: bool = True
+    teacher_channels: Optional[int] = None  # width of the teacher's features, if distilling
+    distill_levels: tuple[int, ...] = (1, 3)  # encoder levels at 1/2 and 1/8 resolution
+    distill_weight: float = 0.5
+    boundary_weight: float = 0.3
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def pool(self) -> tuple[int, int, int]:
+        return (1, 2, 2) if self.anisotropic else (2, 2, 2)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, inputs: int, outputs: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv3d(inputs, outputs, 3, padding=1, bias=False),
+            nn.GroupNorm(min(8, outputs), outputs), nn.GELU(),
+            nn.Conv3d(outputs, outputs, 3, padding=1, bias=False),
+            nn.GroupNorm(min(8, outputs), outputs))
+        self.skip = nn.Conv3d(inputs, outputs, 1) if inputs != outputs else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.body(x) + self.skip(x))
+
+
+class UNet3D(nn.Module):
+    """EM (B, 1, Z, Y, X) in [0, 1] -> dict of logits: affinities (B, 3, ...), boundary
+    (B, 1, ...), and, when distilling, features per distilled level."""
+
+    def __init__(self, config: UNetConfig = UNetConfig()):
+        super().__init__()
+        self.config = config
+        f = config.filters
+        self.encoders = nn.ModuleList([ResidualBlock(1 if i == 0 else f[i - 1], f[i])
+                                       for i in range(len(f))])
+        self.decoders = nn.ModuleList([ResidualBlock(f[i] + f[i + 1], f[i])
+                                       for i in range(len(f) - 1)])
+        self.affinity_head = nn.Conv3d(f[0], config.affinities, 1)
+        self.boundary_head = nn.Conv3d(f[0], 1, 1) if config.boundary else None
+        self.distill_heads = nn.ModuleDict()
+        if config.teacher_channels:
+            for level in config.distill_levels:
+                self.distill_heads[str(level)] = nn.Conv3d(f[level], config.teacher_channels, 1)
+
+    @property
+    def divisor(self) -> tuple[int, int, int]:
+        """Input sizes must be multiples of this."""
+        levels = len(self.config.filters) - 1
+        return tuple(p ** levels for p in self.config.pool)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        skips = []
+        for i, encoder in enumerate(self.encoders):
+            if i:
+                x = F.max_pool3d(x, self.config.pool)
+            x = encoder(x)
+            skips.append(x)
+        outputs = {f"features_{level}": head(skips[int(level)])
+                   for level, head in self.distill_heads.items()}
+        for i in reversed(range(len(self.decoders))):
+            x = F.interpolate(x, size=skips[i].shape[-3:], mode="trilinear",
+                              align_corners=False)
+            x = self.decoders[i](torch.cat([x, skips[i]], dim=1))
+        outputs["affinities"] = self.affinity_head(x)
+        if self.boundary_head is not None:
+            outputs["boundary"] = self.boundary_head(x)
+        return outputs
+
+    def loss(self, outputs: dict[str, torch.Tensor], affinities: torch.Tensor,
+             boundary: Optional[torch.Tensor] = None,
+             teacher: Optional[dict[str, torch.Tensor]] = None) -> torch.Tensor:
+        """BCE on affinities (and boundaries); L1 to the teacher's features when given, each
+        resized to the level it is regressed at."""
+        c = self.config
+        total = F.binary_cross_entropy_with_logits(outputs["affinities"], affinities)
+        if boundary is not None and "boundary" in outputs:
+            total = total + c.boundary_weight * F.binary_cross_entropy_with_logits(
+                outputs["boundary"], boundary)
+        for name, target in (teacher or {}).items():
+            predicted = outputs[name]
+            target = F.interpolate(target, size=predicted.shape[-3:], mode="trilinear",
+                                   align_corners=False)
+            total = total + c.distill_weight * F.l1_loss(predicted, target)
+        return total
