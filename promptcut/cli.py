@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(commands, "export", cmd_export, "write the corrected segmentation, its membership "
          "table and the edit log", _export_arguments)
     _add(commands, "log", cmd_log, "the edit log as JSON lines", _log_arguments)
+    _add(commands, "train", cmd_train, "train the 3D U-Net student on the config's image and "
+         "ground truth", _train_arguments)
     _add(commands, "serve", cmd_serve, "open the project in neuroglancer", _serve_arguments)
     return parser
 
@@ -250,6 +252,48 @@ def cmd_log(args: argparse.Namespace) -> int:
     else:
         for entry in session.log.entries():
             print(json.dumps(entry.as_json()))
+    return 0
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    _config_only(p)
+    p.add_argument("--iterations", type=int, help="override train.iterations")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from promptcut.config import load_config
+    from segmentation.models.training import Trainer, TrainSettings
+
+    config = load_config(args.config)
+    truth = config.dataset.ground_truth
+    if truth is None:
+        raise InputError("training needs labels: set dataset.ground_truth in the config")
+    t = asdict(config.train)
+    output = config.project_dir / t.pop("output")
+    if args.iterations:
+        t["iterations"] = args.iterations
+    settings = TrainSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in t.items()})
+    voxel_size = config.dataset.voxel_size
+    with _open_input(config.source_location(config.image), config.image.key, "image",
+                     voxel_size) as image, \
+            _open_input(config.source_location(truth), truth.key, "segmentation",
+                        voxel_size) as labels:
+        everything = (slice(None),) * 3
+        raw, truth_labels = image.read(*everything), labels.read(*everything)
+        voxel_size = voxel_size or image.voxel_size or (1.0, 1.0, 1.0)
+    trainer = Trainer(raw, truth_labels, output, settings, config.models.device, voxel_size)
+    if args.resume and trainer.resume():
+        print(f"resumed at iteration {trainer.iteration}", file=sys.stderr)
+    best = trainer.train(progress=not args.quiet)
+    print(f"trained {trainer.iteration} iterations on {trainer.device}; best validation VOI "
+          f"{best.get('voi', float('nan')):.3f} (split {best.get('voi_split', float('nan')):.3f}"
+          f", merge {best.get('voi_merge', float('nan')):.3f}), ARAND "
+          f"{best.get('arand', float('nan')):.3f}; checkpoint {trainer.latest}, curve "
+          f"{output / 'loss_curve.png'}")
     return 0
 
 

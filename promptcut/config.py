@@ -58,8 +58,23 @@ class AgglomerationConfig:
 
 
 @dataclass
+class TrainConfig:
+    iterations: int = 2000
+    patch: list[int] = field(default_factory=lambda: [32, 96, 96])
+    batch: int = 2
+    learning_rate: float = 0.001
+    validation_slices: int = 40
+    validate_every: int = 250
+    checkpoint_every: int = 250
+    filters: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    anisotropic: bool = False
+    output: str = "models/unet3d"  # relative to the project folder
+
+
+@dataclass
 class SegmentConfig:
-    model: str = "baseline"
+    model: Literal["baseline", "unet3d"] = "baseline"
+    checkpoint: Optional[str] = None  # the unet3d model's file (relative to this config)
     block_shape: list[int] = field(default_factory=lambda: [128, 128, 128])
     flood_halo: int = 8
     workers: Optional[int] = None  # None: one per core; 0: in this process, without Dask
@@ -119,6 +134,7 @@ class Config:
     import_: ImportConfig = field(default_factory=ImportConfig, metadata={"key": "import"})
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     viewer: ViewerConfig = field(default_factory=ViewerConfig)
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
@@ -216,7 +232,7 @@ def _check(hint: Any, value: Any, where: str) -> Any:
         (item,) = args
         if not isinstance(value, list):
             raise ConfigError(f"config key '{where}' must be a list, got {_kind(value)}")
-        if where.endswith(("voxel_size", "position", "chunk_size", "block_shape")) \
+        if where.endswith(("voxel_size", "position", "chunk_size", "block_shape", "patch")) \
                 and len(value) != 3:
             raise ConfigError(f"config key '{where}' must list 3 numbers (z, y, x), "
                               f"got {len(value)}")

@@ -28,7 +28,10 @@ def run_segment(config: Config, reuse_affinities: bool = False, if_needed: bool 
     if if_needed and (project.root / "segments.npz").exists() and project.has("segmentation"):
         return None
     image = project.volume("image")
-    model = None if reuse_affinities else make_model(config.segment.model, image.voxel_size)
+    checkpoint = config.segment.checkpoint
+    model = None if reuse_affinities else make_model(
+        config.segment.model, image.voxel_size,
+        str(config.resolve(checkpoint)) if checkpoint else None, config.models.device)
     workers = config.segment.workers
     workers = default_workers() if workers is None else workers
     with Runner(workers, config.segment.scheduler, progress) as runner:

@@ -154,8 +154,16 @@ def largest_eigenvalue(a, b, c, d, e, f) -> np.ndarray:
     return (q + 2.0 * p * np.cos(phi)).astype(np.float32)
 
 
-def make_model(name: str, voxel_size: Sequence[float], **params) -> AffinityModel:
-    """The affinity model a config names. Learned models register here too."""
+def make_model(name: str, voxel_size: Sequence[float], checkpoint: Optional[str] = None,
+               device: str = "auto") -> AffinityModel:
+    """The affinity model a config names: the baseline, or a trained 3D U-Net student."""
     if name in ("baseline", "intensity-baseline"):
-        return IntensityBaseline(voxel_size=tuple(voxel_size), **params)
-    raise InputError(f"unknown affinity model '{name}' (available: baseline)")
+        return IntensityBaseline(voxel_size=tuple(voxel_size))
+    if name == "unet3d":
+        if checkpoint is None:
+            raise InputError("segment.model unet3d needs segment.checkpoint (a file written "
+                             "by `promptcut train`)")
+        from segmentation.models.learned import StudentAffinities
+
+        return StudentAffinities(checkpoint, device)
+    raise InputError(f"unknown affinity model '{name}' (available: baseline, unet3d)")

@@ -1,0 +1,88 @@
+"""`promptcut train` on a crop of the real demo: checkpoints, resume, the loss curve, validation
+metrics, and the trained student used by `promptcut segment`."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from promptcut.cli import main
+from promptcut.config import load_config
+from segmentation.errors import InputError
+from segmentation.models.learned import StudentAffinities
+from segmentation.models.training import Trainer, TrainSettings, augment, label_affinities
+
+TINY = {"iterations": 4, "patch": [16, 32, 32], "batch": 1, "validation_slices": 16,
+        "validate_every": 2, "checkpoint_every": 2, "filters": [4, 8, 16, 32]}
+
+
+@pytest.fixture
+def crop_config(tmp_path, demo_h5):
+    with h5py.File(demo_h5, "r") as f:
+        raw, labels = f["raw"][:48, :64, :64], f["labels"][:48, :64, :64]
+    with h5py.File(tmp_path / "crop.h5", "w") as f:
+        f["raw"], f["labels"] = raw, labels
+    config = {"project": str(tmp_path / "project"),
+              "dataset": {"voxel_size": [10, 10, 10],
+                          "ground_truth": {"path": "crop.h5", "key": "labels"}},
+              "image": {"path": "crop.h5", "key": "raw"},
+              "train": TINY,
+              "segment": {"model": "unet3d", "checkpoint": "project/models/unet3d/"
+                          "checkpoint_latest.pt", "workers": 0, "meshes": False}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_label_affinities_and_augmentation_keep_labels_and_image_together():
+    labels = np.array([[[1, 1, 2], [1, 0, 2]]])
+    affinity = label_affinities(labels)
+    assert affinity[2].tolist() == [[[0, 1, 0], [0, 0, 0]]]  # x: same label, not background
+    assert affinity[1].tolist() == [[[0, 0, 0], [1, 0, 1]]]
+    rng = np.random.default_rng(0)
+    raw = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4) / 32
+    for _ in range(10):
+        a, b = augment(raw, (raw * 32).astype(np.int64), rng, anisotropic=False)
+        assert a.shape == b.shape
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99  # moved together
+
+
+def test_train_checkpoints_resumes_and_plots(crop_config, capsys):
+    assert main(["train", "--config", str(crop_config), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "best validation VOI" in out
+    folder = crop_config.parent / "project" / "models" / "unet3d"
+    payload = torch.load(folder / "checkpoint_latest.pt", weights_only=False)
+    assert payload["iteration"] == 4 and len(payload["history"]["validation"]) == 2
+    assert {"voi", "voi_split", "voi_merge", "arand"} <= set(payload["history"]["validation"][0])
+    assert (folder / "loss_curve.png").stat().st_size > 1000
+    assert main(["train", "--config", str(crop_config), "--resume", "--iterations", "6",
+                 "--quiet"]) == 0
+    payload = torch.load(folder / "checkpoint_latest.pt", weights_only=False)
+    assert payload["iteration"] == 6 and len(payload["history"]["loss"]) == 6
+    history = json.loads((folder / "history.json").read_text())
+    assert len(history["validation"]) == 3
+
+    model = StudentAffinities(folder / "checkpoint_latest.pt", "cpu")
+    with h5py.File(crop_config.parent / "crop.h5", "r") as f:
+        block = f["raw"][:10, :20, :24]
+    predicted = model.predict(block)
+    assert predicted.shape == (3, 10, 20, 24) and 0 <= predicted.min() <= predicted.max() <= 1
+
+    assert main(["segment", "--config", str(crop_config), "--quiet"]) == 0
+    project = load_config(crop_config).project_dir
+    attributes = json.loads((project / "affinities" / ".zattrs").read_text())
+    assert attributes["model"]["name"] == "unet3d"
+
+
+def test_training_refuses_too_few_sections_and_missing_checkpoints(tmp_path):
+    with pytest.raises(InputError, match="too few"):
+        Trainer(np.zeros((10, 8, 8), np.uint8), np.zeros((10, 8, 8), np.int64), tmp_path,
+                TrainSettings(validation_slices=20))
+    with pytest.raises(InputError, match="not found"):
+        StudentAffinities(tmp_path / "none.pt")
