@@ -32,11 +32,16 @@ class FGNetConfig:
     coarse_weight: float = 0.5  # weight of the A_s loss next to the A_r loss
 
 
+def groups(channels: int) -> int:
+    """The most groups, up to 8, that divide the channels."""
+    return next(g for g in (8, 4, 2, 1) if channels % g == 0)
+
+
 def conv_block(inputs: int, outputs: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(inputs, outputs, 3, stride, 1, bias=False),
-                         nn.GroupNorm(min(8, outputs), outputs), nn.GELU(),
+                         nn.GroupNorm(groups(outputs), outputs), nn.GELU(),
                          nn.Conv2d(outputs, outputs, 3, 1, 1, bias=False),
-                         nn.GroupNorm(min(8, outputs), outputs), nn.GELU())
+                         nn.GroupNorm(groups(outputs), outputs), nn.GELU())
 
 
 class FineGrainedEncoder(nn.Module):

@@ -62,7 +62,8 @@ def augment(raw: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
             raw, labels = np.flip(raw, axis), np.flip(labels, axis)
     turns = int(rng.integers(4))
     raw, labels = np.rot90(raw, turns, axes=(1, 2)), np.rot90(labels, turns, axes=(1, 2))
-    if not anisotropic and rng.random() < 0.5:  # isotropic: any plane can be the section
+    if not anisotropic and raw.shape[0] == raw.shape[1] and rng.random() < 0.5:
+        # isotropic and cubic: any plane can be the section
         raw, labels = np.swapaxes(raw, 0, 1), np.swapaxes(labels, 0, 1)
     raw = raw * rng.uniform(0.8, 1.2) + rng.uniform(-0.1, 0.1)
     return np.ascontiguousarray(np.clip(raw, 0, 1)), np.ascontiguousarray(labels)

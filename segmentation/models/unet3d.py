@@ -32,14 +32,19 @@ class UNetConfig:
         return (1, 2, 2) if self.anisotropic else (2, 2, 2)
 
 
+def groups(channels: int) -> int:
+    """The most groups, up to 8, that divide the channels."""
+    return next(g for g in (8, 4, 2, 1) if channels % g == 0)
+
+
 class ResidualBlock(nn.Module):
     def __init__(self, inputs: int, outputs: int):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv3d(inputs, outputs, 3, padding=1, bias=False),
-            nn.GroupNorm(min(8, outputs), outputs), nn.GELU(),
+            nn.GroupNorm(groups(outputs), outputs), nn.GELU(),
             nn.Conv3d(outputs, outputs, 3, padding=1, bias=False),
-            nn.GroupNorm(min(8, outputs), outputs))
+            nn.GroupNorm(groups(outputs), outputs))
         self.skip = nn.Conv3d(inputs, outputs, 1) if inputs != outputs else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
