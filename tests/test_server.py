@@ -211,3 +211,16 @@ def test_segment_chunks_are_served_with_the_membership_applied(segmented_session
     assert response.status == 200 and len(body) > 12
     response, _ = request(session, f"/segments/g{generation}/mesh/..%2Finfo")
     assert response.status == 404
+
+
+def test_each_proofreader_gets_a_viewer_of_their_own(segmented_session):
+    session = segmented_session
+    response, body = request(session, "/api/viewer?user=alice&redirect=0")
+    answer = json.loads(body)
+    assert response.status == 200 and answer["user"] == "alice"
+    assert answer["viewer_url"] != session.viewer_url and "alice" in session.viewers
+    assert "promptcut-merge" in session.routers["alice"].actions  # alice's own keys
+    response, _ = request(session, "/api/viewer?user=alice")
+    assert response.status == 302 and response.getheader("Location") == answer["viewer_url"]
+    response, body = request(session, "/api/viewer?user=no%20spaces&redirect=0")
+    assert response.status == 400 and "user name" in json.loads(body)["error"]
