@@ -20,7 +20,8 @@ MINIMAL = "project: out\nimage:\n  path: em.h5\n  key: raw\n"
 def test_demo_config_is_valid_and_resolves_paths_from_its_folder():
     config = load_config(REPO / "configs" / "demo.yaml")
     assert config.image.key == "raw" and config.dataset.ground_truth.key == "labels"
-    assert config.segmentation is None and config.segment.model == "baseline"
+    assert config.segmentation is None and config.segment.model == "unet3d"
+    assert config.resolve(config.segment.checkpoint).is_file()  # the shipped model
     assert config.dataset.voxel_size == [10.0, 10.0, 10.0]
     assert config.server.host == "127.0.0.1"
     assert config.project_dir == (REPO / "build" / "demo").resolve()
