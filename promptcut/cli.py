@@ -128,7 +128,7 @@ def _open_input(location: str, key: Optional[str], kind: str, voxel_size):
 
 
 def _segment_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="the project's YAML config")
+    _config_only(p)
     p.add_argument("--workers", type=int, help="local Dask workers (0: no Dask, in this process;"
                    " default: one per core)")
     p.add_argument("--scheduler", help="address of an existing Dask scheduler to run on")
@@ -162,7 +162,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="the project's YAML config")
+    _config_only(p)
     p.add_argument("--ground-truth", help="labels to score against (default: "
                    "dataset.ground_truth); an HDF5/TIFF/NumPy file or a volume")
     p.add_argument("--key", help="HDF5 dataset of --ground-truth")
@@ -298,7 +298,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _serve_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="the project's YAML config")
+    _config_only(p)
     p.add_argument("--host", help="bind address (overrides server.host)")
     p.add_argument("--port", type=int, help="port of the data and landing page server")
     p.add_argument("--open", action="store_true", help="open the viewer in a web browser")

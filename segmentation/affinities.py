@@ -48,16 +48,20 @@ class AffinityModel(ABC):
         return {"name": self.name, "offsets": [list(o) for o in self.offsets]}
 
 
+def neighbour_slices(c: int) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """(voxels v, voxels v - e_c) along axis c: the pairs that affinity channel c joins."""
+    here, there = [slice(None)] * 3, [slice(None)] * 3
+    here[c], there[c] = slice(1, None), slice(None, -1)
+    return tuple(here), tuple(there)
+
+
 def affinities_from_boundary(boundary: np.ndarray) -> np.ndarray:
     """Nearest-neighbour affinities from a boundary map: 1 - max(b(v), b(v - e_c))."""
     affinities = np.empty((3,) + boundary.shape, np.float32)
     for c in range(3):
-        lower = [slice(None)] * 3
-        upper = [slice(None)] * 3
-        lower[c], upper[c] = slice(1, None), slice(None, -1)
+        here, there = neighbour_slices(c)
         np.subtract(1.0, boundary, out=affinities[c])
-        affinities[c][tuple(lower)] = 1.0 - np.maximum(boundary[tuple(lower)],
-                                                       boundary[tuple(upper)])
+        affinities[c][here] = 1.0 - np.maximum(boundary[here], boundary[there])
     return affinities
 
 

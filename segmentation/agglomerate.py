@@ -27,10 +27,6 @@ class Agglomeration:
     thresholds: list[float]
     memberships: list[np.ndarray]  # per threshold: segment id of each RAG node (a member's id)
 
-    def membership(self, threshold: float) -> np.ndarray:
-        index = int(np.argmin([abs(t - threshold) for t in self.thresholds]))
-        return self.memberships[index]
-
 
 def check_thresholds(thresholds: Sequence[float]) -> list[float]:
     values = [float(t) for t in thresholds]

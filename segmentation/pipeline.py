@@ -16,7 +16,6 @@ the same code runs in this process or on any number of Dask workers.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -383,9 +382,3 @@ class Segments:
         threshold = self.default_threshold if threshold is None else threshold
         return self.membership[int(np.argmin(np.abs(self.thresholds - threshold)))]
 
-
-def describe(report: PipelineReport) -> str:
-    return json.dumps({"voxels": report.voxels, "blocks": report.blocks,
-                       "workers": report.workers, "supervoxels": report.supervoxels,
-                       "edges": report.edges, "seconds": report.seconds,
-                       "Mvox_per_s": round(report.megavoxels_per_second, 2)})

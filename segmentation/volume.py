@@ -252,10 +252,6 @@ def open_zarr(path: Path) -> ts.TensorStore:
                    write=True).result()
 
 
-def read_attributes(path: Path) -> dict:
-    attributes = Path(path) / ".zattrs"
-    return json.loads(attributes.read_text()) if attributes.is_file() else {}
-
 
 def write_ome_zarr_group(root: Path, name: str, scales: Sequence[Sequence[float]]) -> None:
     """Zarr v2 group metadata in the OME-NGFF 0.4 form that neuroglancer and napari read."""

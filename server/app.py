@@ -166,7 +166,7 @@ class ServerSession:
                                        self.config.viewer.position,
                                        self.config.viewer.cross_section_scale)
         return (volumes["image"].voxel_size, sources, camera,
-                self.config.viewer.show_layer_panel, (), self._segments_at(camera.position))
+                self.config.viewer.show_layer_panel, self._segments_at(camera.position))
 
     def reset_view(self) -> None:
         """Layers, camera and layout of every viewer back to how the session started."""

@@ -77,12 +77,10 @@ def default_camera(shape: Sequence[int], layout: str, position: Optional[Sequenc
 
 
 def configure(viewer: neuroglancer.Viewer, voxel_size: Sequence[float], sources: dict[str, str],
-              camera: Camera, show_layer_panel: bool, equivalences: Sequence[Sequence[int]] = (),
-              visible: Sequence[int] = ()) -> None:
+              camera: Camera, show_layer_panel: bool, visible: Sequence[int] = ()) -> None:
     """Build the whole viewer state in one transaction.
 
-    ``equivalences`` groups supervoxels into neurons (neuroglancer then colours, selects and
-    meshes each group as one segment); ``visible`` segments are shown in 3D.
+    ``visible`` segments are shown in 3D (the membership is applied by the server's chunks).
     """
     with viewer.txn() as s:
         s.dimensions = neuroglancer.CoordinateSpace(names=["x", "y", "z"], units="nm",
@@ -92,8 +90,6 @@ def configure(viewer: neuroglancer.Viewer, voxel_size: Sequence[float], sources:
         if SEGMENTATION_LAYER in sources:
             layer = neuroglancer.SegmentationLayer(source=sources[SEGMENTATION_LAYER],
                                                    selected_alpha=0.5, not_selected_alpha=0.3)
-            if equivalences:  # an empty list would still add a local equivalence source
-                layer.equivalences = [list(map(int, group)) for group in equivalences]
             layer.segments = {int(v) for v in visible}
             s.layers[SEGMENTATION_LAYER] = layer
         s.position = [v + 0.5 for v in to_viewer(camera.position)]  # voxel centres

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from segmentation.affinities import boundary_from_affinities, quantize
+from segmentation.affinities import boundary_from_affinities, neighbour_slices, quantize
 from segmentation.agglomerate import agglomerate
 from segmentation.errors import InputError
 from segmentation.metrics import scores
@@ -46,11 +46,8 @@ def label_affinities(labels: np.ndarray) -> np.ndarray:
     """(3, z, y, x) float32: 1 where v and v - e_c carry the same nonzero label."""
     result = np.zeros((3,) + labels.shape, np.float32)
     for c in range(3):
-        here = [slice(None)] * 3
-        there = [slice(None)] * 3
-        here[c], there[c] = slice(1, None), slice(None, -1)
-        same = (labels[tuple(here)] == labels[tuple(there)]) & (labels[tuple(here)] != 0)
-        result[c][tuple(here)] = same
+        here, there = neighbour_slices(c)
+        result[c][here] = (labels[here] == labels[there]) & (labels[here] != 0)
     return result
 
 
