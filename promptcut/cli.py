@@ -49,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(commands, "export", cmd_export, "write the corrected segmentation, its membership "
          "table and the edit log", _export_arguments)
     _add(commands, "log", cmd_log, "the edit log as JSON lines", _log_arguments)
-    _add(commands, "train", cmd_train, "train the 3D U-Net student on the config's image and "
-         "ground truth", _train_arguments)
+    _add(commands, "train", cmd_train, "train the 3D U-Net student or FGNet (train.model) on the "
+         "config's image and ground truth", _train_arguments)
     _add(commands, "serve", cmd_serve, "open the project in neuroglancer", _serve_arguments)
     return parser
 
@@ -266,14 +266,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from promptcut.config import load_config
-    from segmentation.models.training import Trainer, TrainSettings
+    from segmentation.models.training import FGNetTrainer, StudentTrainer, TrainSettings
 
     config = load_config(args.config)
     truth = config.dataset.ground_truth
     if truth is None:
         raise InputError("training needs labels: set dataset.ground_truth in the config")
     t = asdict(config.train)
-    output = config.project_dir / t.pop("output")
+    output = config.project_dir / (t.pop("output") or f"models/{t['model']}")
     if args.iterations:
         t["iterations"] = args.iterations
     settings = TrainSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in t.items()})
@@ -285,14 +285,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         everything = (slice(None),) * 3
         raw, truth_labels = image.read(*everything), labels.read(*everything)
         voxel_size = voxel_size or image.voxel_size or (1.0, 1.0, 1.0)
-    trainer = Trainer(raw, truth_labels, output, settings, config.models.device, voxel_size)
+    if settings.model == "fgnet":
+        sam2_config, sam2_checkpoint = config.sam2_model()
+        if sam2_checkpoint is None:
+            raise InputError("train.model fgnet learns on SAM2 features: set "
+                             "models.sam2.checkpoint to the SAM2 weights to use")
+        trainer = FGNetTrainer(raw, truth_labels, output, sam2_config, sam2_checkpoint, settings,
+                               config.models.device, voxel_size)
+    else:
+        trainer = StudentTrainer(raw, truth_labels, output, settings, config.models.device,
+                                 voxel_size)
     if args.resume and trainer.resume():
         print(f"resumed at iteration {trainer.iteration}", file=sys.stderr)
     best = trainer.train(progress=not args.quiet)
     print(f"trained {trainer.iteration} iterations on {trainer.device}; best validation VOI "
           f"{best.get('voi', float('nan')):.3f} (split {best.get('voi_split', float('nan')):.3f}"
           f", merge {best.get('voi_merge', float('nan')):.3f}), ARAND "
-          f"{best.get('arand', float('nan')):.3f}; checkpoint {trainer.latest}, curve "
+          f"{best.get('arand', float('nan')):.3f}; checkpoints {trainer.latest} (latest), "
+          f"{trainer.best} (best), curve "
           f"{output / 'loss_curve.png'}")
     return 0
 

@@ -31,6 +31,7 @@ class AffinityModel(ABC):
 
     name: str = "model"
     offsets: tuple[tuple[int, int, int], ...] = NEAREST
+    whole_sections: bool = False  # True: blocks must span whole sections (2D models on SAM2)
 
     @property
     @abstractmethod
@@ -160,14 +161,14 @@ def largest_eigenvalue(a, b, c, d, e, f) -> np.ndarray:
 
 def make_model(name: str, voxel_size: Sequence[float], checkpoint: Optional[str] = None,
                device: str = "auto") -> AffinityModel:
-    """The affinity model a config names: the baseline, or a trained 3D U-Net student."""
+    """The affinity model a config names: the baseline, the 3D U-Net student or FGNet."""
     if name in ("baseline", "intensity-baseline"):
         return IntensityBaseline(voxel_size=tuple(voxel_size))
-    if name == "unet3d":
+    if name in ("unet3d", "fgnet"):
         if checkpoint is None:
-            raise InputError("segment.model unet3d needs segment.checkpoint (a file written "
-                             "by `promptcut train`)")
-        from segmentation.models.learned import StudentAffinities
+            raise InputError(f"segment.model {name} needs segment.checkpoint (a file written "
+                             f"by `promptcut train`)")
+        from segmentation.models.learned import FGNetAffinities, StudentAffinities
 
-        return StudentAffinities(checkpoint, device)
-    raise InputError(f"unknown affinity model '{name}' (available: baseline, unet3d)")
+        return (StudentAffinities if name == "unet3d" else FGNetAffinities)(checkpoint, device)
+    raise InputError(f"unknown affinity model '{name}' (available: baseline, unet3d, fgnet)")

@@ -186,6 +186,9 @@ def compute_affinities(image: Volume, model: AffinityModel, path: Path, blocks: 
                   "voxel_size": list(image.voxel_size), "dtype": "uint8 (affinity * 255)"}
     create_zarr(path, np.uint8, (len(model.offsets),) + image.shape, (len(model.offsets),) + CHUNK,
                 attributes)
+    if model.whole_sections:  # slabs of whole sections, as deep as the other stages' blocks
+        depth = blocks[0].core[0].stop - blocks[0].core[0].start
+        blocks = make_blocks(image.shape, (depth,) + tuple(image.shape[1:]))
     runner.map(affinity_task, blocks, image.location, image.format, image.voxel_size, model,
                str(path), desc="affinities")
 

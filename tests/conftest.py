@@ -97,3 +97,22 @@ def segmented_session(segmented_config):
     session.start()
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def small_sam2(tmp_path_factory) -> tuple[Path, Path]:
+    """A random-init hiera-tiny at a 256-pixel input (fast on the CPU), as a YAML config and an
+    official-format checkpoint: (config, checkpoint)."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from segmentation.models.sam2_prompt import build_model, load_config
+
+    folder = tmp_path_factory.mktemp("small_sam2")
+    config = load_config("sam2.1_hiera_t")
+    config.model.image_size = 256
+    OmegaConf.save(config, folder / "sam2_small.yaml")
+    torch.manual_seed(3)
+    model = build_model(str(folder / "sam2_small.yaml"), None, "cpu")
+    torch.save({"model": model.state_dict()}, folder / "sam2_small.pt")
+    return folder / "sam2_small.yaml", folder / "sam2_small.pt"

@@ -20,7 +20,7 @@ def sam_encoder():
 
 def tiny_fgnet(encoder, freeze=True) -> FGNet:
     return FGNet(encoder, FGNetConfig(fine_channels=8, attention_dim=16, heads=2,
-                                      freeze_sam=freeze))
+                                      freeze_sam=freeze, sam_image_size=256))
 
 
 def toy_sections(size=64, seed=0):

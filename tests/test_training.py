@@ -15,7 +15,7 @@ from promptcut.cli import main
 from promptcut.config import load_config
 from segmentation.errors import InputError
 from segmentation.models.learned import StudentAffinities
-from segmentation.models.training import Trainer, TrainSettings, augment, label_affinities
+from segmentation.models.training import StudentTrainer, TrainSettings, augment, label_affinities
 
 TINY = {"iterations": 4, "patch": [16, 32, 32], "batch": 1, "validation_slices": 16,
         "validate_every": 2, "checkpoint_every": 2, "filters": [4, 8, 16, 32]}
@@ -83,7 +83,64 @@ def test_train_checkpoints_resumes_and_plots(crop_config, capsys):
 
 def test_training_refuses_too_few_sections_and_missing_checkpoints(tmp_path):
     with pytest.raises(InputError, match="too few"):
-        Trainer(np.zeros((10, 8, 8), np.uint8), np.zeros((10, 8, 8), np.int64), tmp_path,
-                TrainSettings(validation_slices=20))
+        StudentTrainer(np.zeros((10, 8, 8), np.uint8), np.zeros((10, 8, 8), np.int64),
+                       tmp_path, TrainSettings(validation_slices=20))
     with pytest.raises(InputError, match="not found"):
         StudentAffinities(tmp_path / "none.pt")
+
+
+def test_fgnet_trains_from_the_cli_and_segments(crop_config, small_sam2, capsys):
+    sam2_config, sam2_checkpoint = small_sam2
+    config = yaml.safe_load(crop_config.read_text())
+    config["train"] = {**TINY, "model": "fgnet", "fine_channels": 8}
+    config["models"] = {"sam2": {"config": str(sam2_config)}}
+    crop_config.write_text(yaml.safe_dump(config))
+    assert main(["train", "--config", str(crop_config), "--quiet"]) == 2
+    assert "models.sam2.checkpoint" in capsys.readouterr().err
+    config["models"]["sam2"]["checkpoint"] = str(sam2_checkpoint)
+    config["segment"] = {"model": "fgnet", "checkpoint": "project/models/fgnet/"
+                         "checkpoint_latest.pt", "workers": 0, "meshes": False,
+                         "block_shape": [64, 64, 64]}
+    crop_config.write_text(yaml.safe_dump(config))
+    assert main(["train", "--config", str(crop_config), "--quiet"]) == 0
+    assert "best validation VOI" in capsys.readouterr().out
+    folder = crop_config.parent / "project" / "models" / "fgnet"
+    payload = torch.load(folder / "checkpoint_latest.pt", weights_only=False)
+    assert payload["kind"] == "fgnet" and payload["iteration"] == 4
+    assert payload["sam2"]["model_config"]["image_size"] == 256
+    assert (folder / "checkpoint_best.pt").is_file()
+    # the SAM2 encoder stayed frozen: its weights are the SAM2 checkpoint's
+    sam = torch.load(sam2_checkpoint, weights_only=True)["model"]
+    key = next(k for k in sam if k.startswith("image_encoder."))
+    assert torch.equal(payload["model"][key], sam[key])
+
+    assert main(["segment", "--config", str(crop_config), "--quiet"]) == 0
+    project = load_config(crop_config).project_dir
+    attributes = json.loads((project / "affinities" / ".zattrs").read_text())
+    assert attributes["model"]["name"] == "fgnet"
+    with pytest.raises(InputError, match="holds a fgnet model, but the config asks for unet3d"):
+        StudentAffinities(folder / "checkpoint_latest.pt")
+
+
+def test_fgnet_windows_keep_their_features_and_targets_aligned(small_sam2, tmp_path):
+    from segmentation.models.fgnet import window_levels
+
+    level = torch.rand(1, 4, 16, 16)
+    window = window_levels([level], (64, 64), ((16, 48), (16, 48)))[0]
+    assert torch.allclose(window, level[..., 4:12, 4:12], atol=1e-6)
+    whole = window_levels([level], (64, 64), ((0, 64), (0, 64)))[0]
+    assert torch.allclose(whole, level, atol=1e-6)
+
+    from segmentation.models.training import FGNetTrainer
+
+    rng = np.random.default_rng(0)
+    trainer = FGNetTrainer(rng.random((12, 12, 12)).astype(np.float32),
+                           np.ones((12, 12, 12), np.int64), tmp_path, str(small_sam2[0]),
+                           small_sam2[1], TrainSettings(validation_slices=4, fine_channels=8),
+                           "cpu")
+    ids = np.arange(2 * 12 * 12).reshape(2, 12, 12)
+    for _ in range(8):  # flips and transpositions move labels, image and features together
+        raw, moved, levels = trainer._augment((0.2 + ids / 500).astype(np.float32), ids,
+                                              [torch.from_numpy(ids[1:].astype(np.float32))])
+        assert np.array_equal(np.argsort(raw.ravel()), np.argsort(moved.ravel()))
+        assert np.array_equal(levels[0][0].numpy(), moved[1])

@@ -11,15 +11,25 @@ and v - e_z belong together):
   (cross-attention), and the answer gates and enriches the fine features;
 - two affinity decoders: a coarse one on SAM2 features alone (A_s) and a refined one on the guided
   fine features (A_r); both are supervised, and the watershed runs on A_r.
+
+SAM2 always sees a whole section resized to its input size (as the prompt backend does), and
+FGNet gets those features resampled onto the window it works on (``window_levels``). Training,
+the pipeline and the prompt loop therefore share one geometry, and the prompt loop can reuse the
+features the prompt backend already cached for the clicked section.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from segmentation.models.sam2_prompt import sam_input
+from segmentation.models.unet3d import balanced_bce
 
 
 @dataclass
@@ -30,6 +40,35 @@ class FGNetConfig:
     sam_channels: int = 256  # SAM2's FPN width (d_model of the neck)
     freeze_sam: bool = True
     coarse_weight: float = 0.5  # weight of the A_s loss next to the A_r loss
+    sam_image_size: int = 1024  # SAM2's input size (its config's image_size)
+
+
+Window = tuple[tuple[int, int], tuple[int, int]]  # (y0, y1), (x0, x1) in section pixels
+
+
+def section_levels(encoder: nn.Module, section: torch.Tensor, image_size: int
+                   ) -> list[torch.Tensor]:
+    """SAM2's FPN levels (strides 4, 8, 16 of its input) for whole sections (B, 1, H, W)."""
+    return list(encoder(sam_input(section, image_size))["backbone_fpn"])
+
+
+def window_levels(levels: Sequence[torch.Tensor], shape: Sequence[int], window: Window
+                  ) -> list[torch.Tensor]:
+    """Whole-section feature levels resampled onto a window of the section: each level keeps
+    its own resolution relative to the section (bilinear, pixel centres aligned)."""
+    (y0, y1), (x0, x1) = window
+    height, width = shape
+    out = []
+    for level in levels:
+        rows = max(1, round((y1 - y0) * level.shape[-2] / height))
+        cols = max(1, round((x1 - x0) * level.shape[-1] / width))
+        ys = y0 + (torch.arange(rows, device=level.device) + 0.5) * (y1 - y0) / rows
+        xs = x0 + (torch.arange(cols, device=level.device) + 0.5) * (x1 - x0) / cols
+        gy, gx = torch.meshgrid(2 * ys / height - 1, 2 * xs / width - 1, indexing="ij")
+        grid = torch.stack([gx, gy], dim=-1)[None].expand(level.shape[0], -1, -1, -1)
+        out.append(F.grid_sample(level.float(), grid.float(), mode="bilinear",
+                                 align_corners=False))
+    return out
 
 
 def groups(channels: int) -> int:
@@ -106,19 +145,17 @@ class FGNet(nn.Module):
         self.up_half = nn.Conv2d(c * 4 + c * 2, c * 2, 3, 1, 1)
         self.up_full = nn.Conv2d(c * 2 + c, c, 3, 1, 1)
         self.refined_head = AffinityHead(c)
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
 
     def sam_features(self, section: torch.Tensor) -> list[torch.Tensor]:
-        """SAM2's FPN levels (strides 4, 8, 16) for the current section."""
-        rgb = (section.expand(-1, 3, -1, -1) - self.mean) / self.std
-        if self.config.freeze_sam:
-            with torch.no_grad():
-                return self.image_encoder(rgb)["backbone_fpn"]
-        return self.image_encoder(rgb)["backbone_fpn"]
+        """SAM2's FPN levels for whole sections (B, 1, H, W), with gradients only when SAM2 is
+        fine-tuned."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_sam):
+            return section_levels(self.image_encoder, section, self.config.sam_image_size)
 
-    def forward(self, sections: torch.Tensor, sam_levels: list[torch.Tensor] | None = None
+    def forward(self, sections: torch.Tensor, sam_levels: Optional[list[torch.Tensor]] = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``sam_levels``: the current section's SAM2 features on this window (see
+        ``window_levels``); without them the window is encoded as if it were the section."""
         size = sections.shape[-2:]
         if sam_levels is None:
             sam_levels = self.sam_features(sections[:, 1:2])
@@ -132,10 +169,23 @@ class FGNet(nn.Module):
         x = F.gelu(self.up_full(torch.cat([x, full], dim=1)))
         return coarse, self.refined_head(x)
 
-    def loss(self, outputs: tuple[torch.Tensor, torch.Tensor], target: torch.Tensor,
-             weight: torch.Tensor | None = None) -> torch.Tensor:
-        """Binary cross-entropy on both maps, the coarse one down-weighted."""
+    def loss(self, outputs: tuple[torch.Tensor, torch.Tensor], target: torch.Tensor
+             ) -> torch.Tensor:
+        """Class-balanced cross-entropy on both maps, the coarse one down-weighted."""
         coarse, refined = outputs
-        refined_loss = F.binary_cross_entropy_with_logits(refined, target, weight=weight)
-        coarse_loss = F.binary_cross_entropy_with_logits(coarse, target, weight=weight)
-        return refined_loss + self.config.coarse_weight * coarse_loss
+        return balanced_bce(refined, target) + \
+            self.config.coarse_weight * balanced_bce(coarse, target)
+
+
+@torch.no_grad()
+def predict_sections(model: FGNet, image: np.ndarray, device: torch.device) -> np.ndarray:
+    """Refined affinities (3, z, y, x) in [0, 1] of whole sections of [0, 1] intensities, each
+    section with the one before it (the first pairs with itself: its z affinities mean nothing
+    and the pipeline's context crops them away)."""
+    model.eval()
+    result = np.zeros((3,) + image.shape, np.float32)
+    for z in range(image.shape[0]):
+        pair = np.stack([image[max(z - 1, 0)], image[z]]).astype(np.float32)
+        _, refined = model(torch.from_numpy(pair)[None].to(device))
+        result[:, z] = torch.sigmoid(refined[0]).cpu().numpy()
+    return result

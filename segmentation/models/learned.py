@@ -1,4 +1,4 @@
-"""A trained 3D U-Net student as an affinity model of the pipeline."""
+"""Trained networks (the 3D U-Net student, FGNet) as affinity models of the pipeline."""
 
 from __future__ import annotations
 
@@ -10,31 +10,81 @@ import torch
 
 from segmentation.affinities import NEAREST, AffinityModel
 from segmentation.errors import InputError
+from segmentation.models.fgnet import FGNet, FGNetConfig, predict_sections
+from segmentation.models.sam2_prompt import instantiate_model, pick_device
 from segmentation.models.training import predict_affinities
 from segmentation.models.unet3d import UNet3D, UNetConfig
 
 
-class StudentAffinities(AffinityModel):
+def read_checkpoint(path: Path, kind: str) -> dict:
+    """A checkpoint written by `promptcut train`, refused with the file named when it is not one
+    of the ``kind`` expected."""
+    if not path.is_file():
+        raise InputError(f"affinity model checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise InputError(f"{path} is not a readable PyTorch checkpoint ({exc})") from None
+    if not isinstance(payload, dict) or "model" not in payload:
+        raise InputError(f"{path} is not a promptcut checkpoint (no 'model' weights)")
+    found = payload.get("kind", "unet3d")  # the first shipped student predates the field
+    if found != kind:
+        raise InputError(f"{path} holds a {found} model, but the config asks for {kind}")
+    return payload
+
+
+def load_student(path: Path) -> UNet3D:
+    payload = read_checkpoint(path, "unet3d")
+    try:
+        config = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v
+                               for k, v in payload["unet_config"].items()})
+        model = UNet3D(config)
+        model.load_state_dict(payload["model"])
+    except (KeyError, RuntimeError, TypeError) as exc:
+        raise InputError(f"{path} is not a promptcut 3D U-Net checkpoint "
+                         f"(expected 'model' and 'unet_config'; {exc})") from None
+    return model
+
+
+def load_fgnet(path: Path) -> FGNet:
+    """FGNet with the SAM2 image encoder it was trained with (config and weights are in the
+    file: no SAM2 checkpoint is needed to run it)."""
+    payload = read_checkpoint(path, "fgnet")
+    try:
+        sam = instantiate_model(payload["sam2"]["model_config"])
+        model = FGNet(sam.image_encoder, FGNetConfig(**payload["fgnet_config"]))
+        model.load_state_dict(payload["model"])
+    except (KeyError, RuntimeError, TypeError) as exc:
+        raise InputError(f"{path} is not a promptcut FGNet checkpoint (expected 'model', "
+                         f"'fgnet_config' and 'sam2'; {exc})") from None
+    return model
+
+
+class LearnedAffinities(AffinityModel):
+    """A network from a checkpoint, on CUDA when there is one."""
+
+    def __init__(self, checkpoint: str | Path, model: torch.nn.Module, device: str = "auto"):
+        self.checkpoint = Path(checkpoint)
+        self.device = pick_device(device)
+        self.model = model.to(self.device).eval()
+
+    @staticmethod
+    def unit(image: np.ndarray) -> np.ndarray:
+        scale = 255.0 if image.dtype == np.uint8 else max(float(image.max()), 1.0)
+        return image.astype(np.float32) / scale
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "checkpoint": str(self.checkpoint)}
+
+
+class StudentAffinities(LearnedAffinities):
     name = "unet3d"
     offsets = NEAREST
 
     def __init__(self, checkpoint: str | Path, device: str = "auto", context: int = 16):
-        self.checkpoint = Path(checkpoint)
-        if not self.checkpoint.is_file():
-            raise InputError(f"affinity model checkpoint not found: {self.checkpoint}")
-        try:
-            payload = torch.load(self.checkpoint, map_location="cpu", weights_only=False)
-            config = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                   for k, v in payload["unet_config"].items()})
-            model = UNet3D(config)
-            model.load_state_dict(payload["model"])
-        except (KeyError, RuntimeError, TypeError) as exc:
-            raise InputError(f"{self.checkpoint} is not a promptcut 3D U-Net checkpoint "
-                             f"(expected 'model' and 'unet_config'; {exc})") from None
-        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
-                                   if device == "auto" else device)
-        self.model = model.to(self.device).eval()
-        self._context = (context // 2 if config.anisotropic else context, context, context)
+        model = load_student(Path(checkpoint))
+        super().__init__(checkpoint, model, device)
+        self._context = (context // 2 if model.config.anisotropic else context, context, context)
 
     @property
     def context(self) -> tuple[int, int, int]:
@@ -42,8 +92,22 @@ class StudentAffinities(AffinityModel):
 
     @torch.no_grad()
     def predict(self, image: np.ndarray) -> np.ndarray:
-        scale = 255.0 if image.dtype == np.uint8 else max(float(image.max()), 1.0)
-        return predict_affinities(self.model, image.astype(np.float32) / scale, self.device)
+        return predict_affinities(self.model, self.unit(image), self.device)
 
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "checkpoint": str(self.checkpoint)}
+
+class FGNetAffinities(LearnedAffinities):
+    """FGNet section by section. SAM2 sees whole sections, so blocks span whole sections."""
+
+    name = "fgnet"
+    offsets = NEAREST
+    whole_sections = True
+
+    def __init__(self, checkpoint: str | Path, device: str = "auto"):
+        super().__init__(checkpoint, load_fgnet(Path(checkpoint)), device)
+
+    @property
+    def context(self) -> tuple[int, int, int]:
+        return (1, 0, 0)  # the section before the block's first
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        return predict_sections(self.model, self.unit(image), self.device)

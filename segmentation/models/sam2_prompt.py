@@ -32,6 +32,16 @@ POSTPROCESSING = {"dynamic_multimask_via_stability": True,
                   "dynamic_multimask_stability_thresh": 0.98}
 
 
+def sam_input(sections: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, 1, H, W) in [0, 1] -> (B, 3, size, size) normalised as SAM2 was trained: the one
+    place that decides how a section becomes SAM2's input (the prompter and FGNet share it)."""
+    rgb = F.interpolate(sections.expand(-1, 3, -1, -1), size=(size, size), mode="bilinear",
+                        align_corners=False)
+    mean = torch.tensor(IMAGENET_MEAN, device=rgb.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=rgb.device).view(1, 3, 1, 1)
+    return (rgb - mean) / std
+
+
 def pick_device(requested: str = "auto") -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -68,13 +78,24 @@ def load_config(config: str):
 
 def build_model(config: str, checkpoint: Optional[str | Path], device: str = "auto"):
     """Instantiate the config's model and load an official checkpoint ({"model": state_dict})."""
-    from hydra.utils import instantiate
-
-    cfg = load_config(config)
-    model = instantiate(cfg.model, _recursive_=True)
+    model = instantiate_model(model_config(config))
     if checkpoint is not None:
         load_checkpoint(model, Path(checkpoint), config)
     return model.to(pick_device(device)).eval()
+
+
+def model_config(config: str) -> dict:
+    """The config's model section as plain data (kept in FGNet checkpoints to rebuild SAM2)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(load_config(config).model, resolve=True)
+
+
+def instantiate_model(config: dict):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    return instantiate(OmegaConf.create(config), _recursive_=True)
 
 
 def load_checkpoint(model: torch.nn.Module, path: Path, config: str) -> None:
@@ -105,6 +126,8 @@ class SliceFeatures:
     image_embed: torch.Tensor  # (1, 256, 64, 64) for a 1024 input
     high_res_feats: list[torch.Tensor]  # (1, 32, 256, 256), (1, 64, 128, 128)
     shape: tuple[int, int]  # the slice's own (height, width)
+    # the image encoder's own FPN levels (strides 4, 8, 16; float16), kept for FGNet
+    fpn: Optional[list[torch.Tensor]] = None
 
 
 @dataclass
@@ -116,8 +139,9 @@ class SliceMask:
 class Sam2Prompter:
     """Point prompts on slices of a volume, with an LRU cache of slice embeddings."""
 
-    def __init__(self, model, cache_slices: int = 32):
+    def __init__(self, model, cache_slices: int = 32, keep_fpn: bool = False):
         self.model = model
+        self.keep_fpn = keep_fpn
         self.device = next(model.parameters()).device
         self.size = int(model.image_size)
         self.encodings = 0  # how many slices were actually encoded (cache misses)
@@ -181,12 +205,12 @@ class Sam2Prompter:
         if image.ndim != 2:
             raise InputError(f"SAM2 takes one 2D slice at a time, got shape {image.shape}")
         pixels = torch.from_numpy(_to_unit(image)).to(self.device)
-        rgb = pixels[None, None].expand(1, 3, *pixels.shape)
-        rgb = F.interpolate(rgb, size=(self.size, self.size), mode="bilinear",
-                            align_corners=False)
-        mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
-        backbone = self.model.forward_image((rgb - mean) / std)
+        backbone = self.model.image_encoder(sam_input(pixels[None, None], self.size))
+        fpn = list(backbone["backbone_fpn"])
+        if self.model.use_high_res_features_in_sam:  # as SAM2Base.forward_image projects them
+            decoder = self.model.sam_mask_decoder
+            backbone["backbone_fpn"] = [decoder.conv_s0(fpn[0]), decoder.conv_s1(fpn[1])] + \
+                fpn[2:]
         _, vision_feats, _, _ = self.model._prepare_backbone_features(backbone)
         if self.model.directly_add_no_mem_embed:
             vision_feats[-1] = vision_feats[-1] + self.model.no_mem_embed
@@ -194,7 +218,8 @@ class Sam2Prompter:
                 for feat, size in zip(vision_feats[::-1], self._feature_sizes[::-1])][::-1]
         with self._lock:
             self.encodings += 1
-        return SliceFeatures(maps[-1], maps[:-1], tuple(image.shape))
+        kept = [level.half() for level in fpn] if self.keep_fpn else None
+        return SliceFeatures(maps[-1], maps[:-1], tuple(image.shape), kept)
 
     # -- prompts --------------------------------------------------------------------------------
     @torch.no_grad()

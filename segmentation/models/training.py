@@ -1,5 +1,6 @@
-"""Training the 3D U-Net student on a labelled volume: augmentation, checkpoints, resume, a loss
-curve, and validation VOI / ARAND after the pipeline's own watershed and agglomeration.
+"""Training an affinity model (the SAvEM3 3D U-Net student or FGNet) on a labelled volume:
+augmentation, checkpoints, resume, a loss curve, and validation VOI / ARAND after the pipeline's
+own watershed and agglomeration.
 
 The last ``validation_slices`` sections are held out for validation; training patches come from
 the rest. Targets are the nearest-neighbour affinities of the labels (1 inside one neuron, 0
@@ -8,9 +9,10 @@ across neurons and on unlabelled voxels) and the boundary map they imply.
 
 from __future__ import annotations
 
+import collections
 import json
-import time
-from dataclasses import asdict, dataclass, field
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -22,6 +24,9 @@ from segmentation.affinities import boundary_from_affinities, neighbour_slices, 
 from segmentation.agglomerate import agglomerate
 from segmentation.errors import InputError
 from segmentation.metrics import scores
+from segmentation.models.fgnet import FGNet, FGNetConfig, predict_sections, section_levels, \
+    window_levels
+from segmentation.models.sam2_prompt import build_model, model_config
 from segmentation.models.unet3d import UNet3D, UNetConfig
 from segmentation.rag import block_contacts, block_node_stats, build_rag
 from segmentation.supervoxels import SupervoxelParams, supervoxels
@@ -29,16 +34,21 @@ from segmentation.supervoxels import SupervoxelParams, supervoxels
 
 @dataclass
 class TrainSettings:
+    model: str = "unet3d"  # or "fgnet"
     iterations: int = 2000
     patch: tuple[int, int, int] = (32, 96, 96)
     batch: int = 2
     learning_rate: float = 1e-3
+    final_learning_rate: Optional[float] = None  # cosine decay to this by the last iteration
     validation_slices: int = 40
     validate_every: int = 250
     checkpoint_every: int = 250
     filters: tuple[int, ...] = (16, 32, 64, 128)
     anisotropic: bool = False
     seed: int = 0
+    fine_channels: int = 32  # FGNet's fine-grained encoder width
+    freeze_sam: bool = True  # FGNet: keep SAM2's encoder as it is (and cache its features)
+    feature_cache: int = 16  # FGNet, frozen SAM2: sections whose features are kept
     thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
 
 
@@ -66,7 +76,12 @@ def augment(raw: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
     return np.ascontiguousarray(np.clip(raw, 0, 1)), np.ascontiguousarray(labels)
 
 
-class Trainer:
+class Trainer(ABC):
+    """What every affinity model's training shares; subclasses build the network, draw a batch
+    and predict a volume."""
+
+    kind = "model"
+
     def __init__(self, raw: np.ndarray, labels: np.ndarray, output: Path,
                  settings: TrainSettings = TrainSettings(), device: str = "auto",
                  voxel_size=(10.0, 10.0, 10.0)):
@@ -86,29 +101,58 @@ class Trainer:
         self.output.mkdir(parents=True, exist_ok=True)
         self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
                                    if device == "auto" else device)
-        self.config = UNetConfig(filters=tuple(settings.filters),
-                                 anisotropic=settings.anisotropic)
-        self.model = UNet3D(self.config).to(self.device)
-        self.optimiser = torch.optim.Adam(self.model.parameters(), settings.learning_rate)
         self.iteration = 0
         self.history: dict[str, list] = {"loss": [], "validation": []}
         self.rng = np.random.default_rng(settings.seed)
         torch.manual_seed(settings.seed)
+        self.model = self.build().to(self.device)
+        self.optimiser = torch.optim.Adam([p for p in self.model.parameters()
+                                           if p.requires_grad], settings.learning_rate)
+
+    @abstractmethod
+    def build(self) -> torch.nn.Module:
+        """The network, before it moves to the device."""
+
+    @abstractmethod
+    def step(self) -> torch.Tensor:
+        """The loss of one freshly drawn training batch."""
+
+    @abstractmethod
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """Affinities (3, z, y, x) in [0, 1] for a whole array of [0, 1] intensities."""
+
+    def describe(self) -> dict:
+        """What a checkpoint needs, beyond the weights, to rebuild the network."""
+        return {}
 
     # -- checkpoints ----------------------------------------------------------------------------
     @property
     def latest(self) -> Path:
         return self.output / "checkpoint_latest.pt"
 
-    def save(self) -> Path:
-        payload = {"model": self.model.state_dict(), "optimiser": self.optimiser.state_dict(),
-                   "iteration": self.iteration, "history": self.history,
-                   "unet_config": asdict(self.config), "settings": asdict(self.settings),
-                   "voxel_size": list(self.voxel_size)}
-        tmp = self.latest.with_suffix(".tmp")
+    @property
+    def best(self) -> Path:
+        """The checkpoint with the lowest validation VOI so far: later ones can be worse."""
+        return self.output / "checkpoint_best.pt"
+
+    def save(self, path: Optional[Path] = None) -> Path:
+        payload = {"kind": self.kind, "model": self.model.state_dict(),
+                   "optimiser": self.optimiser.state_dict(), "iteration": self.iteration,
+                   "history": self.history, "settings": asdict(self.settings),
+                   "voxel_size": list(self.voxel_size), **self.describe()}
+        path = path or self.latest
+        tmp = path.with_suffix(".tmp")
         torch.save(payload, tmp)
-        tmp.replace(self.latest)
-        return self.latest
+        tmp.replace(path)
+        return path
+
+    def learning_rate(self) -> float:
+        s = self.settings
+        if s.final_learning_rate is None:
+            return s.learning_rate
+        progress = min(1.0, self.iteration / max(1, s.iterations))
+        return s.final_learning_rate + 0.5 * (s.learning_rate - s.final_learning_rate) * (
+            1 + np.cos(np.pi * progress))
 
     def resume(self) -> bool:
         if not self.latest.is_file():
@@ -121,21 +165,10 @@ class Trainer:
         return True
 
     # -- training -------------------------------------------------------------------------------
-    def sample(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        pz, py, px = self.settings.patch
-        raws, affs, bounds = [], [], []
-        for _ in range(self.settings.batch):
-            z, y, x = (int(self.rng.integers(0, max(1, n - p + 1)))
-                       for n, p in zip(self.train_raw.shape, (pz, py, px)))
-            region = (slice(z, z + pz), slice(y, y + py), slice(x, x + px))
-            raw, labels = augment(self.train_raw[region], self.train_labels[region], self.rng,
-                                  self.settings.anisotropic)
-            affinity = label_affinities(labels)
-            raws.append(raw[None])
-            affs.append(affinity)
-            bounds.append((affinity.min(axis=0) < 0.5)[None].astype(np.float32))
-        to = lambda a: torch.from_numpy(np.stack(a)).to(self.device)  # noqa: E731
-        return to(raws), to(affs), to(bounds)
+    def corner(self, patch) -> tuple[int, ...]:
+        """A random corner of a training patch of this shape."""
+        return tuple(int(self.rng.integers(0, max(1, n - p + 1)))
+                     for n, p in zip(self.train_raw.shape, patch))
 
     def train(self, progress: bool = True,
               on_validation: Optional[Callable[[dict], None]] = None) -> dict:
@@ -143,9 +176,10 @@ class Trainer:
         bar = tqdm(total=s.iterations, initial=self.iteration, desc="train", disable=not progress)
         while self.iteration < s.iterations:
             self.model.train()
-            raw, affinity, boundary = self.sample()
+            for group in self.optimiser.param_groups:
+                group["lr"] = self.learning_rate()
             self.optimiser.zero_grad()
-            loss = self.model.loss(self.model(raw), affinity, boundary)
+            loss = self.step()
             loss.backward()
             self.optimiser.step()
             self.iteration += 1
@@ -154,7 +188,10 @@ class Trainer:
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if self.iteration % s.validate_every == 0 or self.iteration == s.iterations:
                 result = self.validate()
+                earlier = [r["voi"] for r in self.history["validation"]]
                 self.history["validation"].append(result)
+                if not earlier or result["voi"] < min(earlier):
+                    self.save(self.best)
                 if on_validation:
                     on_validation(result)
                 bar.write(f"iteration {self.iteration}: validation VOI {result['voi']:.3f} "
@@ -169,14 +206,10 @@ class Trainer:
         (self.output / "history.json").write_text(json.dumps(self.history))
         return best
 
-    @torch.no_grad()
-    def predict(self, image: np.ndarray) -> np.ndarray:
-        """Affinities (3, z, y, x) in [0, 1] for a whole array (padded to the U-Net's grid)."""
-        self.model.eval()
-        return predict_affinities(self.model, image, self.device)
-
     def validate(self) -> dict:
-        affinities = self.predict(self.val_raw)
+        self.model.eval()
+        with torch.no_grad():
+            affinities = self.predict(self.val_raw)
         fragments = supervoxels(boundary_from_affinities(quantize(affinities)),
                                 SupervoxelParams(), self.voxel_size)
         rag = build_rag(block_node_stats(fragments, (0, 0, 0)),
@@ -224,6 +257,114 @@ class Trainer:
         fig.savefig(path, dpi=100)
         plt.close(fig)
         return path
+
+
+class StudentTrainer(Trainer):
+    """The SAvEM3 3D U-Net student on random 3D patches."""
+
+    kind = "unet3d"
+
+    def build(self) -> torch.nn.Module:
+        self.config = UNetConfig(filters=tuple(self.settings.filters),
+                                 anisotropic=self.settings.anisotropic)
+        return UNet3D(self.config)
+
+    def describe(self) -> dict:
+        return {"unet_config": asdict(self.config)}
+
+    def step(self) -> torch.Tensor:
+        patch = self.settings.patch
+        raws, affs, bounds = [], [], []
+        for _ in range(self.settings.batch):
+            region = tuple(slice(c, c + p) for c, p in zip(self.corner(patch), patch))
+            raw, labels = augment(self.train_raw[region], self.train_labels[region], self.rng,
+                                  self.settings.anisotropic)
+            affinity = label_affinities(labels)
+            raws.append(raw[None])
+            affs.append(affinity)
+            bounds.append((affinity.min(axis=0) < 0.5)[None].astype(np.float32))
+        to = lambda a: torch.from_numpy(np.stack(a)).to(self.device)  # noqa: E731
+        return self.model.loss(self.model(to(raws)), to(affs), to(bounds))
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        return predict_affinities(self.model, image, self.device)
+
+
+class FGNetTrainer(Trainer):
+    """FGNet on windows of pairs of sections, SAM2 features from the whole current section.
+
+    ``sam2`` names the SAM2 config and checkpoint whose image encoder guides FGNet; the
+    checkpoint keeps that config and every weight, so it loads without them."""
+
+    kind = "fgnet"
+
+    def __init__(self, raw: np.ndarray, labels: np.ndarray, output: Path, sam2_config: str,
+                 sam2_checkpoint: Optional[str | Path], settings: TrainSettings = TrainSettings(),
+                 device: str = "auto", voxel_size=(10.0, 10.0, 10.0)):
+        self.sam2 = {"config": sam2_config, "checkpoint": str(sam2_checkpoint or ""),
+                     "model_config": model_config(sam2_config)}
+        self.sam2_checkpoint = sam2_checkpoint
+        self._features: collections.OrderedDict = collections.OrderedDict()
+        super().__init__(raw, labels, output, settings, device, voxel_size)
+
+    def build(self) -> torch.nn.Module:
+        sam = build_model(self.sam2["config"], self.sam2_checkpoint, "cpu")
+        self.config = FGNetConfig(fine_channels=self.settings.fine_channels,
+                                  freeze_sam=self.settings.freeze_sam,
+                                  sam_image_size=int(sam.image_size))
+        return FGNet(sam.image_encoder, self.config)
+
+    def describe(self) -> dict:
+        return {"fgnet_config": asdict(self.config), "sam2": self.sam2}
+
+    def levels(self, z: int) -> list[torch.Tensor]:
+        """SAM2 features of training section z; cached while SAM2 is frozen."""
+        if not self.settings.freeze_sam:
+            return self.model.sam_features(self._section(z))
+        if z not in self._features:
+            with torch.no_grad():
+                levels = section_levels(self.model.image_encoder, self._section(z),
+                                        self.config.sam_image_size)
+            self._features[z] = [level.half() for level in levels]
+            while len(self._features) > max(1, self.settings.feature_cache):
+                self._features.popitem(last=False)
+        self._features.move_to_end(z)
+        return [level.float() for level in self._features[z]]
+
+    def _section(self, z: int) -> torch.Tensor:
+        return torch.from_numpy(self.train_raw[z])[None, None].to(self.device)
+
+    def step(self) -> torch.Tensor:
+        _, py, px = self.settings.patch
+        total = 0.0
+        for _ in range(self.settings.batch):
+            z, y, x = self.corner((2, py, px))
+            z += 1  # the window's current section; z - 1 is the one before
+            region = (slice(z - 1, z + 1), slice(y, y + py), slice(x, x + px))
+            levels = window_levels(self.levels(z), self.train_raw.shape[1:],
+                                   ((y, y + py), (x, x + px)))
+            raw, labels, levels = self._augment(self.train_raw[region],
+                                                self.train_labels[region], levels)
+            target = label_affinities(labels)[:, 1]  # after the flips: offsets keep meaning
+            to = lambda a: torch.from_numpy(np.ascontiguousarray(a))[None].to(self.device)  # noqa: E731
+            total = total + self.model.loss(self.model(to(raw), levels), to(target))
+        return total / self.settings.batch
+
+    def _augment(self, raw: np.ndarray, labels: np.ndarray, levels: list[torch.Tensor]):
+        """The same flips and transposition of the window and of its SAM2 features, and
+        intensity jitter of the window."""
+        for axis in (-1, -2):
+            if self.rng.random() < 0.5:
+                raw, labels = np.flip(raw, axis), np.flip(labels, axis)
+                levels = [level.flip(axis) for level in levels]
+        if self.rng.random() < 0.5:
+            raw, labels = np.swapaxes(raw, -1, -2), np.swapaxes(labels, -1, -2)
+            levels = [level.transpose(-1, -2) for level in levels]
+        raw = np.clip(raw * self.rng.uniform(0.8, 1.2) + self.rng.uniform(-0.1, 0.1), 0, 1)
+        return raw.astype(np.float32), labels, levels
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        return predict_sections(self.model, image, self.device)
 
 
 def predict_affinities(model: UNet3D, image: np.ndarray, device: torch.device) -> np.ndarray:
