@@ -20,7 +20,6 @@ import psutil
 import yaml
 
 from benchmarks.common import DEMO_H5, REPO, write_result
-from segmentation.metrics import Contingency
 
 BLOCK = [192, 128, 128]  # the demo's z in one block: a halo only in y and x
 AUTHORS = {"voi_split": 2.41, "voi_merge": 0.32, "best_merge_split": 0.37,

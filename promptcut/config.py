@@ -59,22 +59,26 @@ class AgglomerationConfig:
 
 @dataclass
 class TrainConfig:
+    model: Literal["unet3d", "fgnet"] = "unet3d"
     iterations: int = 2000
     patch: list[int] = field(default_factory=lambda: [32, 96, 96])
     batch: int = 2
     learning_rate: float = 0.001
+    final_learning_rate: Optional[float] = None  # cosine decay to this; None: constant
     validation_slices: int = 40
     validate_every: int = 250
     checkpoint_every: int = 250
     filters: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
     anisotropic: bool = False
-    output: str = "models/unet3d"  # relative to the project folder
+    fine_channels: int = 32  # fgnet: width of the fine-grained encoder
+    freeze_sam: bool = True  # fgnet: keep SAM2's encoder (models.sam2) as it is
+    output: Optional[str] = None  # relative to the project folder; None: models/<model>
 
 
 @dataclass
 class SegmentConfig:
-    model: Literal["baseline", "unet3d"] = "baseline"
-    checkpoint: Optional[str] = None  # the unet3d model's file (relative to this config)
+    model: Literal["baseline", "unet3d", "fgnet"] = "baseline"
+    checkpoint: Optional[str] = None  # unet3d / fgnet: the trained file (relative to this config)
     block_shape: list[int] = field(default_factory=lambda: [128, 128, 128])
     flood_halo: int = 8
     workers: Optional[int] = None  # None: one per core; 0: in this process, without Dask
@@ -106,6 +110,8 @@ class Sam2Config:
 class ModelsConfig:
     device: str = "auto"  # auto: CUDA when there is one, else the CPU
     sam2: Sam2Config = field(default_factory=Sam2Config)
+    fgnet: Optional[str] = None  # an FGNet checkpoint: re-predict affinities around prompts
+    fgnet_window: int = 128  # voxels (y and x) around a prompt that FGNet re-predicts
 
 
 @dataclass
@@ -146,6 +152,15 @@ class Config:
     def resolve(self, path: str) -> Path:
         """A path from the config, relative to the config file's folder."""
         return (self.base_dir / os.path.expanduser(os.path.expandvars(path))).resolve()
+
+    def sam2_model(self) -> tuple[str, Optional[Path]]:
+        """SAM2's config (a package name, or a YAML file found next to this config) and its
+        checkpoint file, if one is configured."""
+        sam2 = self.models.sam2
+        config = sam2.config
+        if config.endswith((".yaml", ".yml")) and self.resolve(config).is_file():
+            config = str(self.resolve(config))
+        return config, self.resolve(sam2.checkpoint) if sam2.checkpoint else None
 
     def source_location(self, source: SourceConfig) -> str:
         """URLs stay as written; local paths become absolute."""

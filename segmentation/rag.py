@@ -58,6 +58,18 @@ class Contacts:
                         np.add.reduceat(self.count[order], index),
                         np.add.reduceat(self.total[order], index))
 
+    def per_edge(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Pairs (k, 2), faces and mean affinity in [0, 1] of each pair, over all bins."""
+        done = self.reduced()
+        if len(done.a) == 0:
+            return np.zeros((0, 2), np.uint64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        start = np.ones(len(done.a), bool)
+        start[1:] = (done.a[1:] != done.a[:-1]) | (done.b[1:] != done.b[:-1])
+        index = np.flatnonzero(start)
+        faces = np.add.reduceat(done.count, index)
+        mean = np.add.reduceat(done.total, index) / (255.0 * faces)
+        return np.stack([done.a[index], done.b[index]], axis=1), faces, mean.astype(np.float32)
+
 
 @dataclass
 class NodeStats:

@@ -86,7 +86,8 @@ class ProofreadingSession:
         self._edge_of = np.concatenate([np.arange(len(a))] * 2)[order].astype(np.int64)
         self._indptr = np.concatenate([[0], np.cumsum(np.bincount(np.concatenate([a, b]),
                                                                   minlength=n))])
-        self._capacity = affinity_capacity(rag.quantiles[:, 1], rag.area)
+        self._affinity = rag.quantiles[:, 1].astype(np.float64)  # median, as the cut sees it
+        self._capacity = affinity_capacity(self._affinity, rag.area)
         self.segment = np.asarray(segments, np.uint64).copy()
         self.members: dict[int, set[int]] = {}
         for index, seg in enumerate(self.segment.tolist()):
@@ -189,6 +190,29 @@ class ProofreadingSession:
                         session._busy.pop(int(s), None)
 
         return _Held()
+
+    def reweight(self, pairs: np.ndarray, faces: np.ndarray, affinity: np.ndarray) -> int:
+        """Fresh affinities for some contacts (a model's re-prediction around a prompt): each
+        edge's affinity becomes the face-weighted blend of the graph's and the new one, and its
+        cut cost follows. Live state only: the cuts it shapes are logged as deltas, so replaying
+        the log never needs it. Returns how many graph edges changed."""
+        edges = self.rag.edges
+        changed = 0
+        with self._lock:
+            for (a, b), seen, value in zip(np.asarray(pairs, np.uint64), faces, affinity):
+                lo = int(np.searchsorted(edges[:, 0], a, side="left"))
+                hi = int(np.searchsorted(edges[:, 0], a, side="right"))
+                row = lo + int(np.searchsorted(edges[lo:hi, 1], b))
+                if row >= hi or edges[row, 1] != b:
+                    continue  # a contact the graph does not have (a cut-off window edge)
+                area = float(self.rag.area[row])
+                seen = min(float(seen), area)
+                blended = (self._affinity[row] * (area - seen) + float(value) * seen) / area
+                self._affinity[row] = blended
+                self._capacity[row] = affinity_capacity(np.array([blended]),
+                                                        self.rag.area[row:row + 1])[0]
+                changed += 1
+        return changed
 
     # -- planning -------------------------------------------------------------------------------
     def _plan_merge(self, point_a: Point, point_b: Point) -> _Plan:

@@ -7,7 +7,6 @@ plus a channel axis; the transposition happens here and nowhere else in ``segmen
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional, Sequence

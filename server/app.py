@@ -88,9 +88,8 @@ class ServerSession:
         self.proofreading = session = open_session(self.project)
         volume = self.project.volume("segmentation")
         self.membership_view = MembershipView(session.rag.ids, session.segment)
-        models = self.config.models
-        self.models = ModelWorker(models.sam2, models.device, self.project.volume("image"),
-                                  volume, self.config.base_dir, self._model_status)
+        self.models = ModelWorker(self.config, self.project.volume("image"), volume,
+                                  self._model_status)
         self.segment_source = SegmentSource(Path(volume.location), self.membership_view,
                                             self.proofreading.members_of)
 
@@ -261,15 +260,19 @@ class ServerSession:
         return SegmentDescription(supervoxel, supervoxel, sizes.count(supervoxel), 1, zyx)
 
     def prompt_cut(self, user: str, positives, negatives) -> OperationResult:
-        """The prompt cut, weighted by a SAM2 mask when a checkpoint is configured. The
-        segments involved are held for the user while the model works."""
+        """The prompt cut, weighted by a SAM2 mask when a checkpoint is configured, on edge
+        weights that FGNet re-predicted around the click when it is. The segments involved are
+        held for the user while the models work."""
         session = self.proofreading
         held = sorted({session.segment_of(session.supervoxel_at(p, "positive point"))
                        for p in positives})
         with session.reserve(held, user):
-            mask, used = self.models.mask_probabilities(positives, negatives)
-            result = session.prompt_cut(user, positives, negatives, mask)
-        result.message = f"{result.message} (from {used})"
+            evidence = self.models.prompt_evidence(positives, negatives)
+            if evidence.edges is not None:
+                session.reweight(evidence.edges.pairs, evidence.edges.faces,
+                                 evidence.edges.affinity)
+            result = session.prompt_cut(user, positives, negatives, evidence.mask)
+        result.message = f"{result.message} (from {evidence.used})"
         return result
 
     def _model_status(self, message: Optional[str]) -> None:

@@ -16,7 +16,7 @@ import neuroglancer
 from segmentation.errors import InputError
 from segmentation.session import OperationResult
 from server.actions import Action
-from server.viewer import SEGMENTATION_LAYER, Pointer, to_viewer
+from server.viewer import Pointer, to_viewer
 
 if TYPE_CHECKING:
     from server.app import ServerSession

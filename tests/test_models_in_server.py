@@ -45,7 +45,8 @@ def test_prompt_cut_uses_the_sam2_mask(segmented_config, tmp_path, tiny_checkpoi
             slice(80, 81), slice(None), slice(None))[0]
         router = session.router
         assert router.submit("promptcut-positive", Pointer((80, 125, 125), {})).result().ok
-        mask, used = session.models.mask_probabilities([(80, 125, 125)], [])
+        evidence = session.models.prompt_evidence([(80, 125, 125)], [])
+        mask, used = evidence.mask, evidence.used
         assert used.startswith("SAM2 mask on") and set(mask) >= set(np.unique(labels)) - {0}
         assert all(0.0 <= p <= 1.0 for p in mask.values())
         report = router.submit("promptcut-cut", Pointer((80, 125, 125), {})).result()
@@ -66,4 +67,64 @@ def test_missing_or_mismatched_checkpoints_stop_start_up(segmented_config, tmp_p
     config = copy_with_models(segmented_config, tmp_path / "b", config="sam2.1_hiera_s",
                               checkpoint=str(tiny_checkpoint))
     with pytest.raises(InputError, match="tiny.pt does not fit config sam2.1_hiera_s"):
+        ServerSession(config, prepare_project(config, progress=False))
+
+
+def fgnet_checkpoint(folder, sam2_config, sam2_checkpoint):
+    """An (untrained) FGNet on this SAM2, written the way `promptcut train` writes one."""
+    from segmentation.models.training import FGNetTrainer, TrainSettings
+
+    trainer = FGNetTrainer(np.zeros((12, 16, 16), np.float32), np.ones((12, 16, 16), np.int64),
+                           folder, str(sam2_config), sam2_checkpoint,
+                           TrainSettings(validation_slices=4, fine_channels=8), "cpu")
+    return trainer.save()
+
+
+def test_fgnet_reweights_the_graph_around_the_prompt_before_the_cut(segmented_config, tmp_path,
+                                                                    small_sam2):
+    sam2_config, sam2_checkpoint = small_sam2
+    fgnet = fgnet_checkpoint(tmp_path / "fgnet", sam2_config, sam2_checkpoint)
+    config = copy_with_models(segmented_config, tmp_path, config=str(sam2_config),
+                              checkpoint=str(sam2_checkpoint), propagate=1)
+    config = dataclasses.replace(config, models=dataclasses.replace(
+        config.models, fgnet=str(fgnet), fgnet_window=64))
+    session = ServerSession(config, prepare_project(config, progress=False))
+    session.start()
+    try:
+        assert session.info()["models"] == "SAM2 mask + FGNet affinities"
+        # the prompter's cached features of the section are what FGNet reads
+        evidence = session.models.prompt_evidence([(80, 125, 125)], [])
+        assert session.models.prompter.cached((id(session.models.image), 0, 80))
+        edges = evidence.edges
+        assert len(edges.pairs) > 10 and (edges.pairs[:, 0] < edges.pairs[:, 1]).all()
+        assert ((0 <= edges.affinity) & (edges.affinity <= 1)).all() and (edges.faces > 0).all()
+        labels = Project.open(config.project_dir).volume("segmentation").read(
+            slice(79, 81), slice(93, 157), slice(93, 157))
+        assert set(edges.pairs.ravel().tolist()) <= set(np.unique(labels).tolist())
+        session_graph = session.proofreading
+        before = session_graph._capacity.copy()
+        assert session_graph.reweight(edges.pairs, edges.faces, edges.affinity) > 0
+        assert (session_graph._capacity != before).sum() > 0
+        report = session.router.submit("promptcut-positive", Pointer((80, 125, 125), {}))
+        assert report.result().ok
+        report = session.router.submit("promptcut-cut", Pointer((80, 125, 125), {})).result()
+        assert "FGNet affinities on" in report.message or "leaves every segment" in \
+            report.message
+    finally:
+        session.stop()
+
+
+def test_fgnet_needs_the_sam2_it_was_trained_on(segmented_config, tmp_path, small_sam2,
+                                                tiny_checkpoint):
+    sam2_config, sam2_checkpoint = small_sam2
+    fgnet = fgnet_checkpoint(tmp_path / "fgnet", sam2_config, sam2_checkpoint)
+    config = copy_with_models(segmented_config, tmp_path / "a")
+    config = dataclasses.replace(config, models=dataclasses.replace(config.models,
+                                                                    fgnet=str(fgnet)))
+    with pytest.raises(InputError, match="models.sam2.checkpoint"):
+        ServerSession(config, prepare_project(config, progress=False))
+    config = copy_with_models(segmented_config, tmp_path / "b", checkpoint=str(tiny_checkpoint))
+    config = dataclasses.replace(config, models=dataclasses.replace(config.models,
+                                                                    fgnet=str(fgnet)))
+    with pytest.raises(InputError, match="another SAM2 image encoder"):
         ServerSession(config, prepare_project(config, progress=False))

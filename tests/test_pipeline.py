@@ -10,7 +10,7 @@ from promptcut.segmenting import run_segment
 from segmentation.blockwise import Block, make_blocks
 from segmentation.errors import InputError
 from segmentation.metrics import scores
-from segmentation.pipeline import Segments, rag_task
+from segmentation.pipeline import Segments
 from segmentation.project import Project
 from segmentation.rag import Contacts, NodeStats, Rag, build_rag
 from tests.conftest import write_config

@@ -7,7 +7,6 @@ import shutil
 
 import numpy as np
 import pytest
-import tensorstore as ts
 import yaml
 
 from promptcut.cli import main

@@ -113,6 +113,28 @@ def test_prompt_cut_with_a_mask_and_no_negatives(tmp_path):
     assert {sv for sv, seg in membership(session).items() if seg == 1} == set(LEFT)
 
 
+@pytest.mark.parametrize("model_says", [None, 0.02])
+def test_reweighted_edges_move_the_prompt_cut(tmp_path, model_says):
+    """Column 0 is a segment, column 1 another; a mask half-sure about column 1 pulls it in
+    over the graph's strong bond, unless a model re-predicts that bond as a membrane."""
+    labels, rag = grid()
+    column = {sv: (sv - 1) % 4 for sv in rag.ids.tolist()}
+    session = make(tmp_path, np.array([column[sv] + 1 if column[sv] < 2 else sv
+                                       for sv in rag.ids.tolist()], np.uint64))
+    if model_says is not None:
+        bond = np.array([(r * 4 + 1, r * 4 + 2) for r in range(4)] + [(1, 16)], np.uint64)
+        changed = session.reweight(bond, np.full(5, 1000), np.full(5, model_says))
+        assert changed == 4  # (1, 16) is no contact of the graph
+    mask = {sv: (0.95, 0.6, 0.02, 0.02)[column[sv]] for sv in rag.ids.tolist()}
+    if model_says:
+        with pytest.raises(EditError, match="leaves every segment as it is"):
+            session.prompt_cut("alice", [centre(1)], [centre(3)], mask)
+    else:
+        session.prompt_cut("alice", [centre(1)], [centre(3)], mask)
+        joined = {sv for sv, seg in membership(session).items() if seg == session.segment_of(1)}
+        assert joined == set(LEFT)
+
+
 def test_undo_and_redo_are_per_user(tmp_path):
     session = make(tmp_path)
     session.merge("alice", centre(1), centre(2))
