@@ -6,7 +6,7 @@ import sys
 from benchmarks.common import write_result
 
 ALL = ["import_throughput", "chunk_serving", "page_load", "rag_load", "segmentation",
-       "edit_latency"]
+       "edit_latency", "models"]
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or ALL:
