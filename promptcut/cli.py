@@ -260,13 +260,16 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=int, help="override train.iterations")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--export", type=Path, metavar="FILE",
+                   help="then write the best checkpoint's weights (no optimiser state) here")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from promptcut.config import load_config
-    from segmentation.models.training import FGNetTrainer, StudentTrainer, TrainSettings
+    from segmentation.models.training import FGNetTrainer, StudentTrainer, TrainSettings, \
+        export_weights
 
     config = load_config(args.config)
     truth = config.dataset.ground_truth
@@ -285,16 +288,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         everything = (slice(None),) * 3
         raw, truth_labels = image.read(*everything), labels.read(*everything)
         voxel_size = voxel_size or image.voxel_size or (1.0, 1.0, 1.0)
+    sam2_config, sam2_checkpoint = config.sam2_model()
+    if (settings.model == "fgnet" or settings.teacher) and sam2_checkpoint is None:
+        what = "train.model fgnet" if settings.model == "fgnet" else "train.teacher sam2"
+        raise InputError(f"{what} learns from SAM2 features: set models.sam2.checkpoint to the "
+                         f"SAM2 weights to use")
     if settings.model == "fgnet":
-        sam2_config, sam2_checkpoint = config.sam2_model()
-        if sam2_checkpoint is None:
-            raise InputError("train.model fgnet learns on SAM2 features: set "
-                             "models.sam2.checkpoint to the SAM2 weights to use")
         trainer = FGNetTrainer(raw, truth_labels, output, sam2_config, sam2_checkpoint, settings,
                                config.models.device, voxel_size)
     else:
+        teacher = (sam2_config, sam2_checkpoint) if settings.teacher else None
         trainer = StudentTrainer(raw, truth_labels, output, settings, config.models.device,
-                                 voxel_size)
+                                 voxel_size, teacher)
     if args.resume and trainer.resume():
         print(f"resumed at iteration {trainer.iteration}", file=sys.stderr)
     best = trainer.train(progress=not args.quiet)
@@ -304,6 +309,9 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"{best.get('arand', float('nan')):.3f}; checkpoints {trainer.latest} (latest), "
           f"{trainer.best} (best), curve "
           f"{output / 'loss_curve.png'}")
+    if args.export:
+        source = trainer.best if trainer.best.is_file() else trainer.latest
+        print(f"exported {source.name} to {export_weights(source, args.export)}")
     return 0
 
 

@@ -72,6 +72,7 @@ class TrainConfig:
     anisotropic: bool = False
     fine_channels: int = 32  # fgnet: width of the fine-grained encoder
     freeze_sam: bool = True  # fgnet: keep SAM2's encoder (models.sam2) as it is
+    teacher: Optional[Literal["sam2"]] = None  # unet3d: distil SAM2's features (models.sam2)
     output: Optional[str] = None  # relative to the project folder; None: models/<model>
 
 

@@ -48,9 +48,13 @@ def test_label_affinities_and_augmentation_keep_labels_and_image_together():
     ids = np.arange(2 * 4 * 4).reshape(2, 4, 4)
     raw = (0.2 + ids / 80).astype(np.float32)  # stays inside [0, 1] under any jitter
     for _ in range(10):
-        a, b = augment(raw, ids, rng, anisotropic=False)
+        coarse = ids[None, :, ::2, ::2].astype(np.float32)  # features at half resolution
+        a, b, (f,) = augment(raw, ids, rng, anisotropic=False, features=[coarse])
         assert a.shape == b.shape
         assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.9999  # moved together
+        # the features moved with them: each is the id of a voxel in its 2 x 2 cell
+        assert all(f[0, z, y, x] in b[z, 2 * y:2 * y + 2, 2 * x:2 * x + 2]
+                   for z in range(2) for y in range(2) for x in range(2))
 
 
 def test_train_checkpoints_resumes_and_plots(crop_config, capsys):
@@ -68,6 +72,15 @@ def test_train_checkpoints_resumes_and_plots(crop_config, capsys):
     assert payload["iteration"] == 6 and len(payload["history"]["loss"]) == 6
     history = json.loads((folder / "history.json").read_text())
     assert len(history["validation"]) == 3
+    best = min(history["validation"], key=lambda row: row["voi"])
+    assert torch.load(folder / "checkpoint_best.pt", weights_only=False)["iteration"] == \
+        best["iteration"]
+    shipped = crop_config.parent / "shipped.pt"
+    assert main(["train", "--config", str(crop_config), "--resume", "--iterations", "6",
+                 "--quiet", "--export", str(shipped)]) == 0
+    slim = torch.load(shipped, weights_only=False)
+    assert "optimiser" not in slim and slim["iteration"] == best["iteration"]
+    assert shipped.stat().st_size < (folder / "checkpoint_best.pt").stat().st_size
 
     model = StudentAffinities(folder / "checkpoint_latest.pt", "cpu")
     with h5py.File(crop_config.parent / "crop.h5", "r") as f:
@@ -144,3 +157,41 @@ def test_fgnet_windows_keep_their_features_and_targets_aligned(small_sam2, tmp_p
                                               [torch.from_numpy(ids[1:].astype(np.float32))])
         assert np.array_equal(np.argsort(raw.ravel()), np.argsort(moved.ravel()))
         assert np.array_equal(levels[0][0].numpy(), moved[1])
+
+
+def test_student_distils_sam2_features_from_the_cli(crop_config, small_sam2, capsys):
+    sam2_config, sam2_checkpoint = small_sam2
+    config = yaml.safe_load(crop_config.read_text())
+    config["train"] = {**TINY, "teacher": "sam2", "iterations": 2, "validate_every": 2}
+    config["models"] = {"sam2": {"config": str(sam2_config)}}
+    crop_config.write_text(yaml.safe_dump(config))
+    assert main(["train", "--config", str(crop_config), "--quiet"]) == 2
+    assert "train.teacher sam2" in capsys.readouterr().err
+    config["models"]["sam2"]["checkpoint"] = str(sam2_checkpoint)
+    crop_config.write_text(yaml.safe_dump(config))
+    assert main(["train", "--config", str(crop_config), "--quiet"]) == 0
+    payload = torch.load(crop_config.parent / "project" / "models" / "unet3d" /
+                         "checkpoint_latest.pt", weights_only=False)
+    assert payload["teacher"]["kind"] == "sam2"
+    assert payload["unet_config"]["teacher_channels"] == 256
+    assert any(k.startswith("distill_heads.") for k in payload["model"])
+    # the student still loads as a plain affinity model
+    model = StudentAffinities(crop_config.parent / "project" / "models" / "unet3d" /
+                              "checkpoint_latest.pt", "cpu")
+    assert model.predict(np.zeros((16, 32, 32), np.uint8)).shape == (3, 16, 32, 32)
+
+
+def test_teacher_features_line_up_with_the_student_grids(small_sam2, tmp_path):
+    rng = np.random.default_rng(0)
+    trainer = StudentTrainer(rng.random((20, 40, 48)).astype(np.float32),
+                             np.ones((20, 40, 48), np.int64), tmp_path,
+                             TrainSettings(validation_slices=4, filters=(4, 8, 16, 32),
+                                           patch=(8, 16, 16), batch=1), "cpu",
+                             teacher=(str(small_sam2[0]), small_sam2[1]))
+    features = trainer.teacher_features()
+    assert features["features_1"].shape == (256, 16, 20, 24)
+    assert features["features_3"].shape == (256, 16, 5, 6)
+    assert np.isfinite(features["features_3"]).all() and features["features_1"].astype(np.float32).std() > 0
+    loss = trainer.step()
+    loss.backward()
+    assert all(p.grad is not None for p in trainer.model.distill_heads.parameters())

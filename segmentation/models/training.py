@@ -14,10 +14,11 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from segmentation.affinities import boundary_from_affinities, neighbour_slices, quantize
@@ -49,6 +50,7 @@ class TrainSettings:
     fine_channels: int = 32  # FGNet's fine-grained encoder width
     freeze_sam: bool = True  # FGNet: keep SAM2's encoder as it is (and cache its features)
     feature_cache: int = 16  # FGNet, frozen SAM2: sections whose features are kept
+    teacher: Optional[str] = None  # student: "sam2" distils SAM2's features (models.sam2)
     thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
 
 
@@ -61,19 +63,26 @@ def label_affinities(labels: np.ndarray) -> np.ndarray:
     return result
 
 
-def augment(raw: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
-            anisotropic: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Flips along every axis, 90-degree rotations in the section plane, intensity jitter."""
+def augment(raw: np.ndarray, labels: np.ndarray, rng: np.random.Generator, anisotropic: bool,
+            features: Sequence[np.ndarray] = ()
+            ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Flips along every axis, 90-degree rotations in the section plane, intensity jitter.
+    ``features`` (C, z, y, x), at any resolution, are flipped and turned with the image."""
+    features = list(features)
     for axis in range(3):
         if rng.random() < 0.5:
             raw, labels = np.flip(raw, axis), np.flip(labels, axis)
+            features = [np.flip(f, axis + 1) for f in features]
     turns = int(rng.integers(4))
     raw, labels = np.rot90(raw, turns, axes=(1, 2)), np.rot90(labels, turns, axes=(1, 2))
+    features = [np.rot90(f, turns, axes=(2, 3)) for f in features]
     if not anisotropic and raw.shape[0] == raw.shape[1] and rng.random() < 0.5:
         # isotropic and cubic: any plane can be the section
         raw, labels = np.swapaxes(raw, 0, 1), np.swapaxes(labels, 0, 1)
+        features = [np.swapaxes(f, 1, 2) for f in features]
     raw = raw * rng.uniform(0.8, 1.2) + rng.uniform(-0.1, 0.1)
-    return np.ascontiguousarray(np.clip(raw, 0, 1)), np.ascontiguousarray(labels)
+    return np.ascontiguousarray(np.clip(raw, 0, 1)), np.ascontiguousarray(labels), \
+        [np.ascontiguousarray(f) for f in features]
 
 
 class Trainer(ABC):
@@ -246,6 +255,17 @@ class Trainer(ABC):
         return path
 
 
+def export_weights(source: Path, target: Path) -> Path:
+    """A checkpoint to ship: the weights, the network's config, the training settings and the
+    validation history, without the optimiser's state (a third of the size)."""
+    payload = torch.load(source, map_location="cpu", weights_only=False)
+    payload.pop("optimiser", None)
+    payload["history"] = {"validation": payload.get("history", {}).get("validation", [])}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, target)
+    return target
+
+
 def score_affinities(affinities: np.ndarray, labels: np.ndarray, voxel_size,
                      thresholds=(0.3, 0.4, 0.5, 0.6, 0.7)) -> dict:
     """VOI / ARAND against ``labels`` after the pipeline's own watershed and agglomeration, at
@@ -266,31 +286,84 @@ def score_affinities(affinities: np.ndarray, labels: np.ndarray, voxel_size,
 
 
 class StudentTrainer(Trainer):
-    """The SAvEM3 3D U-Net student on random 3D patches."""
+    """The SAvEM3 3D U-Net student on random 3D patches; with a SAM2 teacher (``teacher``:
+    its config and checkpoint) its encoder also learns to regress SAM2's features (L1), the
+    stride-4 level at 1/2 resolution and the stride-16 level at 1/8."""
 
     kind = "unet3d"
+    TEACHER_LEVELS = {1: 0, 3: 2}  # student encoder level -> SAM2 FPN level
+    GRID = 8  # patches start on this grid when distilling, so 1/8 features align exactly
+
+    def __init__(self, raw: np.ndarray, labels: np.ndarray, output: Path,
+                 settings: TrainSettings = TrainSettings(), device: str = "auto",
+                 voxel_size=(10.0, 10.0, 10.0),
+                 teacher: Optional[tuple[str, Optional[str | Path]]] = None):
+        self.teacher = teacher
+        self._teacher_features: Optional[dict[str, np.ndarray]] = None
+        super().__init__(raw, labels, output, settings, device, voxel_size)
 
     def build(self) -> torch.nn.Module:
         self.config = UNetConfig(filters=tuple(self.settings.filters),
-                                 anisotropic=self.settings.anisotropic)
+                                 anisotropic=self.settings.anisotropic,
+                                 teacher_channels=256 if self.teacher else None,
+                                 distill_levels=tuple(self.TEACHER_LEVELS))
         return UNet3D(self.config)
 
     def describe(self) -> dict:
-        return {"unet_config": asdict(self.config)}
+        extra = {"teacher": {"kind": "sam2", "config": self.teacher[0],
+                             "checkpoint": str(self.teacher[1])}} if self.teacher else {}
+        return {"unet_config": asdict(self.config), **extra}
+
+    def teacher_features(self) -> dict[str, np.ndarray]:
+        """SAM2's features of every training section, resampled onto the student's 1/2 and
+        1/8 grids in y and x (float16, computed once: about 32 bytes a voxel)."""
+        if self._teacher_features is None:
+            sam = build_model(self.teacher[0], self.teacher[1], str(self.device))
+            size = int(sam.image_size)
+            z, height, width = self.train_raw.shape
+            grids = {level: (-(-height // 2 ** level), -(-width // 2 ** level))
+                     for level in self.TEACHER_LEVELS}
+            result = {level: np.zeros((256, z) + grid, np.float16)
+                      for level, grid in grids.items()}
+            with torch.no_grad():
+                for i in tqdm(range(z), desc="teacher: SAM2 features", leave=False):
+                    section = torch.from_numpy(self.train_raw[i])[None, None].to(self.device)
+                    levels = section_levels(sam.image_encoder, section, size)
+                    for level, fpn in self.TEACHER_LEVELS.items():
+                        resampled = F.interpolate(levels[fpn], size=grids[level],
+                                                  mode="bilinear", align_corners=False)
+                        result[level][:, i] = resampled[0].cpu().numpy()
+            self._teacher_features = {f"features_{level}": result[level]
+                                      for level in self.TEACHER_LEVELS}
+        return self._teacher_features
 
     def step(self) -> torch.Tensor:
         patch = self.settings.patch
-        raws, affs, bounds = [], [], []
+        raws, affs, bounds, taught = [], [], [], []
         for _ in range(self.settings.batch):
-            region = tuple(slice(c, c + p) for c, p in zip(self.corner(patch), patch))
-            raw, labels = augment(self.train_raw[region], self.train_labels[region], self.rng,
-                                  self.settings.anisotropic)
+            corner = self.corner(patch)
+            if self.teacher:
+                corner = (corner[0],) + tuple(c - c % self.GRID for c in corner[1:])
+            region = tuple(slice(c, c + p) for c, p in zip(corner, patch))
+            features = []
+            if self.teacher:
+                for name, level in zip(self.teacher_features(), self.TEACHER_LEVELS):
+                    scale = 2 ** level
+                    features.append(self.teacher_features()[name][
+                        (slice(None), region[0]) + tuple(slice(r.start // scale,
+                                                               -(-r.stop // scale))
+                                                         for r in region[1:])])
+            raw, labels, features = augment(self.train_raw[region], self.train_labels[region],
+                                            self.rng, self.settings.anisotropic, features)
             affinity = label_affinities(labels)
             raws.append(raw[None])
             affs.append(affinity)
             bounds.append((affinity.min(axis=0) < 0.5)[None].astype(np.float32))
+            taught.append(features)
         to = lambda a: torch.from_numpy(np.stack(a)).to(self.device)  # noqa: E731
-        return self.model.loss(self.model(to(raws)), to(affs), to(bounds))
+        teacher = {name: to([t[i] for t in taught]).float()
+                   for i, name in enumerate(self._teacher_features or {})}
+        return self.model.loss(self.model(to(raws)), to(affs), to(bounds), teacher or None)
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         return predict_affinities(self.model, image, self.device)
