@@ -4,6 +4,7 @@ metrics, and the trained student used by `promptcut segment`."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -195,3 +196,21 @@ def test_teacher_features_line_up_with_the_student_grids(small_sam2, tmp_path):
     loss = trainer.step()
     loss.backward()
     assert all(p.grad is not None for p in trainer.model.distill_heads.parameters())
+
+
+def test_the_shipped_student_beats_the_baseline_on_the_held_out_sections(demo_h5):
+    from segmentation.affinities import IntensityBaseline
+    from segmentation.models.training import score_affinities
+
+    config = load_config(Path(__file__).parent.parent / "configs" / "demo.yaml")
+    checkpoint = config.resolve(config.segment.checkpoint)
+    assert config.segment.model == "unet3d" and checkpoint.stat().st_size < 20 * 2 ** 20
+    assert (checkpoint.parent / "MODEL_CARD.md").read_text().count(checkpoint.name) >= 1
+    with h5py.File(demo_h5, "r") as f:
+        raw, labels = f["raw"][-40:], f["labels"][-40:]
+    student = score_affinities(StudentAffinities(checkpoint, "cpu").predict(raw), labels,
+                               (10, 10, 10))
+    baseline = IntensityBaseline(voxel_size=(10.0, 10.0, 10.0))
+    baseline.fit(raw)
+    reference = score_affinities(baseline.predict(raw), labels, (10, 10, 10))
+    assert student["voi"] < reference["voi"] - 0.2 and student["arand"] < reference["arand"]
