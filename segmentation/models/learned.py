@@ -10,6 +10,7 @@ import torch
 
 from segmentation.affinities import NEAREST, AffinityModel
 from segmentation.errors import InputError
+from segmentation.models.checkpoints import read_payload
 from segmentation.models.fgnet import FGNet, FGNetConfig, predict_sections
 from segmentation.models.sam2_prompt import instantiate_model, pick_device
 from segmentation.models.training import predict_affinities
@@ -19,14 +20,8 @@ from segmentation.models.unet3d import UNet3D, UNetConfig
 def read_checkpoint(path: Path, kind: str) -> dict:
     """A checkpoint written by `promptcut train`, refused with the file named when it is not one
     of the ``kind`` expected."""
-    if not path.is_file():
-        raise InputError(f"affinity model checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise InputError(f"{path} is not a readable PyTorch checkpoint ({exc})") from None
-    if not isinstance(payload, dict) or "model" not in payload:
-        raise InputError(f"{path} is not a promptcut checkpoint (no 'model' weights)")
+    payload = read_payload(path, "affinity model checkpoint",
+                           "a checkpoint written by `promptcut train`", weights_only=False)
     found = payload.get("kind", "unet3d")  # the first shipped student predates the field
     if found != kind:
         raise InputError(f"{path} holds a {found} model, but the config asks for {kind}")

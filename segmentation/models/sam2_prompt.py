@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from segmentation.errors import InputError
+from segmentation.models.checkpoints import read_payload
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -99,15 +100,7 @@ def instantiate_model(config: dict):
 
 
 def load_checkpoint(model: torch.nn.Module, path: Path, config: str) -> None:
-    if not path.is_file():
-        raise InputError(f"SAM2 checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(f"{path} is not a readable PyTorch checkpoint ({exc})") from None
-    if not isinstance(payload, dict) or "model" not in payload:
-        raise InputError(f"{path}: expected the official SAM2 checkpoint format, a dict with "
-                         f"the state dict under 'model'")
+    payload = read_payload(path, "SAM2 checkpoint", "the official SAM2 checkpoint format")
     state = payload["model"]
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
