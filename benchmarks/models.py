@@ -62,20 +62,21 @@ def sam2_and_fgnet(raw: np.ndarray, device: str) -> dict:
     torch.manual_seed(0)
     sam = build_model("sam2.1_hiera_t", None, device)
     prompter = Sam2Prompter(sam, cache_slices=8, keep_fpn=True)
-    sections = raw[80:84]
-    encode, _ = timed(lambda: prompter._encode(sections[0]), 3)
-    features = prompter.features(("bench", 0, 80), lambda: sections[0])
-    hit, _ = timed(lambda: prompter.features(("bench", 0, 80), lambda: sections[0]), 20)
+    first = 77
+    sections = raw[first:first + 7]  # the prompted section 80 and three on each side
+    encode, _ = timed(lambda: prompter._encode(sections[3]), 3)
+    features = prompter.features(("bench", 0, 80), lambda: sections[3])
+    hit, _ = timed(lambda: prompter.features(("bench", 0, 80), lambda: sections[3]), 20)
     prompt, _ = timed(lambda: prompter.predict(features, [(125, 125)], [1]), 20)
-    for i in range(1, 4):  # neighbours cached, as the worker's prefetch leaves them
-        prompter.features(("bench", 0, 80 + i), lambda i=i: sections[i])
-    propagate, _ = timed(lambda: prompter.segment(lambda i: sections[i - 80],
+    for i in range(len(sections)):  # neighbours cached, as the worker's prefetch leaves them
+        prompter.features(("bench", 0, first + i), lambda i=i: sections[i])
+    propagate, _ = timed(lambda: prompter.segment(lambda i: sections[i - first],
                                                   lambda i: ("bench", 0, i), 80, [(125, 125)],
-                                                  [1], 84, 0.0, 0.0, 3), 3)
+                                                  [1], first + len(sections), 0.0, 0.0, 3), 3)
     fgnet = FGNet(sam.image_encoder, FGNetConfig(sam_image_size=int(sam.image_size)))
     fgnet = fgnet.to(pick_device(device)).eval()
     window = ((61, 189), (61, 189))
-    pair = torch.from_numpy(np.stack([sections[0], sections[1]])[:, 61:189, 61:189]
+    pair = torch.from_numpy(np.stack([sections[2], sections[3]])[:, 61:189, 61:189]
                             .astype(np.float32) / 255)[None].to(pick_device(device))
 
     @torch.no_grad()
@@ -84,7 +85,7 @@ def sam2_and_fgnet(raw: np.ndarray, device: str) -> dict:
 
     refine()
     around_click, _ = timed(refine, 5)
-    whole = torch.from_numpy(np.stack([sections[0], sections[1]]).astype(np.float32) /
+    whole = torch.from_numpy(np.stack([sections[2], sections[3]]).astype(np.float32) /
                              255)[None].to(pick_device(device))
     with torch.no_grad():
         section, _ = timed(lambda: fgnet(whole), 2)  # SAM2 encode of the section included
@@ -95,7 +96,7 @@ def sam2_and_fgnet(raw: np.ndarray, device: str) -> dict:
                                 "propagate_3_each_way_cached": percentiles(propagate)},
             "fgnet": {"window": 128, "reprediction_around_click": percentiles(around_click),
                       "whole_section_incl_sam2_mvox_per_s": round(
-                          sections[0].size / (min(section) / 1000) / 1e6, 3)}}
+                          sections[3].size / (min(section) / 1000) / 1e6, 3)}}
 
 
 def quality(student: StudentAffinities) -> dict:
