@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(commands, "train", cmd_train, "train the 3D U-Net student or FGNet (train.model) on the "
          "config's image and ground truth", _train_arguments)
     _add(commands, "serve", cmd_serve, "open the project in neuroglancer", _serve_arguments)
+    _add(commands, "bench", cmd_bench, "run the benchmarks of a source checkout (figures and "
+         "JSON in benchmarks/results/)", _bench_arguments)
     return parser
 
 
@@ -313,6 +315,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         source = trainer.best if trainer.best.is_file() else trainer.latest
         print(f"exported {source.name} to {export_weights(source, args.export)}")
     return 0
+
+
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all)")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    checkout = Path(__file__).resolve().parent.parent
+    if not (checkout / "benchmarks" / "__main__.py").is_file():
+        raise InputError(f"no benchmarks/ next to {checkout / 'promptcut'}: `promptcut bench` "
+                         f"runs from a source checkout")
+    sys.path.insert(0, str(checkout))
+    from benchmarks.__main__ import main as run_benchmarks, unknown
+
+    if unknown(args.names):
+        raise InputError(unknown(args.names))
+    return run_benchmarks(args.names)
 
 
 def _serve_arguments(p: argparse.ArgumentParser) -> None:

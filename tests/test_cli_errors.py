@@ -104,3 +104,7 @@ def test_port_already_in_use(tmp_path, demo_h5):
         path = write_config(tmp_path, demo_h5, server={"port": port})
         result = promptcut("serve", "--config", path)
     assert_one_line_error(result, "already in use", str(port))
+
+
+def test_unknown_benchmark():
+    assert_one_line_error(promptcut("bench", "nope"), "unknown benchmark(s) nope", "rag_load")
