@@ -7,12 +7,14 @@ import pytest
 
 from promptcut.config import load_config
 from promptcut.segmenting import run_segment
-from segmentation.blockwise import Block, make_blocks
+from segmentation.affinities import AffinityModel
+from segmentation.blockwise import Block, Runner, make_blocks
 from segmentation.errors import InputError
 from segmentation.metrics import scores
 from segmentation.pipeline import Segments
 from segmentation.project import Project
 from segmentation.rag import Contacts, NodeStats, Rag, build_rag
+from segmentation.volume import open_zarr
 from tests.conftest import write_config
 
 
@@ -146,3 +148,38 @@ def test_bad_segment_settings_are_refused(tmp_path, demo_h5):
                                           segment={"workers": 0, **segment}))
         with pytest.raises(InputError, match=message):
             run_segment(config, progress=False)
+
+
+class SectionRecorder(AffinityModel):
+    """A 2D model that needs whole sections: it records what it is given."""
+
+    name = "sections"
+    whole_sections = True
+
+    def __init__(self, log):
+        self.log = log
+
+    @property
+    def context(self):
+        return (1, 0, 0)
+
+    def predict(self, image):
+        self.log.append(image.shape)
+        return np.full((3,) + image.shape, 0.5, np.float32)
+
+
+def test_whole_section_models_get_whole_sections(tmp_path):
+    from segmentation.pipeline import compute_affinities
+    from segmentation.volume import create_zarr, open_volume
+
+    image = np.random.default_rng(0).integers(0, 255, (96, 150, 200), dtype=np.uint8)
+    create_zarr(tmp_path / "image.zarr", np.uint8, image.shape, (64, 64, 64)).write(
+        image).result()
+    volume = open_volume(str(tmp_path / "image.zarr"), "image", "zarr", (10, 10, 10))
+    seen: list = []
+    blocks = make_blocks(image.shape, (64, 64, 64))  # 2 x 3 x 4 blocks for the other stages
+    compute_affinities(volume, SectionRecorder(seen), tmp_path / "affinities", blocks,
+                       Runner(0, progress=False))
+    assert seen == [(65, 150, 200), (33, 150, 200)]  # two slabs of whole sections, z context
+    written = open_zarr(tmp_path / "affinities").read().result()
+    assert written.shape == (3,) + image.shape and (written == 128).all()  # 0.5, quantised
