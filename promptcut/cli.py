@@ -281,6 +281,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     output = config.project_dir / (t.pop("output") or f"models/{t['model']}")
     if args.iterations:
         t["iterations"] = args.iterations
+    if t["init"]:
+        t["init"] = str(config.resolve(t["init"]))
     settings = TrainSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in t.items()})
     voxel_size = config.dataset.voxel_size
     with _open_input(config.source_location(config.image), config.image.key, "image",

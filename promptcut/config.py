@@ -73,6 +73,9 @@ class TrainConfig:
     fine_channels: int = 32  # fgnet: width of the fine-grained encoder
     freeze_sam: bool = True  # fgnet: keep SAM2's encoder (models.sam2) as it is
     teacher: Optional[Literal["sam2"]] = None  # unet3d: distil SAM2's features (models.sam2)
+    long_range: list[int] = field(default_factory=list)  # unet3d: auxiliary affinity distances
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where the hardware has it
+    init: Optional[str] = None  # start from this checkpoint's weights (relative to this config)
     output: Optional[str] = None  # relative to the project folder; None: models/<model>
 
 

@@ -49,10 +49,10 @@ class AffinityModel(ABC):
         return {"name": self.name, "offsets": [list(o) for o in self.offsets]}
 
 
-def neighbour_slices(c: int) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-    """(voxels v, voxels v - e_c) along axis c: the pairs that affinity channel c joins."""
+def neighbour_slices(c: int, distance: int = 1) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """(voxels v, voxels v - d e_c) along axis c: the pairs that affinity channel c joins."""
     here, there = [slice(None)] * 3, [slice(None)] * 3
-    here[c], there[c] = slice(1, None), slice(None, -1)
+    here[c], there[c] = slice(distance, None), slice(None, -distance)
     return tuple(here), tuple(there)
 
 

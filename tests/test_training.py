@@ -4,6 +4,7 @@ metrics, and the trained student used by `promptcut segment`."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -16,6 +17,7 @@ from promptcut.cli import main
 from promptcut.config import load_config
 from segmentation.errors import InputError
 from segmentation.models.learned import StudentAffinities
+from segmentation.models.precision import bf16_supported, use_bf16
 from segmentation.models.training import StudentTrainer, TrainSettings, augment, label_affinities
 
 TINY = {"iterations": 4, "patch": [16, 32, 32], "batch": 1, "validation_slices": 16,
@@ -93,6 +95,66 @@ def test_train_checkpoints_resumes_and_plots(crop_config, capsys):
     project = load_config(crop_config).project_dir
     attributes = json.loads((project / "affinities" / ".zattrs").read_text())
     assert attributes["model"]["name"] == "unet3d"
+
+
+def test_long_range_affinities_join_voxels_that_far_apart():
+    labels = np.zeros((1, 1, 8), np.int64)
+    labels[..., :5], labels[..., 5:] = 1, 2
+    affinity = label_affinities(labels, (1, 3))
+    assert affinity.shape == (6, 1, 1, 8)
+    assert affinity[2, 0, 0].tolist() == [0, 1, 1, 1, 1, 0, 1, 1]  # x, distance 1
+    assert affinity[5, 0, 0].tolist() == [0, 0, 0, 1, 1, 0, 0, 0]  # x, distance 3
+
+
+def test_fine_tuning_starts_from_a_checkpoint_and_learns_long_range(crop_config, capsys):
+    """train.init carries every weight over; the new long-range head starts fresh and trains."""
+    assert main(["train", "--config", str(crop_config), "--quiet"]) == 0
+    first = crop_config.parent / "project" / "models" / "unet3d" / "checkpoint_latest.pt"
+    config = yaml.safe_load(crop_config.read_text())
+    config["train"].update(init="project/models/unet3d/checkpoint_latest.pt", long_range=[3],
+                           output="tuned", iterations=2)
+    crop_config.write_text(yaml.safe_dump(config))
+    settings = TrainSettings(**{k: tuple(v) if isinstance(v, list) else v
+                                for k, v in config["train"].items() if k != "output"})
+    start = StudentTrainer(np.zeros((20, 32, 32), np.uint8), np.ones((20, 32, 32), np.int64),
+                           crop_config.parent / "unused",
+                           replace(settings, init=str(first), validation_slices=4))
+    old = torch.load(first, weights_only=False)["model"]
+    assert all(torch.equal(v, old[k]) for k, v in start.model.state_dict().items() if k in old)
+    assert {k for k in start.model.state_dict() if k not in old} == \
+        {"long_range_head.weight", "long_range_head.bias"}
+
+    assert main(["train", "--config", str(crop_config), "--quiet"]) == 0
+    tuned = torch.load(crop_config.parent / "project" / "tuned" / "checkpoint_latest.pt",
+                       weights_only=False)
+    assert tuple(tuned["unet_config"]["long_range"]) == (3,)
+    assert not torch.equal(tuned["model"]["long_range_head.weight"],
+                           start.model.state_dict()["long_range_head.weight"])
+    model = StudentAffinities(crop_config.parent / "project" / "tuned" / "checkpoint_latest.pt")
+    assert model.predict(np.zeros((8, 16, 16), np.uint8)).shape == (3, 8, 16, 16)
+
+    config["train"].update(filters=[8, 16, 32, 64])  # another network: refused, file named
+    crop_config.write_text(yaml.safe_dump(config))
+    assert main(["train", "--config", str(crop_config), "--quiet"]) == 2
+    assert "checkpoint_latest.pt does not fit this network" in capsys.readouterr().err
+
+
+def test_bfloat16_predictions_match_float32_where_the_hardware_has_it(crop_config):
+    if not bf16_supported(torch.device("cpu")):
+        pytest.skip("this CPU has no bfloat16 support")
+    assert main(["train", "--config", str(crop_config), "--quiet"]) == 0
+    path = crop_config.parent / "project" / "models" / "unet3d" / "checkpoint_latest.pt"
+    with h5py.File(crop_config.parent / "crop.h5", "r") as f:
+        block = f["raw"][:16, :32, :32]
+    fast = StudentAffinities(path, "cpu", precision="auto").predict(block)
+    exact = StudentAffinities(path, "cpu", precision="fp32").predict(block)
+    assert fast.dtype == np.float32 and np.abs(fast - exact).mean() < 0.02
+
+
+def test_precision_settings_are_checked():
+    assert not use_bf16(torch.device("cpu"), "fp32")
+    with pytest.raises(InputError, match="precision must be"):
+        use_bf16(torch.device("cpu"), "fp16")
 
 
 def test_training_refuses_too_few_sections_and_missing_checkpoints(tmp_path):

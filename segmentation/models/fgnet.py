@@ -187,5 +187,5 @@ def predict_sections(model: FGNet, image: np.ndarray, device: torch.device) -> n
     for z in range(image.shape[0]):
         pair = np.stack([image[max(z - 1, 0)], image[z]]).astype(np.float32)
         _, refined = model(torch.from_numpy(pair)[None].to(device))
-        result[:, z] = torch.sigmoid(refined[0]).cpu().numpy()
+        result[:, z] = torch.sigmoid(refined[0].float()).cpu().numpy()
     return result

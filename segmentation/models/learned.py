@@ -12,6 +12,7 @@ from segmentation.affinities import NEAREST, AffinityModel
 from segmentation.errors import InputError
 from segmentation.models.checkpoints import read_payload
 from segmentation.models.fgnet import FGNet, FGNetConfig, predict_sections
+from segmentation.models.precision import channels_last, use_bf16
 from segmentation.models.sam2_prompt import instantiate_model, pick_device
 from segmentation.models.training import predict_affinities
 from segmentation.models.unet3d import UNet3D, UNetConfig
@@ -76,9 +77,12 @@ class StudentAffinities(LearnedAffinities):
     name = "unet3d"
     offsets = NEAREST
 
-    def __init__(self, checkpoint: str | Path, device: str = "auto", context: int = 16):
+    def __init__(self, checkpoint: str | Path, device: str = "auto", context: int = 16,
+                 precision: str = "auto"):
         model = load_student(Path(checkpoint))
         super().__init__(checkpoint, model, device)
+        self.bf16 = use_bf16(self.device, precision)
+        self.model = channels_last(self.model, self.bf16)
         self._context = (context // 2 if model.config.anisotropic else context, context, context)
 
     @property
@@ -87,7 +91,7 @@ class StudentAffinities(LearnedAffinities):
 
     @torch.no_grad()
     def predict(self, image: np.ndarray) -> np.ndarray:
-        return predict_affinities(self.model, self.unit(image), self.device)
+        return predict_affinities(self.model, self.unit(image), self.device, self.bf16)
 
 
 class FGNetAffinities(LearnedAffinities):

@@ -1,6 +1,8 @@
 """Training an affinity model (the SAvEM3 3D U-Net student or FGNet) on a labelled volume:
 augmentation, checkpoints, resume, a loss curve, and validation VOI / ARAND after the pipeline's
-own watershed and agglomeration.
+own watershed and agglomeration. Training runs in bfloat16 where the hardware has it
+(``precision``), can start from another checkpoint's weights (``init``: fine-tuning the shipped
+model on a user's volume), and can add long-range affinities as an auxiliary task.
 
 The last ``validation_slices`` sections are held out for validation; training patches come from
 the rest. Targets are the nearest-neighbour affinities of the labels (1 inside one neuron, 0
@@ -25,8 +27,10 @@ from segmentation.affinities import boundary_from_affinities, neighbour_slices, 
 from segmentation.agglomerate import agglomerate
 from segmentation.errors import InputError
 from segmentation.metrics import scores
+from segmentation.models.checkpoints import read_payload
 from segmentation.models.fgnet import FGNet, FGNetConfig, predict_sections, section_levels, \
     window_levels
+from segmentation.models.precision import autocast, channels_last, use_bf16
 from segmentation.models.sam2_prompt import build_model, model_config
 from segmentation.models.unet3d import UNet3D, UNetConfig
 from segmentation.rag import block_contacts, block_node_stats, build_rag
@@ -52,14 +56,19 @@ class TrainSettings:
     feature_cache: int = 16  # FGNet, frozen SAM2: sections whose features are kept
     teacher: Optional[str] = None  # student: "sam2" distils SAM2's features (models.sam2)
     thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
+    precision: str = "auto"  # bf16 where the CPU (AMX / AVX-512 BF16) or GPU has it, else fp32
+    init: Optional[str] = None  # start from this checkpoint's weights (fine-tuning)
+    long_range: tuple[int, ...] = ()  # student: auxiliary long-range affinity distances
 
 
-def label_affinities(labels: np.ndarray) -> np.ndarray:
-    """(3, z, y, x) float32: 1 where v and v - e_c carry the same nonzero label."""
-    result = np.zeros((3,) + labels.shape, np.float32)
-    for c in range(3):
-        here, there = neighbour_slices(c)
-        result[c][here] = (labels[here] == labels[there]) & (labels[here] != 0)
+def label_affinities(labels: np.ndarray, distances: Sequence[int] = (1,)) -> np.ndarray:
+    """(3 * len(distances), z, y, x) float32: channel 3 i + c is 1 where v and
+    v - distances[i] e_c carry the same nonzero label (0 where v - d e_c lies outside)."""
+    result = np.zeros((3 * len(distances),) + labels.shape, np.float32)
+    for i, d in enumerate(distances):
+        for c in range(3):
+            here, there = neighbour_slices(c, d)
+            result[3 * i + c][here] = (labels[here] == labels[there]) & (labels[here] != 0)
     return result
 
 
@@ -114,7 +123,10 @@ class Trainer(ABC):
         self.history: dict[str, list] = {"loss": [], "validation": []}
         self.rng = np.random.default_rng(settings.seed)
         torch.manual_seed(settings.seed)
+        self.bf16 = use_bf16(self.device, settings.precision)
         self.model = self.build().to(self.device)
+        if settings.init:
+            self.initialise(Path(settings.init))
         self.optimiser = torch.optim.Adam([p for p in self.model.parameters()
                                            if p.requires_grad], settings.learning_rate)
 
@@ -133,6 +145,23 @@ class Trainer(ABC):
     def describe(self) -> dict:
         """What a checkpoint needs, beyond the weights, to rebuild the network."""
         return {}
+
+    def initialise(self, path: Path) -> None:
+        """Start from the weights of another checkpoint of this kind (the shipped model, say):
+        layers it lacks (a new head) keep their fresh initialisation; layers of another shape
+        are refused with the file named."""
+        payload = read_payload(path, "train.init checkpoint",
+                               "a checkpoint written by `promptcut train`", weights_only=False)
+        found = payload.get("kind", "unet3d")
+        if found != self.kind:
+            raise InputError(f"train.init {path} holds a {found} model; this run trains "
+                             f"{self.kind}")
+        own = self.model.state_dict()
+        mismatched = [k for k, v in payload["model"].items() if k in own and own[k].shape != v.shape]
+        if mismatched:
+            raise InputError(f"train.init {path} does not fit this network (other filters?): "
+                             f"{len(mismatched)} layers differ in shape, e.g. {mismatched[0]}")
+        self.model.load_state_dict(payload["model"], strict=False)
 
     # -- checkpoints ----------------------------------------------------------------------------
     @property
@@ -188,7 +217,8 @@ class Trainer(ABC):
             for group in self.optimiser.param_groups:
                 group["lr"] = self.learning_rate()
             self.optimiser.zero_grad()
-            loss = self.step()
+            with autocast(self.device, self.bf16):
+                loss = self.step()
             loss.backward()
             self.optimiser.step()
             self.iteration += 1
@@ -217,7 +247,7 @@ class Trainer(ABC):
 
     def validate(self) -> dict:
         self.model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast(self.device, self.bf16):
             affinities = self.predict(self.val_raw)
         return {"iteration": self.iteration,
                 **score_affinities(affinities, self.val_labels, self.voxel_size,
@@ -306,8 +336,9 @@ class StudentTrainer(Trainer):
         self.config = UNetConfig(filters=tuple(self.settings.filters),
                                  anisotropic=self.settings.anisotropic,
                                  teacher_channels=256 if self.teacher else None,
-                                 distill_levels=tuple(self.TEACHER_LEVELS))
-        return UNet3D(self.config)
+                                 distill_levels=tuple(self.TEACHER_LEVELS),
+                                 long_range=tuple(self.settings.long_range))
+        return channels_last(UNet3D(self.config), self.bf16)
 
     def describe(self) -> dict:
         extra = {"teacher": {"kind": "sam2", "config": self.teacher[0],
@@ -332,14 +363,15 @@ class StudentTrainer(Trainer):
                     for level, fpn in self.TEACHER_LEVELS.items():
                         resampled = F.interpolate(levels[fpn], size=grids[level],
                                                   mode="bilinear", align_corners=False)
-                        result[level][:, i] = resampled[0].cpu().numpy()
+                        result[level][:, i] = resampled[0].float().cpu().numpy()
             self._teacher_features = {f"features_{level}": result[level]
                                       for level in self.TEACHER_LEVELS}
         return self._teacher_features
 
     def step(self) -> torch.Tensor:
         patch = self.settings.patch
-        raws, affs, bounds, taught = [], [], [], []
+        raws, affs, bounds, taught, far = [], [], [], [], []
+        distances = (1,) + tuple(self.settings.long_range)
         for _ in range(self.settings.batch):
             corner = self.corner(patch)
             if self.teacher:
@@ -355,7 +387,9 @@ class StudentTrainer(Trainer):
                                                          for r in region[1:])])
             raw, labels, features = augment(self.train_raw[region], self.train_labels[region],
                                             self.rng, self.settings.anisotropic, features)
-            affinity = label_affinities(labels)
+            affinity = label_affinities(labels, distances)
+            far.append(affinity[3:])
+            affinity = affinity[:3]
             raws.append(raw[None])
             affs.append(affinity)
             bounds.append((affinity.min(axis=0) < 0.5)[None].astype(np.float32))
@@ -363,10 +397,12 @@ class StudentTrainer(Trainer):
         to = lambda a: torch.from_numpy(np.stack(a)).to(self.device)  # noqa: E731
         teacher = {name: to([t[i] for t in taught]).float()
                    for i, name in enumerate(self._teacher_features or {})}
-        return self.model.loss(self.model(to(raws)), to(affs), to(bounds), teacher or None)
+        outputs = self.model(channels_last(to(raws), self.bf16))
+        return self.model.loss(outputs, to(affs), to(bounds), teacher or None,
+                               to(far) if self.settings.long_range else None)
 
     def predict(self, image: np.ndarray) -> np.ndarray:
-        return predict_affinities(self.model, image, self.device)
+        return predict_affinities(self.model, image, self.device, self.bf16)
 
 
 class FGNetTrainer(Trainer):
@@ -446,11 +482,14 @@ class FGNetTrainer(Trainer):
         return predict_sections(self.model, image, self.device)
 
 
-def predict_affinities(model: UNet3D, image: np.ndarray, device: torch.device) -> np.ndarray:
+def predict_affinities(model: UNet3D, image: np.ndarray, device: torch.device,
+                       bf16: bool = False) -> np.ndarray:
+    """Nearest-neighbour affinities of a whole array, padded to the network's divisor."""
     divisor = model.divisor
     pad = [(0, (-n) % d) for n, d in zip(image.shape, divisor)]
     padded = np.pad(image.astype(np.float32), pad, mode="reflect")
-    tensor = torch.from_numpy(padded)[None, None].to(device)
-    logits = model(tensor)["affinities"][0]
-    result = torch.sigmoid(logits).cpu().numpy()
+    tensor = channels_last(torch.from_numpy(padded)[None, None].to(device), bf16)
+    with autocast(device, bf16):
+        logits = model(tensor)["affinities"][0]
+    result = torch.sigmoid(logits.float()).contiguous().cpu().numpy()
     return result[(slice(None),) + tuple(slice(0, n) for n in image.shape)]

@@ -1,6 +1,8 @@
 """The SAvEM3 student: a residual 3D U-Net predicting affinities and a boundary map, with
 optional distillation heads that regress a teacher's features (SAM2 embeddings or FGNet
-features) with an L1 loss at 1/2 and 1/8 resolution.
+features) with an L1 loss at 1/2 and 1/8 resolution, and optional long-range affinities (v and
+v - d e_c for each distance d) as an auxiliary task: they make the network see objects whole, as
+in Lee et al. 2017, and only the nearest-neighbour channels are used downstream.
 
 Filters 32/64/128/256 by default; for anisotropic data the downsampling is in x and y only.
 """
@@ -25,6 +27,8 @@ class UNetConfig:
     distill_levels: tuple[int, ...] = (1, 3)  # encoder levels at 1/2 and 1/8 resolution
     distill_weight: float = 0.5
     boundary_weight: float = 0.3
+    long_range: tuple[int, ...] = ()  # auxiliary affinity distances (voxels) along z, y and x
+    long_range_weight: float = 0.5
     extra: dict = field(default_factory=dict)
 
     @property
@@ -65,6 +69,8 @@ class UNet3D(nn.Module):
                                        for i in range(len(f) - 1)])
         self.affinity_head = nn.Conv3d(f[0], config.affinities, 1)
         self.boundary_head = nn.Conv3d(f[0], 1, 1) if config.boundary else None
+        self.long_range_head = nn.Conv3d(f[0], 3 * len(config.long_range), 1) \
+            if config.long_range else None
         self.distill_heads = nn.ModuleDict()
         if config.teacher_channels:
             for level in config.distill_levels:
@@ -92,22 +98,27 @@ class UNet3D(nn.Module):
         outputs["affinities"] = self.affinity_head(x)
         if self.boundary_head is not None:
             outputs["boundary"] = self.boundary_head(x)
+        if self.long_range_head is not None:
+            outputs["long_range"] = self.long_range_head(x)
         return outputs
 
     def loss(self, outputs: dict[str, torch.Tensor], affinities: torch.Tensor,
              boundary: Optional[torch.Tensor] = None,
-             teacher: Optional[dict[str, torch.Tensor]] = None) -> torch.Tensor:
-        """Class-balanced BCE on affinities (and boundaries); L1 to the teacher's features when
-        given, each resized to the level it is regressed at."""
+             teacher: Optional[dict[str, torch.Tensor]] = None,
+             long_range: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Class-balanced BCE on affinities (and boundaries, and long-range affinities); L1 to
+        the teacher's features when given, each resized to the level it is regressed at."""
         c = self.config
         total = balanced_bce(outputs["affinities"], affinities)
+        if long_range is not None and "long_range" in outputs:
+            total = total + c.long_range_weight * balanced_bce(outputs["long_range"], long_range)
         if boundary is not None and "boundary" in outputs:
             total = total + c.boundary_weight * balanced_bce(outputs["boundary"], boundary)
         for name, target in (teacher or {}).items():
             predicted = outputs[name]
             target = F.interpolate(target, size=predicted.shape[-3:], mode="trilinear",
                                    align_corners=False)
-            total = total + c.distill_weight * F.l1_loss(predicted, target)
+            total = total + c.distill_weight * F.l1_loss(predicted.float(), target)
         return total
 
 
@@ -117,4 +128,4 @@ def balanced_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     dims = [d for d in range(target.dim()) if d != 1]
     positive = target.mean(dim=dims, keepdim=True).clamp(0.01, 0.99)
     weight = torch.where(target > 0.5, 0.5 / positive, 0.5 / (1 - positive))
-    return F.binary_cross_entropy_with_logits(logits, target, weight=weight)
+    return F.binary_cross_entropy_with_logits(logits.float(), target, weight=weight)
