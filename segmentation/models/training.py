@@ -16,8 +16,9 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
+import fastremap
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -55,7 +56,7 @@ class TrainSettings:
     freeze_sam: bool = True  # FGNet: keep SAM2's encoder as it is (and cache its features)
     feature_cache: int = 16  # FGNet, frozen SAM2: sections whose features are kept
     teacher: Optional[str] = None  # student: "sam2" distils SAM2's features (models.sam2)
-    thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
+    thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     precision: str = "auto"  # bf16 where the CPU (AMX / AVX-512 BF16) or GPU has it, else fp32
     init: Optional[str] = None  # start from this checkpoint's weights (fine-tuning)
     long_range: tuple[int, ...] = ()  # student: auxiliary long-range affinity distances
@@ -296,20 +297,27 @@ def export_weights(source: Path, target: Path) -> Path:
     return target
 
 
-def score_affinities(affinities: np.ndarray, labels: np.ndarray, voxel_size,
-                     thresholds=(0.3, 0.4, 0.5, 0.6, 0.7)) -> dict:
-    """VOI / ARAND against ``labels`` after the pipeline's own watershed and agglomeration, at
-    the best of the agglomeration thresholds (in one piece: validation volumes are small)."""
+def segmentations(affinities: np.ndarray, voxel_size, thresholds: Sequence[float]
+                  ) -> Iterator[tuple[float, np.ndarray]]:
+    """(threshold, segmentation) after the pipeline's own watershed and agglomeration, in one
+    piece (validation volumes are small)."""
     fragments = supervoxels(boundary_from_affinities(quantize(affinities)), SupervoxelParams(),
                             tuple(voxel_size))
     rag = build_rag(block_node_stats(fragments, (0, 0, 0)),
                     block_contacts(fragments, quantize(affinities), (0, 0, 0)))
     result = agglomerate(rag, tuple(thresholds))
-    best = None
     for threshold, membership in zip(result.thresholds, result.memberships):
-        lookup = dict(zip(rag.ids.tolist(), membership.tolist()))
-        merged = np.vectorize(lambda v: lookup.get(int(v), int(v)), otypes=[np.uint64])(fragments)
-        row = {"threshold": float(threshold), **scores(labels, merged).as_dict()}
+        yield float(threshold), fastremap.remap(
+            fragments, dict(zip(rag.ids.tolist(), membership.tolist())),
+            preserve_missing_labels=True)
+
+
+def score_affinities(affinities: np.ndarray, labels: np.ndarray, voxel_size,
+                     thresholds=TrainSettings.thresholds) -> dict:
+    """VOI / ARAND against ``labels`` at the best of the agglomeration thresholds."""
+    best = None
+    for threshold, merged in segmentations(affinities, voxel_size, thresholds):
+        row = {"threshold": threshold, **scores(labels, merged).as_dict()}
         if best is None or row["voi"] < best["voi"]:
             best = row
     return {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in best.items()}
