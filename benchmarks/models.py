@@ -19,12 +19,14 @@ import torch
 from benchmarks.common import DEMO_H5, REPO, RESULTS, SHARED_DATA, percentiles
 from promptcut.config import load_config
 from segmentation.affinities import IntensityBaseline
+from segmentation.export import apply_membership
 from segmentation.metrics import scores
 from segmentation.models.fgnet import FGNet, FGNetConfig, window_levels
 from segmentation.models.learned import StudentAffinities
 from segmentation.models.precision import bf16_supported
 from segmentation.models.sam2_prompt import Sam2Prompter, build_model, pick_device
-from segmentation.models.training import score_affinities, segmentations
+from segmentation.models.training import (TrainSettings, agglomerate_affinities,
+                                          best_threshold_scores, score_affinities)
 
 VALIDATION_SLICES = 40
 GALA_H5 = SHARED_DATA / "gala_train.h5"
@@ -51,7 +53,7 @@ def timed(fn, repeats: int) -> tuple[list[float], object]:
     return samples, result
 
 
-def inference(device: str, raw: np.ndarray) -> dict:
+def inference(checkpoint: Path, device: str, raw: np.ndarray) -> dict:
     """The shipped student's speed on one block, in each precision this device offers (bf16
     where the CPU has AMX / AVX-512 BF16 or the GPU has bfloat16; the pipeline picks it)."""
     block = raw[:64, :128, :128]
@@ -59,7 +61,7 @@ def inference(device: str, raw: np.ndarray) -> dict:
     for precision in ("fp32", "bf16"):
         if precision == "bf16" and not bf16_supported(pick_device(device)):
             continue
-        student = StudentAffinities(shipped_checkpoint(), device, precision=precision)
+        student = StudentAffinities(checkpoint, device, precision=precision)
         student.predict(block)  # warm-up
         samples, _ = timed(lambda: student.predict(block), 3)
         best = min(samples) / 1000
@@ -120,19 +122,22 @@ def quality(student: StudentAffinities) -> dict:
             ("gala_train_unseen", GALA_H5, *read(GALA_H5, "raw", "labels", "supervoxels"))):
         baseline = IntensityBaseline(voxel_size=(10.0, 10.0, 10.0))
         baseline.fit(image)
-        affinities = student.predict(image)
+        fragments, ids, result = agglomerate_affinities(student.predict(image), (10, 10, 10),
+                                                        TrainSettings.thresholds)
+        ours = best_threshold_scores(truth, fragments, ids, result)
         rows[name] = {
-            "shipped_student": score_affinities(affinities, truth, (10, 10, 10)),
+            "shipped_student": ours,
             "intensity_baseline": score_affinities(baseline.predict(image), truth,
                                                    (10, 10, 10)),
             "authors_supervoxels": scores(truth, theirs).as_dict(),
             **floors(truth)}
-        figure(image, truth, affinities, rows[name]["shipped_student"]["threshold"],
+        membership = result.memberships[result.thresholds.index(ours["threshold"])]
+        figure(image, truth, apply_membership(fragments, ids, membership), ours["threshold"],
                RESULTS / f"models_{name}.png")
     return rows
 
 
-def figure(image: np.ndarray, truth: np.ndarray, affinities: np.ndarray, threshold: float,
+def figure(image: np.ndarray, truth: np.ndarray, ours: np.ndarray, threshold: float,
            path: Path) -> Path:
     """Three sections side by side: EM, ground truth, and the student's segmentation at its
     best threshold, each object in its own colour (the ones a proofreader would fix stand out)."""
@@ -141,7 +146,6 @@ def figure(image: np.ndarray, truth: np.ndarray, affinities: np.ndarray, thresho
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ((_, ours),) = segmentations(affinities, (10, 10, 10), (threshold,))
     colours = np.random.default_rng(0).random((2 ** 16, 3)) * 0.8 + 0.2
     sections = np.linspace(0, image.shape[0] - 1, 5).round().astype(int)[1:-1]
     fig, axes = plt.subplots(len(sections), 3, figsize=(9, 3 * len(sections)))
@@ -176,12 +180,13 @@ def floors(truth: np.ndarray) -> dict:
 
 def run() -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    student = StudentAffinities(shipped_checkpoint(), device)
+    checkpoint = shipped_checkpoint()
+    student = StudentAffinities(checkpoint, device)
     (raw,) = read(DEMO_H5, "raw")
     figures = {"device": torch.cuda.get_device_name() if device == "cuda" else
                f"cpu ({torch.get_num_threads()} threads)",
-               "shipped_checkpoint": str(shipped_checkpoint().relative_to(REPO)),
-               "student_inference": inference(device, raw),
+               "shipped_checkpoint": str(checkpoint.relative_to(REPO)),
+               "student_inference": inference(checkpoint, device, raw),
                **sam2_and_fgnet(raw, device),
                "quality": quality(student)}
     for dataset, row in figures["quality"].items():

@@ -16,18 +16,17 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-import fastremap
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from segmentation.affinities import boundary_from_affinities, neighbour_slices, quantize
-from segmentation.agglomerate import agglomerate
+from segmentation.agglomerate import Agglomeration, agglomerate
 from segmentation.errors import InputError
-from segmentation.metrics import scores
+from segmentation.metrics import Contingency
 from segmentation.models.checkpoints import read_payload
 from segmentation.models.fgnet import FGNet, FGNetConfig, predict_sections, section_levels, \
     window_levels
@@ -297,30 +296,35 @@ def export_weights(source: Path, target: Path) -> Path:
     return target
 
 
-def segmentations(affinities: np.ndarray, voxel_size, thresholds: Sequence[float]
-                  ) -> Iterator[tuple[float, np.ndarray]]:
-    """(threshold, segmentation) after the pipeline's own watershed and agglomeration, in one
-    piece (validation volumes are small)."""
+def agglomerate_affinities(affinities: np.ndarray, voxel_size, thresholds: Sequence[float]
+                           ) -> tuple[np.ndarray, np.ndarray, Agglomeration]:
+    """The pipeline's own watershed, RAG and agglomeration, in one piece (validation volumes
+    are small): the fragments, their sorted ids and the membership at every threshold."""
     fragments = supervoxels(boundary_from_affinities(quantize(affinities)), SupervoxelParams(),
                             tuple(voxel_size))
     rag = build_rag(block_node_stats(fragments, (0, 0, 0)),
                     block_contacts(fragments, quantize(affinities), (0, 0, 0)))
-    result = agglomerate(rag, tuple(thresholds))
+    return fragments, rag.ids, agglomerate(rag, tuple(thresholds))
+
+
+def best_threshold_scores(labels: np.ndarray, fragments: np.ndarray, ids: np.ndarray,
+                          result: Agglomeration) -> dict:
+    """VOI / ARAND against ``labels`` at the best threshold; one overlap table serves them all."""
+    table = Contingency.of(labels, fragments)
+    best = None
     for threshold, membership in zip(result.thresholds, result.memberships):
-        yield float(threshold), fastremap.remap(
-            fragments, dict(zip(rag.ids.tolist(), membership.tolist())),
-            preserve_missing_labels=True)
+        merged = table.relabelled(ids, membership)
+        row = {"threshold": float(threshold), **merged.scores().as_dict()}
+        if best is None or row["voi"] < best["voi"]:
+            best = row
+    return {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in best.items()}
 
 
 def score_affinities(affinities: np.ndarray, labels: np.ndarray, voxel_size,
                      thresholds=TrainSettings.thresholds) -> dict:
     """VOI / ARAND against ``labels`` at the best of the agglomeration thresholds."""
-    best = None
-    for threshold, merged in segmentations(affinities, voxel_size, thresholds):
-        row = {"threshold": threshold, **scores(labels, merged).as_dict()}
-        if best is None or row["voi"] < best["voi"]:
-            best = row
-    return {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in best.items()}
+    return best_threshold_scores(labels, *agglomerate_affinities(affinities, voxel_size,
+                                                                 thresholds))
 
 
 class StudentTrainer(Trainer):
