@@ -48,6 +48,11 @@ class AffinityModel(ABC):
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "offsets": [list(o) for o in self.offsets]}
 
+    @property
+    def title(self) -> str:
+        """How messages name this model."""
+        return f"affinity model {self.name}"
+
 
 def neighbour_slices(c: int, distance: int = 1) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
     """(voxels v, voxels v - d e_c) along axis c: the pairs that affinity channel c joins."""
@@ -83,8 +88,13 @@ def boundary_from_affinities(affinities: np.ndarray) -> np.ndarray:
     return ((1.0 - np.clip(mean, 0.0, 1.0)) * 255.0).round().astype(np.uint8)
 
 
-def quantize(affinities: np.ndarray) -> np.ndarray:
-    """Float affinities in [0, 1] to uint8 0..255, the form they are stored in."""
+def quantize(affinities: np.ndarray, source: str = "the affinity model") -> np.ndarray:
+    """Float affinities in [0, 1] to uint8 0..255, the form they are stored in. NaN has no
+    uint8 value (a cast would make it 0, 'certain boundary', silently): it is an error that
+    names where the affinities came from."""
+    if np.isnan(affinities).any():
+        raise InputError(f"{source} predicted NaN affinities ({int(np.isnan(affinities).sum())}"
+                         f" values): its weights are broken, or it was given a non-finite image")
     return (np.clip(affinities, 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 

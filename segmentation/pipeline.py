@@ -207,7 +207,8 @@ def affinity_task(block: Block, location: str, fmt: str, voxel_size, model: Affi
     predicted = model.predict(image.read(*region))
     crop = block.core_within(region)
     store = open_zarr(Path(path))
-    store[(slice(None),) + block.core].write(quantize(predicted[(slice(None),) + crop])).result()
+    store[(slice(None),) + block.core].write(quantize(predicted[(slice(None),) + crop],
+                                                       model.title)).result()
 
 
 def read_boundary(affinities: str, region) -> np.ndarray:

@@ -20,7 +20,7 @@ from segmentation.models.learned import StudentAffinities
 from segmentation.models.precision import bf16_supported, use_bf16
 from segmentation.models.training import StudentTrainer, TrainSettings, augment, label_affinities
 
-TINY = {"iterations": 4, "patch": [16, 32, 32], "batch": 1, "validation_slices": 16,
+TINY = {"iterations": 4, "patch": [32, 32, 32], "batch": 1, "validation_slices": 16,
         "validate_every": 2, "checkpoint_every": 2, "filters": [4, 8, 16, 32]}
 
 
@@ -246,14 +246,14 @@ def test_student_distils_sam2_features_from_the_cli(crop_config, small_sam2, cap
 
 def test_teacher_features_line_up_with_the_student_grids(small_sam2, tmp_path):
     rng = np.random.default_rng(0)
-    trainer = StudentTrainer(rng.random((20, 40, 48)).astype(np.float32),
-                             np.ones((20, 40, 48), np.int64), tmp_path,
+    trainer = StudentTrainer(rng.random((36, 40, 48)).astype(np.float32),
+                             np.ones((36, 40, 48), np.int64), tmp_path,
                              TrainSettings(validation_slices=4, filters=(4, 8, 16, 32),
-                                           patch=(8, 16, 16), batch=1), "cpu",
+                                           patch=(32, 32, 32), batch=1), "cpu",
                              teacher=(str(small_sam2[0]), small_sam2[1]))
     features = trainer.teacher_features()
-    assert features["features_1"].shape == (256, 16, 20, 24)
-    assert features["features_3"].shape == (256, 16, 5, 6)
+    assert features["features_1"].shape == (256, 32, 20, 24)
+    assert features["features_3"].shape == (256, 32, 5, 6)
     assert np.isfinite(features["features_3"]).all() and features["features_1"].astype(np.float32).std() > 0
     loss = trainer.step()
     loss.backward()
@@ -276,3 +276,40 @@ def test_the_shipped_student_beats_the_baseline_on_the_held_out_sections(demo_h5
     baseline.fit(raw)
     reference = score_affinities(baseline.predict(raw), labels, (10, 10, 10))
     assert student["voi"] < reference["voi"] - 0.2 and student["arand"] < reference["arand"]
+
+
+def test_a_patch_too_small_for_the_network_is_refused_naming_the_key(tmp_path):
+    """A coarsest level 2 voxels deep is where bfloat16 weight gradients came out NaN."""
+    with pytest.raises(InputError, match=r"train.patch \[16, 32, 32\] is too small"):
+        StudentTrainer(np.zeros((40, 32, 32), np.uint8), np.ones((40, 32, 32), np.int64),
+                       tmp_path, TrainSettings(validation_slices=4, filters=(4, 8, 16, 32),
+                                               patch=(16, 32, 32)), "cpu")
+
+
+def test_non_finite_steps_are_skipped_and_persistent_ones_stop_training(tmp_path, monkeypatch):
+    trainer = StudentTrainer(np.zeros((40, 32, 32), np.uint8), np.ones((40, 32, 32), np.int64),
+                             tmp_path, TrainSettings(validation_slices=4, filters=(4, 8, 16, 32),
+                                                     patch=(32, 32, 32), batch=1,
+                                                     iterations=3), "cpu")
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    real_step = trainer.step
+    monkeypatch.setattr(trainer, "step", lambda: real_step() * float("nan"))
+    with pytest.raises(InputError, match="training diverged at iteration 0"):
+        trainer.train(progress=False)
+    assert trainer.iteration == 0
+    assert all(torch.equal(v, before[k]) for k, v in trainer.model.state_dict().items())
+
+
+def test_nan_affinities_are_an_error_that_names_the_model(tmp_path):
+    from segmentation.affinities import quantize
+
+    path = tmp_path / "broken.pt"
+    trainer = StudentTrainer(np.zeros((40, 32, 32), np.uint8), np.ones((40, 32, 32), np.int64),
+                             tmp_path, TrainSettings(validation_slices=4, filters=(4, 8, 16, 32),
+                                                     patch=(32, 32, 32)), "cpu")
+    with torch.no_grad():
+        trainer.model.affinity_head.bias.fill_(float("nan"))
+    trainer.save(path)
+    model = StudentAffinities(path, "cpu")
+    with pytest.raises(InputError, match=r"unet3d \(.*broken.pt\) predicted NaN affinities"):
+        quantize(model.predict(np.zeros((8, 16, 16), np.uint8)), model.title)

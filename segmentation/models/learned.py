@@ -72,6 +72,10 @@ class LearnedAffinities(AffinityModel):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "checkpoint": str(self.checkpoint)}
 
+    @property
+    def title(self) -> str:
+        return f"affinity model {self.name} ({self.checkpoint})"
+
 
 class StudentAffinities(LearnedAffinities):
     name = "unet3d"

@@ -220,6 +220,8 @@ class Trainer(ABC):
             with autocast(self.device, self.bf16):
                 loss = self.step()
             loss.backward()
+            if not self._finite(loss):
+                continue  # the weights stay as they were; the batch is drawn again
             self.optimiser.step()
             self.iteration += 1
             self.history["loss"].append((self.iteration, loss.item()))
@@ -244,6 +246,19 @@ class Trainer(ABC):
             if self.history["validation"] else {}
         (self.output / "history.json").write_text(json.dumps(self.history))
         return best
+
+    def _finite(self, loss: torch.Tensor, patience: int = 5) -> bool:
+        """False, and the step skipped, when the loss or a gradient is not finite; an error
+        after ``patience`` such steps in a row, since training then diverges for good."""
+        finite = bool(torch.isfinite(loss)) and all(
+            bool(torch.isfinite(p.grad).all()) for p in self.model.parameters()
+            if p.grad is not None)
+        self._nonfinite = 0 if finite else getattr(self, "_nonfinite", 0) + 1
+        if self._nonfinite >= patience:
+            raise InputError(f"training diverged at iteration {self.iteration}: {patience} "
+                             f"steps in a row gave non-finite gradients (lower "
+                             f"train.learning_rate, or train.precision: fp32)")
+        return finite
 
     def validate(self) -> dict:
         self.model.eval()
@@ -350,7 +365,9 @@ class StudentTrainer(Trainer):
                                  teacher_channels=256 if self.teacher else None,
                                  distill_levels=tuple(self.TEACHER_LEVELS),
                                  long_range=tuple(self.settings.long_range))
-        return channels_last(UNet3D(self.config), self.bf16)
+        model = UNet3D(self.config)
+        check_patch(self.settings.patch, model.divisor)
+        return channels_last(model, self.bf16)
 
     def describe(self) -> dict:
         extra = {"teacher": {"kind": "sam2", "config": self.teacher[0],
@@ -492,6 +509,25 @@ class FGNetTrainer(Trainer):
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         return predict_sections(self.model, image, self.device)
+
+
+MIN_DEEPEST = 4  # voxels per axis of a training patch at the network's coarsest level
+
+
+def check_patch(patch: Sequence[int], divisor: Sequence[int]) -> None:
+    """Refuse patches that leave the coarsest level under MIN_DEEPEST voxels along an axis.
+
+    There a 3x3x3 convolution sees mostly padding, and oneDNN's bfloat16 weight gradient of a
+    3D convolution whose input is 2 voxels deep is sometimes not finite (seen with torch
+    2.13 / oneDNN 3.12 on AVX-512 BF16: 19 of 100 random (16, 2, 4, 4) inputs), which made
+    a tiny training run produce NaN weights.
+    """
+    deepest = [int(p) // int(d) for p, d in zip(patch, divisor)]
+    if min(deepest) < MIN_DEEPEST:
+        smallest = [MIN_DEEPEST * int(d) for d in divisor]
+        raise InputError(f"train.patch {list(patch)} is too small for this network: each axis "
+                         f"needs at least {smallest} voxels (z, y, x) so that its coarsest "
+                         f"level keeps {MIN_DEEPEST} voxels")
 
 
 def predict_affinities(model: UNet3D, image: np.ndarray, device: torch.device,
