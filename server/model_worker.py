@@ -22,7 +22,7 @@ from promptcut.config import Config
 from segmentation.affinities import quantize
 from segmentation.errors import InputError
 from segmentation.models.fgnet import FGNet, window_levels
-from segmentation.models.learned import LearnedAffinities, load_fgnet
+from segmentation.models.learned import load_fgnet, to_unit
 from segmentation.models.sam2_prompt import Sam2Prompter, build_model, \
     supervoxel_probabilities
 from segmentation.rag import block_contacts
@@ -162,7 +162,7 @@ class ModelWorker:
         region = (slice(max(0, z - 1), z + 1), slice(*window[0]), slice(*window[1]))
         features = self.prompter.features(self._key(z), lambda: self._slice(z))
         levels = window_levels(features.fpn, features.shape, window)
-        raw = LearnedAffinities.unit(self.image.read(*region))
+        raw = to_unit(self.image.read(*region))
         pair = np.stack([raw[0], raw[-1]])  # the section before (itself at z = 0) and z
         device = self.prompter.device
         _, refined = self.fgnet(torch.from_numpy(pair)[None].to(device), levels)

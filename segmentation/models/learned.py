@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -56,6 +56,16 @@ def load_fgnet(path: Path) -> FGNet:
     return model
 
 
+def to_unit(image: np.ndarray, scale: Optional[float] = None) -> np.ndarray:
+    """Intensities in [0, 1] as the networks were trained on: uint8 over 255, other types over
+    ``scale`` (a volume's maximum, fitted once) or, without one, over this array's maximum."""
+    if image.dtype == np.uint8:
+        scale = 255.0
+    elif scale is None:
+        scale = max(float(image.max()), 1.0)
+    return image.astype(np.float32) / scale
+
+
 class LearnedAffinities(AffinityModel):
     """A network from a checkpoint, on CUDA when there is one."""
 
@@ -63,11 +73,14 @@ class LearnedAffinities(AffinityModel):
         self.checkpoint = Path(checkpoint)
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
+        self.intensity_scale: Optional[float] = None  # set by fit: one scale for every block
 
-    @staticmethod
-    def unit(image: np.ndarray) -> np.ndarray:
-        scale = 255.0 if image.dtype == np.uint8 else max(float(image.max()), 1.0)
-        return image.astype(np.float32) / scale
+    def fit(self, sample: np.ndarray) -> None:
+        if sample.dtype != np.uint8:
+            self.intensity_scale = max(float(sample.max()), 1.0)
+
+    def unit(self, image: np.ndarray) -> np.ndarray:
+        return to_unit(image, self.intensity_scale)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "checkpoint": str(self.checkpoint)}

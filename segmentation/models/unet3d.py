@@ -41,14 +41,46 @@ def groups(channels: int) -> int:
     return next(g for g in (8, 4, 2, 1) if channels % g == 0)
 
 
+class Norm(nn.GroupNorm):
+    """GroupNorm whose statistics can be measured once and then kept.
+
+    Trained as plain GroupNorm, the network normalises every input by that input's own
+    statistics, so what it predicts at a voxel depends on where a block was cut around it.
+    ``calibrate`` measures each group's mean and variance on one sample (the volume's centre,
+    say) and ``frozen`` uses them for every block: the network becomes a fixed function of its
+    input's neighbourhood, and blockwise prediction equals whole-volume prediction given
+    enough context. The statistics are not part of the weights (they belong to a volume).
+    """
+
+    def __init__(self, num_groups: int, num_channels: int):
+        super().__init__(num_groups, num_channels)
+        self.register_buffer("mean", torch.zeros(num_groups), persistent=False)
+        self.register_buffer("var", torch.ones(num_groups), persistent=False)
+        self.mode = "sample"  # sample (plain GroupNorm) | calibrate | frozen
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "sample":
+            return super().forward(x)
+        if self.mode == "calibrate":
+            grouped = x.float().reshape(x.shape[0], self.num_groups, -1)
+            self.mean = grouped.mean(dim=(0, 2))
+            self.var = grouped.var(dim=(0, 2), unbiased=False)
+        per_channel = self.num_channels // self.num_groups
+        scale = self.weight.float() / torch.sqrt(self.var + self.eps).repeat_interleave(
+            per_channel)
+        shift = self.bias.float() - self.mean.repeat_interleave(per_channel) * scale
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x.float() * scale.view(shape) + shift.view(shape)
+
+
 class ResidualBlock(nn.Module):
     def __init__(self, inputs: int, outputs: int):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv3d(inputs, outputs, 3, padding=1, bias=False),
-            nn.GroupNorm(groups(outputs), outputs), nn.GELU(),
+            Norm(groups(outputs), outputs), nn.GELU(),
             nn.Conv3d(outputs, outputs, 3, padding=1, bias=False),
-            nn.GroupNorm(groups(outputs), outputs))
+            Norm(groups(outputs), outputs))
         self.skip = nn.Conv3d(inputs, outputs, 1) if inputs != outputs else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,6 +107,12 @@ class UNet3D(nn.Module):
         if config.teacher_channels:
             for level in config.distill_levels:
                 self.distill_heads[str(level)] = nn.Conv3d(f[level], config.teacher_channels, 1)
+
+    def normalisation(self, mode: str) -> None:
+        """Set every Norm to ``sample``, ``calibrate`` or ``frozen`` (see Norm)."""
+        for module in self.modules():
+            if isinstance(module, Norm):
+                module.mode = mode
 
     @property
     def divisor(self) -> tuple[int, int, int]:

@@ -1,0 +1,193 @@
+"""The simulated proofreader: does a proofreading policy correct the segmentation?
+
+On the held-out sections of neuroproof_ts2_dev (z 120-159, never trained on) and on gala_train
+(never seen), the project is segmented by the real pipeline with the shipped student, then an
+oracle that reads the ground truth makes one edit at a time, largest error first, through the
+proofreading session's own operations (see segmentation/oracle.py). Policies:
+
+- ``split``: merge + plain min-cut split (positive point = source, negative point = sink);
+- ``prompt-cut``: merge + prompt cut (the same points as prompts).
+
+Both divide a supervoxel at voxel level where both points fall in it. Reported: VOI split /
+merge and ARAND after 0, 10, 25, 50, 100 and 200 edits, the floors (best merge of the
+supervoxels; the ground truth against its own connected pieces), edits refused, edits that made
+VOI worse, per-edit latency, a PNG of the curves and the JSON.
+
+``PROMPTCUT_BENCH_EDITS`` caps the edits (default 200); ``PROMPTCUT_BENCH_CACHE`` names a folder
+that keeps the segmented volumes between runs (a new checkout of the model: empty it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import h5py
+import numpy as np
+import yaml
+
+from benchmarks.common import DEMO_H5, REPO, RESULTS, SHARED_DATA, percentiles
+from segmentation.metrics import Contingency
+from segmentation.oracle import (POLICIES, GroundTruthOracle, PlannedEdit, Simulation,
+                                 connected_pieces_floor, simulate)
+
+CHECKPOINTS = (0, 10, 25, 50, 100, 200)
+USER = "oracle"
+VOLUMES = {
+    "neuroproof_validation": (DEMO_H5, (slice(120, 160), slice(None), slice(None))),
+    "gala_train": (SHARED_DATA / "gala_train.h5", (slice(None),) * 3),
+}
+
+
+def segmented_project(name: str, h5: Path, region, folder: Path):
+    """The volume cut out to its own file and run through `promptcut segment` with the demo's
+    settings and shipped student. Returns (config, ground truth)."""
+    from promptcut.config import load_config
+    from promptcut.segmenting import run_segment
+
+    with h5py.File(h5, "r") as f:
+        raw, truth = f["raw"][region], f["labels"][region]
+    source = folder / f"{name}.h5"
+    with h5py.File(source, "w") as f:
+        f["raw"], f["labels"] = raw, truth
+    demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    segment = {**demo["segment"], "checkpoint": str(REPO / "configs" / demo["segment"][
+        "checkpoint"]), "workers": 0, "meshes": False}
+    config = {"name": name, "project": str(folder / "project"),
+              "dataset": {"name": name, "voxel_size": [10, 10, 10]},
+              "image": {"path": str(source), "key": "raw"}, "segment": segment}
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    loaded = load_config(path)
+    if not (loaded.project_dir / "segments.npz").exists():
+        run_segment(loaded, progress=False)
+    return loaded, truth
+
+
+def operations(session) -> dict[str, Callable[[PlannedEdit], object]]:
+    """What each key does, called as the keys call it."""
+    return {
+        "merge": lambda e: session.merge(USER, e.first[0], e.second[0]),
+        "split": lambda e: session.split(USER, e.first, e.second),
+        "prompt-cut": lambda e: session.prompt_cut(USER, e.first, e.second),
+    }
+
+
+def run_policy(config, truth: np.ndarray, policy: str, edits: int) -> Simulation:
+    from segmentation.proofread import LOG_NAME, open_session
+    from segmentation.project import Project
+
+    project = Project.open(config.project_dir)
+    for suffix in ("", "-wal", "-shm"):
+        (project.root / (LOG_NAME + suffix)).unlink(missing_ok=True)
+    session = open_session(project)
+    volume = project.volume("segmentation")
+    try:
+        oracle = GroundTruthOracle(truth, lambda: volume.read(*(slice(None),) * 3),
+                                   lambda ids: session.segment[session.rag.node_index(ids)],
+                                   volume.voxel_size)
+        return simulate(oracle, operations(session), policy, edits, lambda n, scores: print(
+            f"  {policy}: edit {n}, VOI {scores.voi:.3f}", flush=True) if n % 25 == 0 else None)
+    finally:
+        session.log.close()
+
+
+def summary(run: Simulation) -> dict:
+    rows = {}
+    for n in CHECKPOINTS:
+        if n < len(run.scores):
+            s = run.scores[n]
+            rows[str(n)] = {"voi": round(s.voi, 4), "voi_split": round(s.voi_split, 4),
+                            "voi_merge": round(s.voi_merge, 4), "arand": round(s.arand, 4)}
+    applied = [r for r in run.records if not r.refused]
+    return {
+        "after_edits": rows,
+        "edits": len(run.records),
+        "refused": sum(r.refused for r in run.records),
+        "worse": sum(r.worse for r in run.records),
+        "voxel_level": sum(r.voxel_level and not r.refused for r in run.records),
+        "kinds": {k: sum(r.kind == k for r in applied) for k in ("merge", run.policy)},
+        "latency": percentiles([r.milliseconds for r in applied]) if applied else {},
+        "refusals": dict(Counter(r.message[:70] for r in run.records if r.refused)),
+    }
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.2), squeeze=False)
+    colours = {"split": "#2d6cdf", "prompt-cut": "#e07b39"}
+    for ax, (name, result) in zip(axes[0], results.items()):
+        for policy, curve in result["curves"].items():
+            ax.plot(range(len(curve)), curve, color=colours[policy],
+                    label=f"merge + {policy}")
+        ax.axhline(result["floors"]["best_merge"]["voi"], color="#777", linestyle="--",
+                   label="best merge of the supervoxels")
+        ax.axhline(result["floors"]["connected_pieces"]["voi"], color="#aaa", linestyle=":",
+                   label="ground truth vs its connected pieces")
+        ax.axhline(0.6, color="#2a9d3a", linestyle="-.", linewidth=0.8, label="goal 0.6")
+        ax.set_title(name)
+        ax.set_xlabel("oracle edits")
+        ax.set_ylabel("VOI (bits)")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run() -> dict:
+    edits = int(os.environ.get("PROMPTCUT_BENCH_EDITS", max(CHECKPOINTS)))
+    results = {}
+    cache = os.environ.get("PROMPTCUT_BENCH_CACHE")  # keep the segmented volumes here
+    with tempfile.TemporaryDirectory(prefix="promptcut-proofreading-") as tmp:
+        tmp = cache or tmp
+        for name, (h5, region) in VOLUMES.items():
+            folder = Path(tmp) / name
+            folder.mkdir(parents=True, exist_ok=True)
+            config, truth = segmented_project(name, h5, region, folder)
+            from segmentation.project import Project
+
+            supervoxels = Project.open(config.project_dir).volume("segmentation").read(
+                *(slice(None),) * 3)
+            table = Contingency.of(truth, supervoxels)
+            floors = {"best_merge": table.best_merge().scores().as_dict(),
+                      "connected_pieces": connected_pieces_floor(truth).as_dict()}
+            result = {"floors": floors, "policies": {}, "curves": {}}
+            for policy in POLICIES:
+                simulation = run_policy(config, truth, policy, edits)
+                result["policies"][policy] = summary(simulation)
+                result["curves"][policy] = [round(s.voi, 4) for s in simulation.scores]
+                print(f"{name} merge + {policy}: " + ", ".join(
+                    f"{n}: {row['voi']:.3f}" for n, row in
+                    result["policies"][policy]["after_edits"].items()))
+            results[name] = result
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    figure = RESULTS / "proofreading.png"
+    plot(results, figure)
+    print(table_text(results))
+    return {"volumes": results, "figure": str(figure.relative_to(REPO))}
+
+
+def table_text(results: dict) -> str:
+    lines = ["| volume | policy | " + " | ".join(f"VOI after {n}" for n in CHECKPOINTS) +
+             " | refused | worse | voxel-level | p50 / p95 ms |",
+             "|---" * (len(CHECKPOINTS) + 6) + "|"]
+    for name, result in results.items():
+        for policy, row in result["policies"].items():
+            cells = [f"{row['after_edits'][str(n)]['voi']:.3f}" if str(n) in row["after_edits"]
+                     else "-" for n in CHECKPOINTS]
+            latency = row["latency"]
+            lines.append(f"| {name} | merge + {policy} | " + " | ".join(cells) +
+                         f" | {row['refused']} | {row['worse']} | {row['voxel_level']} | "
+                         f"{latency.get('p50_ms', 0):.1f} / {latency.get('p95_ms', 0):.1f} |")
+        floors = result["floors"]
+        lines.append(f"| {name} | floors | best merge {floors['best_merge']['voi']:.3f}, "
+                     f"connected pieces {floors['connected_pieces']['voi']:.3f} |")
+    return "\n".join(lines)

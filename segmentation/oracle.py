@@ -1,0 +1,249 @@
+"""A simulated proofreader: an oracle that reads the ground truth and fixes the largest error
+with one edit at a time, through the same session operations that the keys call.
+
+Errors are ranked by what they cost in VOI: a segment that glues neurons together costs
+p(segment) H(gt | segment) bits of VOI merge, a neuron cut into pieces costs
+p(neuron) H(segment | neuron) bits of VOI split. The largest one is fixed first:
+
+- a neuron in pieces: merge its two largest pieces (each a segment that is mostly this neuron),
+  one point deep inside each;
+- a segment holding two neurons: cut it, a positive point deep inside its largest neuron and a
+  negative point deep inside the second (a plain split or a prompt cut, by policy); where most
+  of that error lies inside one supervoxel, both points go into that supervoxel, so the cut
+  divides it at voxel level.
+
+"Deep inside" is the voxel farthest from the region's surface. An error whose edit was refused
+or did not help is tried at most ``patience`` times, then left for later ones.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import edt
+import numpy as np
+
+from segmentation.errors import PromptcutError
+from segmentation.metrics import Contingency, Scores
+
+Point = tuple[int, int, int]
+POLICIES = ("split", "prompt-cut")
+
+
+@dataclass
+class PlannedEdit:
+    kind: str  # merge | split | prompt-cut
+    key: tuple  # what error it fixes, to count attempts
+    first: list[Point]  # merge: first point; cuts: positive / source points
+    second: list[Point]  # merge: second point; cuts: negative / sink points
+    voxel_level: bool = False  # both points in one supervoxel
+
+
+@dataclass
+class EditRecord:
+    edit: int
+    kind: str
+    voxel_level: bool
+    refused: bool
+    message: str
+    milliseconds: float
+    voi: float
+    worse: bool
+
+
+@dataclass
+class Simulation:
+    policy: str
+    scores: list[Scores] = field(default_factory=list)  # after 0, 1, 2, ... edits
+    records: list[EditRecord] = field(default_factory=list)
+
+
+class GroundTruthOracle:
+    """Reads the current segmentation (supervoxels and their segments) against ``truth``.
+
+    ``supervoxels`` returns the current supervoxel labels of the whole volume (they change
+    when a supervoxel is divided); ``segment_of`` maps supervoxel ids to segment ids.
+    """
+
+    def __init__(self, truth: np.ndarray, supervoxels: Callable[[], np.ndarray],
+                 segment_of: Callable[[np.ndarray], np.ndarray],
+                 voxel_size: Sequence[float] = (1.0, 1.0, 1.0), patience: int = 2,
+                 mixed_fraction: float = 0.3):
+        self.truth = np.asarray(truth)
+        self._read_supervoxels = supervoxels
+        self.segment_of = segment_of
+        self.voxel_size = tuple(float(v) for v in voxel_size)
+        self.patience = patience
+        self.mixed_fraction = mixed_fraction
+        self.attempts: dict[tuple, int] = {}
+        self.refresh_supervoxels()
+
+    def refresh_supervoxels(self) -> None:
+        """Read the supervoxels again (after an edit divided one)."""
+        self.supervoxels = self._read_supervoxels()
+        self._sv_table = Contingency.of(self.truth, self.supervoxels)
+        self._sv_ids = np.unique(self.supervoxels)
+
+    # -- the state ------------------------------------------------------------------------------
+    def table(self) -> Contingency:
+        """(ground truth, segment, voxels) for the current membership."""
+        return self._sv_table.regrouped(self.segment_of(self._sv_table.seg))
+
+    def scores(self) -> Scores:
+        return self.table().scores()
+
+    def segment_volume(self) -> np.ndarray:
+        ids = self._sv_ids[self._sv_ids != 0]
+        lut = np.zeros(int(ids.max(initial=0)) + 1, np.uint64)
+        lut[ids.astype(np.int64)] = self.segment_of(ids)
+        return lut[self.supervoxels.astype(np.int64)]
+
+    # -- choosing the next edit -----------------------------------------------------------------
+    def errors(self) -> list[tuple[float, str, int]]:
+        """(bits of VOI, 'merge' | 'split', segment or neuron id), largest first."""
+        table = self.table()
+        total = float(table.count.sum())
+        if total == 0:
+            return []
+        rows = []
+        for kind, own, other in (("merge", table.seg, table.gt), ("split", table.gt, table.seg)):
+            ids, inverse = np.unique(own, return_inverse=True)
+            size = np.bincount(inverse, weights=table.count)
+            p = table.count / total
+            cost = -np.bincount(inverse, weights=p * np.log2(table.count / size[inverse]),
+                                minlength=len(ids))
+            pieces = np.bincount(inverse, minlength=len(ids))
+            for i in np.flatnonzero((pieces > 1) & (cost > 1e-9)):
+                rows.append((float(cost[i]), kind, int(ids[i])))
+        return sorted(rows, reverse=True)
+
+    def next_edit(self, policy: str) -> Optional[PlannedEdit]:
+        """The edit for the largest error not yet tried ``patience`` times."""
+        table = self.table()
+        owner = _majority(table)
+        sv_segment = self.segment_of(self._sv_table.seg)
+        for _, kind, which in self.errors():
+            target = self._merge_target(table, owner, which) if kind == "split" else \
+                self._cut_target(table, sv_segment, which, policy)
+            if target is not None and self.attempts.get(target[0], 0) < self.patience:
+                return self._place_points(target, policy)
+        return None
+
+    def _merge_target(self, table: Contingency, owner: dict[int, int], neuron: int):
+        """The two largest pieces of ``neuron`` that are each mostly this neuron."""
+        rows = np.flatnonzero(table.gt == np.uint64(neuron))
+        rows = rows[np.argsort(-table.count[rows], kind="stable")]
+        pieces = [int(table.seg[r]) for r in rows if owner.get(int(table.seg[r])) == neuron]
+        if len(pieces) < 2:
+            return None
+        a, b = pieces[:2]
+        return ("merge", neuron, a, b), "merge", (a, neuron), (b, neuron), None
+
+    def _cut_target(self, table: Contingency, sv_segment: np.ndarray, segment: int,
+                    policy: str):
+        """The second largest neuron of ``segment`` cut off its largest; inside one supervoxel
+        when that supervoxel holds most of the error."""
+        rows = np.flatnonzero(table.seg == np.uint64(segment))
+        rows = rows[np.argsort(-table.count[rows], kind="stable")]
+        if len(rows) < 2:
+            return None
+        keep, away = int(table.gt[rows[0]]), int(table.gt[rows[1]])
+        mixed = self._mixed_supervoxel(sv_segment, segment, keep, away)
+        key = ("voxel", policy, mixed, keep, away) if mixed is not None else \
+            ("cut", policy, segment, keep, away)
+        return key, policy, (segment, keep), (segment, away), mixed
+
+    def _mixed_supervoxel(self, sv_segment: np.ndarray, segment: int, keep: int, away: int
+                          ) -> Optional[int]:
+        """The supervoxel of the segment that holds most of the error between two neurons, if
+        it holds at least ``mixed_fraction`` of the smaller neuron's voxels in the segment:
+        then no cut between whole supervoxels can fix it."""
+        t = self._sv_table
+        mine = sv_segment == np.uint64(segment)
+        keep_rows = mine & (t.gt == np.uint64(keep))
+        away_rows = mine & (t.gt == np.uint64(away))
+        keep_count = dict(zip(t.seg[keep_rows].tolist(), t.count[keep_rows].tolist()))
+        away_count = dict(zip(t.seg[away_rows].tolist(), t.count[away_rows].tolist()))
+        both = {sv: min(n, keep_count[sv]) for sv, n in away_count.items() if sv in keep_count}
+        if not both:
+            return None
+        best = max(both, key=both.get)
+        smaller = min(sum(keep_count.values()), sum(away_count.values()))
+        return best if both[best] >= self.mixed_fraction * smaller else None
+
+    def _place_points(self, target, policy: str) -> PlannedEdit:
+        key, kind, (seg_a, gt_a), (seg_b, gt_b), mixed = target
+        segments = self.segment_volume()
+        within = (lambda m: m & (self.supervoxels == np.uint64(mixed))) if mixed is not None \
+            else (lambda m: m)
+        first = self._deepest(within((segments == np.uint64(seg_a)) & (self.truth == gt_a)))
+        second = self._deepest(within((segments == np.uint64(seg_b)) & (self.truth == gt_b)))
+        return PlannedEdit(kind, key, [first], [second], voxel_level=mixed is not None)
+
+    def _deepest(self, mask: np.ndarray) -> Point:
+        """The voxel of ``mask`` farthest from its surface."""
+        box = tuple(_extent(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+                    for axis in range(3))
+        crop = np.pad(mask[box], 1)
+        distance = edt.edt(crop, anisotropy=self.voxel_size, parallel=1)
+        z, y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
+        return (int(z) - 1 + box[0].start, int(y) - 1 + box[1].start,
+                int(x) - 1 + box[2].start)
+
+
+def _extent(flags: np.ndarray) -> slice:
+    where = np.flatnonzero(flags)
+    return slice(int(where[0]), int(where[-1]) + 1)
+
+
+def _majority(table: Contingency) -> dict[int, int]:
+    """Segment -> the neuron it overlaps most."""
+    order = np.lexsort((-table.count, table.seg))
+    first = np.ones(len(order), bool)
+    first[1:] = table.seg[order][1:] != table.seg[order][:-1]
+    winners = order[first]
+    return dict(zip(table.seg[winners].tolist(), table.gt[winners].tolist()))
+
+
+def simulate(oracle: GroundTruthOracle, operations: dict[str, Callable[[PlannedEdit], object]],
+             policy: str, edits: int, progress: Optional[Callable[[int, Scores], None]] = None
+             ) -> Simulation:
+    """Up to ``edits`` oracle edits; ``operations[kind](edit)`` performs one (and raises a
+    PromptcutError when it is refused). Scores are recorded after every edit."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; choose from {POLICIES}")
+    run = Simulation(policy, [oracle.scores()])
+    for number in range(1, edits + 1):
+        plan = oracle.next_edit(policy)
+        if plan is None:
+            break
+        oracle.attempts[plan.key] = oracle.attempts.get(plan.key, 0) + 1
+        before = run.scores[-1]
+        started = time.perf_counter()
+        try:
+            result = operations[plan.kind](plan)
+            refused, message = False, getattr(result, "message", "")
+        except PromptcutError as exc:
+            refused, message = True, str(exc)
+        elapsed = (time.perf_counter() - started) * 1000
+        if not refused and plan.voxel_level:
+            oracle.refresh_supervoxels()
+        after = oracle.scores()
+        run.scores.append(after)
+        run.records.append(EditRecord(number, plan.kind, plan.voxel_level, refused, message,
+                                      elapsed, float(after.voi),
+                                      bool(after.voi > before.voi + 1e-9)))
+        if progress is not None:
+            progress(number, after)
+    return run
+
+
+def connected_pieces_floor(truth: np.ndarray) -> Scores:
+    """The ground truth scored against its own 6-connected pieces: splits no supervoxel-based
+    proofreading can undo when a neuron leaves the volume and comes back."""
+    import cc3d
+
+    pieces = cc3d.connected_components(truth, connectivity=6, out_dtype=np.uint64)
+    return Contingency.of(truth, pieces).scores()
