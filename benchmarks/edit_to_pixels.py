@@ -173,7 +173,7 @@ def run(repeats: int = 8) -> dict:
             session.start()
             try:
                 figures[variant] = measure(session, labels, repeats)
-                figures[variant]["supervoxels"] = session.proofreading.rag.num_nodes
+                figures[variant]["supervoxels"] = session.proofreading.graph.num_nodes
             finally:
                 session.stop()
     figures["goal_p95_ms"] = 250

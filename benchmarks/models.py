@@ -121,7 +121,7 @@ def quality(student: StudentAffinities) -> dict:
             ("neuroproof_ts2_dev_validation", DEMO_H5, raw, labels, authors),
             ("gala_train_unseen", GALA_H5, *read(GALA_H5, "raw", "labels", "supervoxels"))):
         baseline = IntensityBaseline(voxel_size=(10.0, 10.0, 10.0))
-        baseline.fit(image)
+        baseline.fit([image])
         fragments, ids, result = agglomerate_affinities(student.predict(image), (10, 10, 10),
                                                         TrainSettings.thresholds)
         ours = best_threshold_scores(truth, fragments, ids, result)

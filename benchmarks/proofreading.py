@@ -84,10 +84,10 @@ def run_policy(config, truth: np.ndarray, policy: str, edits: int) -> Simulation
     for suffix in ("", "-wal", "-shm"):
         (project.root / (LOG_NAME + suffix)).unlink(missing_ok=True)
     session = open_session(project)
-    volume = project.volume("segmentation")
+    volume = session.supervoxels
     try:
         oracle = GroundTruthOracle(truth, lambda: volume.read(*(slice(None),) * 3),
-                                   lambda ids: session.segment[session.rag.node_index(ids)],
+                                   session.segments_of,
                                    volume.voxel_size)
         return simulate(oracle, operations(session), policy, edits, lambda n, scores: print(
             f"  {policy}: edit {n}, VOI {scores.voi:.3f}", flush=True) if n % 25 == 0 else None)
@@ -109,6 +109,7 @@ def summary(run: Simulation) -> dict:
         "refused": sum(r.refused for r in run.records),
         "worse": sum(r.worse for r in run.records),
         "voxel_level": sum(r.voxel_level and not r.refused for r in run.records),
+        "divided": sum("divided into" in r.message for r in run.records if not r.refused),
         "kinds": {k: sum(r.kind == k for r in applied) for k in ("merge", run.policy)},
         "latency": percentiles([r.milliseconds for r in applied]) if applied else {},
         "refusals": dict(Counter(r.message[:70] for r in run.records if r.refused)),

@@ -237,10 +237,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     config, project, session = _open_session(args.config)
     output = Path(args.output) if args.output else \
         project.root / "exports" / time.strftime("%Y%m%d-%H%M%S")
-    folder = export_segmentation(project.volume("segmentation"), session.rag.ids,
-                                 session.segment, session.log, output,
+    ids, segments = session.membership()
+    folder = export_segmentation(session.supervoxels, ids, segments, session.log, output,
                                  progress=not args.quiet)
-    print(f"exported {len(np.unique(session.segment))} segments to {folder}")
+    print(f"exported {len(np.unique(segments))} segments to {folder}")
     return 0
 
 

@@ -38,8 +38,9 @@ class AffinityModel(ABC):
     def context(self) -> tuple[int, int, int]:
         """Voxels of image needed beyond an output block on each side, z, y, x."""
 
-    def fit(self, sample: np.ndarray) -> None:
-        """Set global normalisation from a sample of the volume (the same for every block)."""
+    def fit(self, samples: Sequence[np.ndarray]) -> None:
+        """Set global normalisation from samples of the volume (the same for every block):
+        crops spread over it, the central one first."""
 
     @abstractmethod
     def predict(self, image: np.ndarray) -> np.ndarray:
@@ -118,7 +119,8 @@ class IntensityBaseline(AffinityModel):
     def context(self) -> tuple[int, int, int]:
         return tuple(int(np.ceil(4 * s)) + 1 for s in self.sigma)
 
-    def fit(self, sample: np.ndarray) -> None:
+    def fit(self, samples: Sequence[np.ndarray]) -> None:
+        sample = samples[0]  # the central crop
         image = sample.astype(np.float32)
         self.low, self.high = (float(v) for v in np.percentile(image, [1, 99]))
         if self.high - self.low < 1.0:  # a flat sample says nothing about contrast
@@ -130,7 +132,7 @@ class IntensityBaseline(AffinityModel):
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         if self.low is None or self.ridge_scale is None:
-            self.fit(image)
+            self.fit([image])
         return affinities_from_boundary(self.boundary(image))
 
     def boundary(self, image: np.ndarray) -> np.ndarray:

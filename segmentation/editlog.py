@@ -8,6 +8,7 @@ that name the operation they reverse or repeat.
 
 from __future__ import annotations
 
+import base64
 import json
 import sqlite3
 import threading
@@ -18,7 +19,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-SCHEMA = """
+SCHEMA = ("""
 CREATE TABLE IF NOT EXISTS operations (
     id INTEGER PRIMARY KEY,
     user TEXT NOT NULL,
@@ -27,8 +28,11 @@ CREATE TABLE IF NOT EXISTS operations (
     inputs TEXT NOT NULL,
     target INTEGER,
     delta BLOB NOT NULL
-)
-"""
+)""", """
+CREATE TABLE IF NOT EXISTS divisions (
+    operation INTEGER PRIMARY KEY REFERENCES operations(id),
+    payload BLOB NOT NULL
+)""")
 
 
 @dataclass
@@ -39,12 +43,14 @@ class Entry:
     kind: str  # merge, split, prompt-cut, undo, redo
     inputs: dict[str, Any]
     target: Optional[int]  # the operation an undo or redo refers to
-    delta: np.ndarray  # (k, 3) uint64: supervoxel, old segment, new segment
+    delta: np.ndarray  # (k, 3) uint64: supervoxel, old segment, new segment (0: none)
+    division: Optional[bytes] = None  # a supervoxel divided at voxel level (VoxelSplit bytes)
 
     def as_json(self) -> dict:
         return {"id": self.id, "user": self.user, "time": self.time, "kind": self.kind,
                 "inputs": self.inputs, "target": self.target,
-                "delta": self.delta.astype(np.int64).tolist()}
+                "delta": self.delta.astype(np.int64).tolist(),
+                "division": base64.b64encode(self.division).decode() if self.division else None}
 
 
 class EditLog:
@@ -54,27 +60,41 @@ class EditLog:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a crash of the server
-        self._db.execute(SCHEMA)
+        for statement in SCHEMA:
+            self._db.execute(statement)
         self._lock = threading.Lock()
 
     def append(self, user: str, kind: str, inputs: dict, delta: np.ndarray,
-               target: Optional[int] = None) -> Entry:
+               target: Optional[int] = None, division: Optional[bytes] = None) -> Entry:
+        """Write one operation (and its voxel-level division, in the same transaction)."""
         delta = np.ascontiguousarray(delta, np.uint64).reshape(-1, 3)
         now = time.time()
         with self._lock:
-            cursor = self._db.execute(
-                "INSERT INTO operations (user, time, kind, inputs, target, delta) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (user, now, kind, json.dumps(inputs), target, delta.tobytes()))
-            return Entry(int(cursor.lastrowid), user, now, kind, inputs, target, delta)
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = self._db.execute(
+                    "INSERT INTO operations (user, time, kind, inputs, target, delta) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (user, now, kind, json.dumps(inputs), target, delta.tobytes()))
+                operation = int(cursor.lastrowid)
+                if division is not None:
+                    self._db.execute("INSERT INTO divisions (operation, payload) VALUES (?, ?)",
+                                     (operation, division))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return Entry(operation, user, now, kind, inputs, target, delta, division)
 
     def entries(self) -> Iterator[Entry]:
         with self._lock:
-            rows = self._db.execute("SELECT id, user, time, kind, inputs, target, delta FROM "
-                                    "operations ORDER BY id").fetchall()
-        for id_, user, when, kind, inputs, target, delta in rows:
+            rows = self._db.execute(
+                "SELECT id, user, time, kind, inputs, target, delta, payload FROM operations "
+                "LEFT JOIN divisions ON divisions.operation = operations.id "
+                "ORDER BY id").fetchall()
+        for id_, user, when, kind, inputs, target, delta, division in rows:
             yield Entry(id_, user, when, kind, json.loads(inputs), target,
-                        np.frombuffer(delta, np.uint64).reshape(-1, 3))
+                        np.frombuffer(delta, np.uint64).reshape(-1, 3), division)
 
     def __len__(self) -> int:
         with self._lock:

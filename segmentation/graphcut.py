@@ -46,11 +46,13 @@ def solve(problem: CutProblem) -> np.ndarray:
     return ~graph.get_grid_segments(nodes)  # get_grid_segments: True means the sink side
 
 
-def connect_terminals(problem: CutProblem, terminals: np.ndarray) -> None:
+def connect_terminals(problem: CutProblem, terminals: np.ndarray) -> list[int]:
     """CAVE-style path augmentation: make the edges along shortest paths (by cut cost) between
-    same-side terminals uncuttable, so that side cannot be split between its own points."""
+    same-side terminals uncuttable, so that side cannot be split between its own points.
+    Returns the local edges it made uncuttable."""
+    hardened: list[int] = []
     if len(terminals) < 2 or len(problem.a) == 0:
-        return
+        return hardened
     weight = 1.0 / (1.0 + problem.capacity)
     matrix = coo_matrix((np.concatenate([weight, weight]),
                          (np.concatenate([problem.a, problem.b]),
@@ -65,7 +67,9 @@ def connect_terminals(problem: CutProblem, terminals: np.ndarray) -> None:
             edge = lookup.get((previous, node), lookup.get((node, previous)))
             if edge is not None:
                 problem.capacity[edge] = HARD
+                hardened.append(edge)
             node = previous
+    return hardened
 
 
 def keep_connected(side: np.ndarray, problem: CutProblem, sources: np.ndarray,

@@ -151,7 +151,9 @@ class GroundTruthOracle:
             return None
         keep, away = int(table.gt[rows[0]]), int(table.gt[rows[1]])
         mixed = self._mixed_supervoxel(sv_segment, segment, keep, away)
-        key = ("voxel", policy, mixed, keep, away) if mixed is not None else \
+        # a division is tried at most ``patience`` times per pair of neurons: its pieces get
+        # new ids, so a key by supervoxel would let a failing division repeat for ever
+        key = ("voxel", policy, keep, away) if mixed is not None else \
             ("cut", policy, segment, keep, away)
         return key, policy, (segment, keep), (segment, away), mixed
 
@@ -228,8 +230,9 @@ def simulate(oracle: GroundTruthOracle, operations: dict[str, Callable[[PlannedE
         except PromptcutError as exc:
             refused, message = True, str(exc)
         elapsed = (time.perf_counter() - started) * 1000
-        if not refused and plan.voxel_level:
-            oracle.refresh_supervoxels()
+        if not refused and (getattr(result, "created", None) or getattr(result, "retired",
+                                                                          None)):
+            oracle.refresh_supervoxels()  # a supervoxel was divided (or its division undone)
         after = oracle.scores()
         run.scores.append(after)
         run.records.append(EditRecord(number, plan.kind, plan.voxel_level, refused, message,

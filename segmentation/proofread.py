@@ -5,21 +5,27 @@ from __future__ import annotations
 
 import shutil
 import time
-from typing import Sequence
+from typing import Callable
 
+import numpy as np
+
+from segmentation.affinities import IntensityBaseline, quantize
 from segmentation.agglomerate import agglomerate
 from segmentation.editlog import EditLog
 from segmentation.errors import InputError
-from segmentation.pipeline import Segments, save_segments
+from segmentation.pipeline import Segments, calibration_samples, save_segments
 from segmentation.project import Project
 from segmentation.rag import Rag
 from segmentation.session import ProofreadingSession
+from segmentation.supervoxel_split import LiveSupervoxels
+from segmentation.volume import open_zarr
 
 LOG_NAME = "edit_log.sqlite"
 
 
 def open_session(project: Project) -> ProofreadingSession:
-    """The live session: the graph, the agglomeration at its default threshold, then the log."""
+    """The live session: the graph, the agglomeration at its default threshold, then the log.
+    Its supervoxels are the project's with every division in the log applied."""
     rag_path = project.root / "rag.npz"
     if not rag_path.is_file() or not project.has("segmentation"):
         raise InputError(f"{project.root} has no region adjacency graph: run `promptcut "
@@ -27,11 +33,37 @@ def open_session(project: Project) -> ProofreadingSession:
     rag = Rag.load(rag_path, histograms=False)
     segments = Segments.load(project.root / "segments.npz")
     base = segments.at() if segments is not None else rag.ids
-    volume = project.volume("segmentation")
-    return ProofreadingSession(rag, base, EditLog(project.root / LOG_NAME), volume.value_at)
+    supervoxels = LiveSupervoxels(project.volume("segmentation"))
+    return ProofreadingSession(rag, base, EditLog(project.root / LOG_NAME),
+                               supervoxels=supervoxels, affinities=affinity_reader(project))
 
 
-def reagglomerate(project: Project, session: ProofreadingSession, thresholds: Sequence[float],
+def affinity_reader(project: Project) -> Callable[[tuple], np.ndarray]:
+    """uint8 nearest-neighbour affinities (3, z, y, x) of a region: the project's own when
+    `promptcut segment` made them, else the intensity baseline's (fitted on first use)."""
+    path = project.root / "affinities"
+    if path.exists():
+        store = open_zarr(path)
+        return lambda region: store[(slice(0, 3),) + tuple(region)].read().result()
+    image = project.volume("image")
+    baseline: list[IntensityBaseline] = []
+
+    def read(region) -> np.ndarray:
+        if not baseline:
+            model = IntensityBaseline(voxel_size=tuple(image.voxel_size))
+            model.fit(calibration_samples(image))
+            baseline.append(model)
+        model = baseline[0]
+        grown = tuple(slice(max(0, s.start - c), min(n, s.stop + c))
+                      for s, c, n in zip(region, model.context, image.shape))
+        predicted = model.predict(image.read(*grown))
+        inner = tuple(slice(s.start - g.start, s.stop - g.start) for s, g in zip(region, grown))
+        return quantize(predicted[(slice(None),) + inner], model.title)
+
+    return read
+
+
+def reagglomerate(project: Project, session: ProofreadingSession, thresholds: list[float],
                   quantile: float, default_threshold: float) -> str:
     """Agglomerate again with the confirmed edges merged first and the separated ones never
     merged. The old log, whose edits the new agglomeration replaces, is kept beside it."""

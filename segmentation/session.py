@@ -1,13 +1,28 @@
 """The proofreading session: a live RAG, the membership, and the operations that change it.
 
-The RAG is held as CSR arrays (neighbours of a supervoxel are one slice), the membership as a
-segment id per supervoxel plus the member set of every segment. Every operation touches only the
-supervoxels of the segments it edits (and, for a prompt cut, their immediate neighbours): nothing
-is recomputed globally. Each operation is written to the edit log before it is applied and
-acknowledged; replaying the log on start-up gives back the identical membership.
+The graph is a :class:`~segmentation.live_graph.LiveGraph`; the membership is a segment id per
+supervoxel (0: a supervoxel divided away, no longer in the volume) plus the member set of every
+segment. Each operation is worked out first, written to the edit log, and only then applied
+and acknowledged; replaying the log on start-up gives back the identical membership.
 
-Points are z, y, x voxels; ``locate`` turns one into the supervoxel there (0: background).
-Segments are named by one of their supervoxels.
+What an edit may change:
+
+- merge: the two segments named by its points.
+- split: the segment both points lie in; every piece cut off is a segment of its own.
+- prompt cut: the segments that hold a positive point become one segment whose extent the cut
+  decides; a supervoxel of another segment moves only when the cut says so, and a segment
+  that gives one away is regrouped by connectivity over its whole membership. A segment that
+  neither holds a point nor gives or receives keeps exactly its supervoxels. The points stay
+  with the segment as constraints of later cuts until cleared, so a later cut never re-joins
+  what an earlier one separated.
+- a split or prompt cut whose opposite points share a supervoxel first divides it at voxel
+  level (see segmentation/supervoxel_split.py), as does ``split_supervoxel``.
+
+Proofreaders' decisions are kept for re-agglomeration: a merge confirms the edge between its
+points, a cut separates the edges it cut and confirms the edges it kept between positive
+points.
+
+Points are z, y, x voxels. Segments are named by one of their supervoxels.
 """
 
 from __future__ import annotations
@@ -23,11 +38,13 @@ from scipy.sparse.csgraph import connected_components
 
 from segmentation.editlog import EditLog, Entry
 from segmentation.errors import PromptcutError
-from segmentation.graphcut import (HARD, CutProblem, affinity_capacity, connect_terminals,
-                                   keep_connected, solve)
+from segmentation.graphcut import HARD, CutProblem, connect_terminals, keep_connected, solve
+from segmentation.live_graph import Column, LiveGraph
 from segmentation.rag import Rag
+from segmentation.supervoxel_split import LiveSupervoxels, VoxelSplit, divide, graph_patch
 
 Point = Sequence[int]
+Pair = tuple[int, int]
 
 
 class EditError(PromptcutError):
@@ -45,6 +62,8 @@ class OperationResult:
     milliseconds: float
     supervoxels_changed: int
     delta: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 3), np.uint64))
+    created: list[int] = field(default_factory=list)  # supervoxels that came into being
+    retired: dict[int, int] = field(default_factory=dict)  # gone supervoxel -> a successor
 
 
 @dataclass
@@ -60,6 +79,17 @@ class PromptWeights:
 
 
 @dataclass
+class _Division:
+    """A supervoxel division as the graph holds it, to switch on and off with undo / redo."""
+
+    split: VoxelSplit
+    node: int  # the divided supervoxel's row
+    old_edges: np.ndarray  # its edges, retired while the division is in effect
+    pieces: np.ndarray  # rows of the new supervoxels
+    new_edges: np.ndarray
+
+
+@dataclass
 class _Plan:
     """What an operation will do, worked out before anything is written."""
 
@@ -70,57 +100,88 @@ class _Plan:
     removed: list[int]
     message: str
     decisions: dict = field(default_factory=dict)
+    division: Optional[_Division] = None
 
 
 class ProofreadingSession:
     def __init__(self, rag: Rag, segments: np.ndarray, log: EditLog,
-                 locate: Callable[[Point], int], weights: Optional[PromptWeights] = None):
-        self.rag = rag
+                 locate: Optional[Callable[[Point], int]] = None,
+                 weights: Optional[PromptWeights] = None,
+                 supervoxels: Optional[LiveSupervoxels] = None,
+                 affinities: Optional[Callable[[tuple], np.ndarray]] = None):
+        """``supervoxels`` (the labels) and ``affinities`` (uint8 (3, ...) for a region) are
+        what dividing a supervoxel needs; without them, divisions are refused. ``locate``
+        defaults to reading the labels."""
+        self.graph = LiveGraph(rag)
         self.log = log
-        self.locate = locate
+        self.supervoxels = supervoxels
+        self._affinities = affinities
+        if locate is None and supervoxels is None:
+            raise ValueError("a session needs supervoxels or a locate function")
+        self.locate = locate or supervoxels.value_at
         self.weights = weights or PromptWeights()
-        n = rag.num_nodes
-        a, b = rag.edge_index()
-        order = np.argsort(np.concatenate([a, b]), kind="stable")
-        self._neighbour = np.concatenate([b, a])[order].astype(np.int64)
-        self._edge_of = np.concatenate([np.arange(len(a))] * 2)[order].astype(np.int64)
-        self._indptr = np.concatenate([[0], np.cumsum(np.bincount(np.concatenate([a, b]),
-                                                                  minlength=n))])
-        self._affinity = rag.quantiles[:, 1].astype(np.float64)  # median, as the cut sees it
-        self._capacity = affinity_capacity(self._affinity, rag.area)
-        self.segment = np.asarray(segments, np.uint64).copy()
+        self._segment = Column(np.asarray(segments, np.uint64))
         self.members: dict[int, set[int]] = {}
         for index, seg in enumerate(self.segment.tolist()):
             self.members.setdefault(seg, set()).add(index)
-        self._slot = np.full(n, -1, np.int64)
         self._lock = threading.Lock()
         self._busy: dict[int, str] = {}
         self._entries: dict[int, Entry] = {}
         self._undo: dict[str, list[int]] = {}
         self._redo: dict[str, list[int]] = {}
         self._last_change: dict[int, int] = {}  # segment -> last operation that changed it
+        self._applied_by: dict[int, int] = {}  # operation -> the entry that last applied it
         self._undone_by: dict[int, int] = {}  # operation -> the undo that reversed it
-        self.confirmed: dict[int, tuple[int, int]] = {}  # operation -> supervoxel pair
-        self.separated: dict[int, list[tuple[int, int]]] = {}
+        self._decided: dict[int, dict] = {}  # operation in effect -> its decisions
+        self._prompts: dict[int, tuple[list, list]] = {}  # prompt cut in effect -> its points
+        self._divisions: dict[int, _Division] = {}  # operation -> the division it made
+        self._located: dict[tuple[int, int, int], int] = {}  # prompt point -> supervoxel
         for entry in log.entries():
             self._replay(entry)
 
     # -- queries --------------------------------------------------------------------------------
+    @property
+    def segment(self) -> np.ndarray:
+        """Segment of every graph node (0: a supervoxel that no longer exists)."""
+        return self._segment.view
+
     def node(self, supervoxel: int) -> int:
-        index = int(self.rag.node_index([supervoxel])[0])
-        if index < 0:
+        index = int(self.graph.node_index([supervoxel])[0])
+        if index < 0 or self.segment[index] == 0:
             raise EditError(f"supervoxel {supervoxel} is not in the graph")
         return index
 
     def segment_of(self, supervoxel: int) -> int:
         return int(self.segment[self.node(supervoxel)])
 
+    def segments_of(self, supervoxels: np.ndarray) -> np.ndarray:
+        """Segment of each supervoxel id (0 for ids that are not, or no longer, supervoxels)."""
+        rows = self.graph.node_index(supervoxels)
+        return np.where(rows >= 0, self.segment[np.maximum(rows, 0)], 0).astype(np.uint64)
+
     def members_of(self, segment: int) -> np.ndarray:
         """Supervoxel ids of a segment."""
-        nodes = self.members.get(int(segment))
+        nodes = self.members.get(int(segment)) if int(segment) != 0 else None
         if not nodes:
             raise EditError(f"there is no segment {segment}")
-        return self.rag.ids[np.fromiter(nodes, np.int64, len(nodes))]
+        return self.graph.ids[np.fromiter(nodes, np.int64, len(nodes))]
+
+    def successors(self) -> dict[int, int]:
+        """Each supervoxel divided by an edit in effect -> a live supervoxel it became (what
+        views at coarser scales, which still hold the old id, show in its place)."""
+        first = {d.split.supervoxel: int(d.split.pieces[0]) for op, d in
+                 self._divisions.items() if self._in_effect(op)}
+        result = {}
+        for gone, piece in first.items():
+            while piece in first:
+                piece = first[piece]
+            result[gone] = piece
+        return result
+
+    def membership(self) -> tuple[np.ndarray, np.ndarray]:
+        """(supervoxel ids, segment ids) of every supervoxel in the volume now."""
+        live = self.segment != 0
+        return self.graph.ids[live].copy(), self.segment[live].copy()
 
     def supervoxel_at(self, point: Point, what: str = "point") -> int:
         supervoxel = int(self.locate(point))
@@ -129,11 +190,33 @@ class ProofreadingSession:
                             f"background")
         return supervoxel
 
-    def decisions(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    def decisions(self) -> tuple[list[Pair], list[Pair]]:
         """Supervoxel pairs that proofreaders joined (confirmed) and cut apart (separated), for
         the edits still in effect."""
-        return (list(self.confirmed.values()),
-                [pair for pairs in self.separated.values() for pair in pairs])
+        confirmed, separated = [], []
+        for operation in sorted(self._decided):
+            decided = self._decided[operation]
+            confirmed += [tuple(p) for p in decided.get("confirmed", ())]
+            separated += [tuple(p) for p in decided.get("separated", ())]
+        return confirmed, separated
+
+    def constraints_of(self, segment: int) -> tuple[list[Point], list[Point]]:
+        """Prompt points that earlier cuts left on ``segment``: (positives, negatives)."""
+        positives, negatives = [], []
+        for operation in sorted(self._prompts):
+            pos, neg = self._prompts[operation]
+            if any(self._segment_at(p) == segment for p in pos):
+                positives += [p for p in pos if self._segment_at(p) == segment]
+                negatives += [p for p in neg if self._segment_at(p) not in (segment, 0)]
+        return positives, negatives
+
+    def _segment_at(self, point: Point) -> int:
+        """Segment at a point; the supervoxel found there is remembered until it is divided."""
+        point = tuple(int(v) for v in point)
+        supervoxel = self._located.get(point)
+        if supervoxel is None or self.segments_of(np.array([supervoxel]))[0] == 0:
+            supervoxel = self._located[point] = int(self.locate(point))
+        return int(self.segments_of(np.array([supervoxel]))[0]) if supervoxel else 0
 
     # -- operations -----------------------------------------------------------------------------
     def merge(self, user: str, point_a: Point, point_b: Point) -> OperationResult:
@@ -147,6 +230,16 @@ class ProofreadingSession:
                    mask: Optional[dict[int, float]] = None) -> OperationResult:
         return self._run(user, lambda: self._plan_prompt_cut(positives, negatives, mask))
 
+    def split_supervoxel(self, user: str, sources: Sequence[Point], sinks: Sequence[Point]
+                         ) -> OperationResult:
+        """Divide the supervoxel under the points at voxel level; the pieces holding sink
+        points leave the segment."""
+        return self._run(user, lambda: self._plan_split_supervoxel(sources, sinks))
+
+    def clear_prompts(self, user: str, point: Point) -> OperationResult:
+        """Forget the prompt points earlier cuts left on the segment at ``point``."""
+        return self._run(user, lambda: self._plan_clear(point))
+
     def undo(self, user: str) -> OperationResult:
         return self._run(user, lambda: self._plan_reverse(user, undo=True))
 
@@ -156,19 +249,29 @@ class ProofreadingSession:
     def _run(self, user: str, plan_fn: Callable[[], _Plan]) -> OperationResult:
         started = time.perf_counter()
         with self._lock:
-            plan = plan_fn()
-            busy = [s for s in plan.segments + plan.removed if self._busy.get(s, user) != user]
-            if busy:
-                raise EditError(f"segment {busy[0]} is being edited by {self._busy[busy[0]]}; "
-                                f"try again in a moment")
-            inputs = {**plan.inputs, "decisions": plan.decisions} if plan.decisions else \
-                plan.inputs
-            entry = self.log.append(user, plan.kind, inputs, plan.delta, plan.inputs.get(
-                "target"))
-            self._apply(entry, plan.decisions)
+            mark = self.graph.mark()
+            try:
+                plan = plan_fn()
+                busy = [s for s in plan.segments + plan.removed
+                        if self._busy.get(s, user) != user]
+                if busy:
+                    raise EditError(f"segment {busy[0]} is being edited by "
+                                    f"{self._busy[busy[0]]}; try again in a moment")
+                inputs = {**plan.inputs, "decisions": plan.decisions} if plan.decisions else \
+                    plan.inputs
+                division = plan.division.split.to_bytes() if plan.division else None
+                entry = self.log.append(user, plan.kind, inputs, plan.delta,
+                                        plan.inputs.get("target"), division)
+            except BaseException:
+                self.graph.rollback(mark)
+                self._segment.size = self.graph.num_nodes
+                raise
+            self._apply(entry, plan.division)
+            self.graph.commit()
+        created, retired = self._structural(plan.delta)
         return OperationResult(entry.id, plan.kind, user, plan.segments, plan.removed,
                                plan.message, (time.perf_counter() - started) * 1000,
-                               len(plan.delta), entry.delta)
+                               len(plan.delta), entry.delta, created, retired)
 
     def reserve(self, segments: Sequence[int], user: str):
         """Hold segments for a long edit (a model prompt): others' edits of them are refused."""
@@ -196,22 +299,19 @@ class ProofreadingSession:
         edge's affinity becomes the face-weighted blend of the graph's and the new one, and its
         cut cost follows. Live state only: the cuts it shapes are logged as deltas, so replaying
         the log never needs it. Returns how many graph edges changed."""
-        edges = self.rag.edges
         changed = 0
         with self._lock:
-            for (a, b), seen, value in zip(np.asarray(pairs, np.uint64), faces, affinity):
-                lo = int(np.searchsorted(edges[:, 0], a, side="left"))
-                hi = int(np.searchsorted(edges[:, 0], a, side="right"))
-                row = lo + int(np.searchsorted(edges[lo:hi, 1], b))
-                if row >= hi or edges[row, 1] != b:
+            rows = self.graph.node_index(np.asarray(pairs, np.uint64).reshape(-1))
+            for (a, b), seen, value in zip(rows.reshape(-1, 2).tolist(), faces, affinity):
+                edge = self.graph.edge_between(a, b) if a >= 0 and b >= 0 else -1
+                if edge < 0:
                     continue  # a contact the graph does not have (a cut-off window edge)
-                area = float(self.rag.area[row])
+                area = float(self.graph.area[edge])
                 seen = min(float(seen), area)
-                blended = (self._affinity[row] * (area - seen) + float(value) * seen) / area
-                self._affinity[row] = blended
-                self._capacity[row] = affinity_capacity(np.array([blended]),
-                                                        self.rag.area[row:row + 1])[0]
+                blended = (self.graph.affinity[edge] * (area - seen) + float(value) * seen) / area
+                self.graph.set_affinity(np.array([edge]), np.array([blended]))
                 changed += 1
+            self.graph.commit()
         return changed
 
     # -- planning -------------------------------------------------------------------------------
@@ -230,7 +330,7 @@ class ProofreadingSession:
                   "supervoxels": [sv_a, sv_b]}
         return _Plan("merge", inputs, delta, [keep], [gone],
                      f"merged segment {gone} into {keep} ({len(moved)} supervoxels)",
-                     {"confirmed": (sv_a, sv_b)})
+                     {"confirmed": [(sv_a, sv_b)]})
 
     def _plan_split(self, sources: Sequence[Point], sinks: Sequence[Point]) -> _Plan:
         if not sources or not sinks:
@@ -241,76 +341,128 @@ class ProofreadingSession:
         if len(segments) != 1:
             raise EditError(f"split points lie in different segments ({sorted(segments)}); "
                             f"a split works inside one segment")
-        if set(source_svs) & set(sink_svs):
-            raise EditError("a source and a sink point are in the same supervoxel, which "
-                            "cannot be divided")
         (segment,) = segments
-        nodes = np.fromiter(self.members[segment], np.int64, len(self.members[segment]))
-        problem, local = self._local_problem(nodes)
-        sources_local = local(self._nodes(source_svs))
-        sinks_local = local(self._nodes(sink_svs))
-        connect_terminals(problem, sources_local)
-        connect_terminals(problem, sinks_local)
-        problem.to_source[sources_local] = HARD
-        problem.to_sink[sinks_local] = HARD
-        side = self._cut(problem, sources_local, sinks_local)
+        division, source_svs, sink_svs = self._divide_shared(sources, sinks, source_svs,
+                                                             sink_svs)
+        region, current = self._with_division(self._rows(segment), division)
+        problem, local = self._local_problem(region)
+        source_local, sink_local = local(self._nodes(source_svs)), local(self._nodes(sink_svs))
+        kept = connect_terminals(problem, source_local)
+        connect_terminals(problem, sink_local)
+        problem.to_source[source_local] = HARD
+        problem.to_sink[sink_local] = HARD
+        side = self._cut(problem, source_local, sink_local)
         inputs = {"sources": [list(map(int, p)) for p in sources],
                   "sinks": [list(map(int, p)) for p in sinks],
                   "supervoxels": {"sources": source_svs, "sinks": sink_svs}}
-        plan = self._regroup(nodes, side, segment, "split", inputs)
-        cut = side[problem.a] != side[problem.b]
-        plan.decisions = {"separated": [
-            (int(self.rag.ids[nodes[i]]), int(self.rag.ids[nodes[j]]))
-            for i, j in zip(problem.a[cut], problem.b[cut])]}
-        return plan
+        return self._regroup("split", inputs, region, current, side, {segment}, segment,
+                             problem, kept, division)
 
     def _plan_prompt_cut(self, positives: Sequence[Point], negatives: Sequence[Point],
                          mask: Optional[dict[int, float]]) -> _Plan:
         if not positives:
             raise EditError("a prompt cut needs at least one positive point")
+        positives = [tuple(int(v) for v in p) for p in positives]
+        negatives = [tuple(int(v) for v in p) for p in negatives]
         positive_svs = [self.supervoxel_at(p, "positive point") for p in positives]
         negative_svs = [self.supervoxel_at(p, "negative point") for p in negatives]
-        if set(positive_svs) & set(negative_svs):
-            raise EditError("a positive and a negative point are in the same supervoxel")
         segment = self.segment_of(positive_svs[0])
-        region = set(self.members[segment])
-        for sv in positive_svs[1:] + negative_svs:  # segments named by a prompt take part
-            region |= self.members[self.segment_of(sv)]
-        core = np.fromiter(self.members[segment], np.int64, len(self.members[segment]))
-        ring = self._neighbours(core)
-        region |= set(ring.tolist())
-        nodes = np.fromiter(region, np.int64, len(region))
-        problem, local = self._local_problem(nodes)
+        decided = {self.segment_of(s) for s in positive_svs}
+        # what earlier cuts left on these segments holds too, unless the point now lies in
+        # the segment it was meant to keep out (a later merge overrides it)
+        kept_pos, kept_neg = [], []
+        for seg in sorted(decided):
+            pos, neg = self.constraints_of(seg)
+            kept_pos += pos
+            kept_neg += neg
+        all_pos = list(positives) + [p for p in kept_pos if p not in positives]
+        all_neg = list(negatives) + [p for p in kept_neg if p not in negatives and
+                                     self._segment_at(p) not in decided]
+        pos_svs = positive_svs + [self.supervoxel_at(p) for p in all_pos[len(positives):]]
+        neg_svs = negative_svs + [self.supervoxel_at(p) for p in all_neg[len(negatives):]]
+        division, pos_svs, neg_svs = self._divide_shared(all_pos, all_neg, pos_svs, neg_svs)
+        named = decided | {self.segment_of(s) for s in neg_svs if s not in
+                           (division.split.pieces.tolist() if division else ())}
+        core = np.concatenate([self._rows(s) for s in sorted(decided)])
+        rows = np.concatenate([self._rows(s) for s in sorted(named)] +
+                              [self.graph.neighbours(core)])
+        rows = np.unique(rows)
+        rows = rows[self.segment[rows] != 0]
+        region, current = self._with_division(rows, division)
+        problem, local = self._local_problem(region)
         w = self.weights
         # soft terms are in units of each node's own bond to the region, so they weigh the
         # same against the pairwise terms whatever the size of the contacts
-        strength = np.bincount(problem.a, problem.capacity, len(nodes)) + \
-            np.bincount(problem.b, problem.capacity, len(nodes)) + 1e-6
-        inside = self.segment[nodes] == np.uint64(segment)
+        strength = np.bincount(problem.a, problem.capacity, len(region)) + \
+            np.bincount(problem.b, problem.capacity, len(region)) + 1e-6
+        inside = np.isin(current, list(decided))
         problem.to_source += strength * np.where(inside, w.keep, 0.0)
         problem.to_sink += strength * np.where(inside, 0.0, w.keep)
-        centroids = self.rag.centroid[nodes].astype(np.float64)
-        for points, terms in ((positives, problem.to_source), (negatives, problem.to_sink)):
+        centroids = self.graph.centroid[region].astype(np.float64)
+        for points, terms in ((all_pos, problem.to_source), (all_neg, problem.to_sink)):
             if len(points):
                 gap = np.min(np.linalg.norm(centroids[:, None, :] - np.asarray(
                     points, np.float64)[None], axis=2), axis=1)
                 terms += strength * w.pull * np.exp(-gap / w.distance_scale)
         if mask:
-            probability = np.array([mask.get(int(s), 0.0) for s in self.rag.ids[nodes]])
+            probability = np.array([mask.get(int(s), 0.0) for s in self.graph.ids[region]])
             problem.to_source += strength * w.mask * probability
             problem.to_sink += strength * w.mask * (1.0 - probability)
             crossing = np.abs(probability[problem.a] - probability[problem.b])
             problem.capacity *= 1.0 - w.mask_edge * crossing
-        positive_local = local(self._nodes(positive_svs))
-        negative_local = local(self._nodes(negative_svs))
-        connect_terminals(problem, positive_local)
+        positive_local = local(self._nodes(pos_svs))
+        negative_local = local(self._nodes(neg_svs))
+        kept = connect_terminals(problem, positive_local)
         problem.to_source[positive_local] = HARD
         problem.to_sink[negative_local] = HARD
         side = self._cut(problem, positive_local, negative_local)
         inputs = {"positives": [list(map(int, p)) for p in positives],
                   "negatives": [list(map(int, p)) for p in negatives],
+                  "constraints": {"positives": [list(map(int, p)) for p in all_pos[
+                      len(positives):]], "negatives": [list(map(int, p)) for p in all_neg[
+                          len(negatives):]]},
                   "mask": {str(k): float(v) for k, v in (mask or {}).items()}}
-        return self._regroup(nodes, side, segment, "prompt-cut", inputs)
+        return self._regroup("prompt-cut", inputs, region, current, side, decided, segment,
+                             problem, kept, division)
+
+    def _plan_split_supervoxel(self, sources: Sequence[Point], sinks: Sequence[Point]
+                               ) -> _Plan:
+        if not sources or not sinks:
+            raise EditError("dividing a supervoxel needs at least one point on each side")
+        source_svs = [self.supervoxel_at(p, "source point") for p in sources]
+        sink_svs = [self.supervoxel_at(p, "sink point") for p in sinks]
+        target = source_svs[0]
+        if target not in sink_svs:
+            raise EditError(f"no sink point lies in supervoxel {target}, the one under the "
+                            f"first source point: place both kinds of point in the supervoxel "
+                            f"to divide")
+        inside = [(p, s) for p, s in zip(sources, source_svs) if s == target]
+        outside = [(p, s) for p, s in zip(sinks, sink_svs) if s == target]
+        division, pieces_src, pieces_sink = self._divide_shared(
+            [p for p, _ in inside], [p for p, _ in outside], [target] * len(inside),
+            [target] * len(outside))
+        segment = self.segment_of(target)
+        region, current = self._with_division(self._rows(segment), division)
+        problem, local = self._local_problem(region)
+        side = np.ones(len(region), bool)
+        side[local(division.pieces[~division.split.sides])] = False
+        side = keep_connected(side, problem, local(self._nodes(pieces_src)),
+                              local(self._nodes(pieces_sink)))
+        inputs = {"sources": [list(map(int, p)) for p in sources],
+                  "sinks": [list(map(int, p)) for p in sinks], "supervoxel": target}
+        return self._regroup("split-supervoxel", inputs, region, current, side, {segment},
+                             segment, problem, [], division)
+
+    def _plan_clear(self, point: Point) -> _Plan:
+        segment = self.segment_of(self.supervoxel_at(point))
+        cleared = [op for op in sorted(self._prompts)
+                   if any(self._segment_at(p) == segment for p in self._prompts[op][0])]
+        if not cleared:
+            raise EditError(f"segment {segment} holds no prompt points of earlier cuts")
+        count = sum(len(self._prompts[op][0]) + len(self._prompts[op][1]) for op in cleared)
+        return _Plan("clear-prompts", {"point": list(map(int, point)), "cleared": cleared},
+                     np.zeros((0, 3), np.uint64), [], [],
+                     f"cleared {count} prompt point(s) of segment {segment}")
 
     def _plan_reverse(self, user: str, undo: bool) -> _Plan:
         stack = (self._undo if undo else self._redo).get(user, [])
@@ -319,12 +471,22 @@ class ProofreadingSession:
         target = self._entries[stack[-1]]
         sv, old, new = target.delta[:, 0], target.delta[:, 1], target.delta[:, 2]
         expected, wanted = (new, old) if undo else (old, new)
-        current = self.segment[self.rag.node_index(sv)]
-        since = target.id if undo else self._undone_by[target.id]
-        later = [self._last_change.get(int(seg), 0) for seg in np.concatenate([old, new])]
+        current = self.segments_of(sv)
+        since = self._applied_by[target.id] if undo else self._undone_by[target.id]
+        later = [self._last_change.get(int(seg), 0) for seg in np.concatenate([old, new])
+                 if seg != 0]
+        word = "undo" if undo else "redo"
         if not np.array_equal(current, expected) or max(later, default=0) > since:
-            raise EditError(f"cannot {'undo' if undo else 'redo'} operation {target.id}: its "
-                            f"supervoxels have been edited since")
+            raise EditError(f"cannot {word} operation {target.id}: its supervoxels have been "
+                            f"edited since")
+        division = self._divisions.get(target.id)
+        if division is not None:
+            edges = division.old_edges if undo else division.new_edges
+            ends = np.concatenate([self.graph.edge_a[edges], self.graph.edge_b[edges]])
+            ends = ends[~np.isin(ends, np.concatenate([[division.node], division.pieces]))]
+            if (self.segment[ends] == 0).any():
+                raise EditError(f"cannot {word} operation {target.id}: a supervoxel next to "
+                                f"the one it divided has been divided since")
         delta = np.stack([sv, expected, wanted], axis=1)
         segments, removed = self._after(delta)
         word = "undid" if undo else "redid"
@@ -334,7 +496,7 @@ class ProofreadingSession:
     def _after(self, delta: np.ndarray) -> tuple[list[int], list[int]]:
         """(segments that exist after ``delta`` and changed, segment ids it removes)."""
         old, new = delta[:, 1].astype(np.int64), delta[:, 2].astype(np.int64)
-        touched = set(old.tolist()) | set(new.tolist())
+        touched = (set(old.tolist()) | set(new.tolist())) - {0}
         leaving = dict(zip(*(v.tolist() for v in np.unique(old, return_counts=True))))
         arriving = dict(zip(*(v.tolist() for v in np.unique(new, return_counts=True))))
         alive, gone = [], []
@@ -344,31 +506,115 @@ class ProofreadingSession:
             (alive if size > 0 else gone).append(int(segment))
         return alive, gone
 
-    # -- shared machinery -----------------------------------------------------------------------
-    def _nodes(self, supervoxels: Sequence[int]) -> np.ndarray:
-        return np.array([self.node(s) for s in supervoxels], np.int64)
+    # -- supervoxel division --------------------------------------------------------------------
+    def _divide_shared(self, sources: Sequence[Point], sinks: Sequence[Point],
+                       source_svs: list[int], sink_svs: list[int]):
+        """Where a source and a sink point share a supervoxel, divide it (on the graph, to be
+        kept or rolled back with the plan) and name each point's piece instead."""
+        shared = set(source_svs) & set(sink_svs)
+        if not shared:
+            return None, source_svs, sink_svs
+        if len(shared) > 1:
+            raise EditError(f"source and sink points share {len(shared)} supervoxels; divide "
+                            f"one supervoxel at a time")
+        (target,) = shared
+        division = self._divide(target, [p for p, s in zip(sources, source_svs) if s == target],
+                                [p for p, s in zip(sinks, sink_svs) if s == target])
+        piece_at = self._piece_locator(division)
+        return (division, [piece_at(p) if s == target else s for p, s in zip(sources,
+                                                                             source_svs)],
+                [piece_at(p) if s == target else s for p, s in zip(sinks, sink_svs)])
 
-    def _neighbours(self, nodes: np.ndarray) -> np.ndarray:
-        starts, ends = self._indptr[nodes], self._indptr[nodes + 1]
-        counts = ends - starts
-        offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
-        return np.unique(self._neighbour[offsets + np.arange(counts.sum())])
+    def _divide(self, supervoxel: int, sources: Sequence[Point], sinks: Sequence[Point]
+                ) -> _Division:
+        if self.supervoxels is None or self._affinities is None:
+            raise EditError("a source and a sink point are in the same supervoxel, and this "
+                            "session has no voxel data to divide it")
+        row = self.node(supervoxel)
+        box = tuple(slice(int(a), int(b)) for a, b in zip(self.graph.bbox[row][:3],
+                                                         self.graph.bbox[row][3:]))
+        shape = self.supervoxels.shape
+        lower = [1 if s.start > 0 else 0 for s in box]
+        upper = [1 if s.stop < n else 0 for s, n in zip(box, shape)]
+        region = tuple(slice(s.start - lo, s.stop + up) for s, lo, up in zip(box, lower, upper))
+        labels = self.supervoxels.read(*region)
+        affinities = self._affinities(region)
+        inner = tuple(slice(lo, lo + s.stop - s.start) for s, lo in zip(box, lower))
+
+        def relative(point):
+            return tuple(int(v) - s.start for v, s in zip(point, box))
+
+        pieces = divide(labels[inner], affinities[(slice(None),) + inner], supervoxel,
+                        [relative(p) for p in sources], [relative(p) for p in sinks])
+        count = int(pieces.max())
+        first = int(self.graph.ids[-1]) + 1
+        ids = np.arange(first, first + count, dtype=np.uint64)
+        sides = np.zeros(count, bool)
+        sides[np.unique(pieces[tuple(np.array([relative(p) for p in sources]).T)]) - 1] = True
+        relabelled = labels.copy()
+        view = relabelled[inner]
+        view[pieces > 0] = ids[pieces[pieces > 0].astype(np.int64) - 1]
+        above = tuple(slice(lo, None) for lo in lower)
+        patch = graph_patch(relabelled, affinities[(slice(None),) + above], lower,
+                            [s.start for s in box], ids)
+        split = VoxelSplit(supervoxel, ids, sides, tuple(s.start for s in box), pieces, patch)
+        return self._divide_graph(split)
+
+    def _divide_graph(self, split: VoxelSplit) -> _Division:
+        """Put a division into the graph: the pieces and their contacts in, the old
+        supervoxel's contacts out."""
+        row = int(self.graph.node_index([split.supervoxel])[0])
+        if row < 0:
+            raise EditError(f"supervoxel {split.supervoxel} is not in the graph")
+        _, old_edges, _ = self.graph.incident(np.array([row]))
+        self.graph.set_alive(old_edges, False)
+        patch = split.patch
+        pieces = self.graph.add_nodes(split.pieces, patch.size, patch.bbox, patch.centroid)
+        self._segment.append(np.zeros(len(pieces), np.uint64))
+        a, b = self.graph.node_index(patch.edges[:, 0]), self.graph.node_index(patch.edges[:, 1])
+        if (a < 0).any() or (b < 0).any():
+            raise EditError(f"the division of supervoxel {split.supervoxel} touches a "
+                            f"supervoxel the graph does not have")
+        new_edges = self.graph.add_edges(a, b, patch.area, patch.quantiles[:, 1])
+        return _Division(split, row, old_edges, pieces, new_edges)
+
+    def _piece_locator(self, division: _Division) -> Callable[[Point], int]:
+        split = division.split
+
+        def piece_at(point: Point) -> int:
+            local = tuple(int(v) - o for v, o in zip(point, split.origin))
+            return int(split.pieces[int(split.labels[local]) - 1])
+
+        return piece_at
+
+    def _with_division(self, rows: np.ndarray, division: Optional[_Division]
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """Region rows with a division's pieces in place of the supervoxel it divides, and the
+        segment each counts as belonging to (a piece: its supervoxel's)."""
+        current = self.segment[rows].copy()
+        if division is None:
+            return rows, current
+        keep = rows != division.node
+        owner = self.segment[division.node]
+        return (np.concatenate([rows[keep], division.pieces]),
+                np.concatenate([current[keep], np.full(len(division.pieces), owner,
+                                                       np.uint64)]))
+
+    # -- shared machinery -----------------------------------------------------------------------
+    def _rows(self, segment: int) -> np.ndarray:
+        members = self.members[segment]
+        return np.fromiter(members, np.int64, len(members))
+
+    def _nodes(self, supervoxels: Sequence[int]) -> np.ndarray:
+        rows = self.graph.node_index(list(supervoxels))
+        if (rows < 0).any():
+            raise EditError("a point lies in a supervoxel the graph does not have")
+        return rows
 
     def _local_problem(self, nodes: np.ndarray):
         """The subgraph on ``nodes``: edges with both ends inside, capacities, zero unaries."""
-        self._slot[nodes] = np.arange(len(nodes))
-        try:
-            starts, ends = self._indptr[nodes], self._indptr[nodes + 1]
-            counts = ends - starts
-            offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
-            flat = offsets + np.arange(counts.sum())
-            here = np.repeat(np.arange(len(nodes)), counts)
-            there = self._slot[self._neighbour[flat]]
-            keep = (there > here)
-            a, b, edges = here[keep], there[keep], self._edge_of[flat][keep]
-        finally:
-            self._slot[nodes] = -1
-        problem = CutProblem(len(nodes), a, b, self._capacity[edges].copy(),
+        a, b, edges = self.graph.subgraph(nodes)
+        problem = CutProblem(len(nodes), a, b, self.graph.capacity[edges].copy(),
                              np.zeros(len(nodes)), np.zeros(len(nodes)))
         position = {int(n): i for i, n in enumerate(nodes)}
 
@@ -385,93 +631,176 @@ class ProofreadingSession:
                             "also cut through a point's own side")
         return side
 
-    def _regroup(self, nodes: np.ndarray, side: np.ndarray, segment: int, kind: str,
-                 inputs: dict) -> _Plan:
-        """New membership of ``nodes``: the source side is ``segment``, every other connected
-        piece of what was cut off is a segment of its own."""
+    def _regroup(self, kind: str, inputs: dict, region: np.ndarray, current: np.ndarray,
+                 side: np.ndarray, decided: set[int], preferred: int, problem: CutProblem,
+                 kept: list[int], division: Optional[_Division]) -> _Plan:
+        """The new membership after a cut of ``region``.
+
+        The source side becomes one segment. Of the segments whose extent the cut decides
+        (``decided``), whatever fell on the other side is cut off: each connected piece of
+        that, within one old segment, becomes a segment of its own. Any other segment keeps
+        its supervoxels except those the cut gave to the source side; if it gave some, it is
+        regrouped by connectivity over its whole remaining membership.
+        """
         if side.all() or not side.any():
             raise EditError("the cut would leave one side empty: nothing changes")
-        new = np.empty(len(nodes), np.uint64)
-        old = self.segment[nodes]
-        ids = self.rag.ids[nodes]
-        source_name = segment if np.any((ids == np.uint64(segment)) & side) else \
-            int(ids[side].min())
-        new[side] = source_name
-        rest = np.flatnonzero(~side)
-        problem, _ = self._local_problem(nodes)
-        both = ~side[problem.a] & ~side[problem.b] & (old[problem.a] == old[problem.b])
-        graph = coo_matrix((np.ones(int(both.sum())), (problem.a[both], problem.b[both])),
-                           shape=(len(nodes), len(nodes)))
-        _, piece = connected_components(graph, directed=False)
-        for p in np.unique(piece[rest]):
-            members = rest[piece[rest] == p]
-            name = old[members[0]]
-            new[members] = name if np.any(ids[members] == name) else ids[members].min()
-        changed = old != new
-        if not changed.any():
-            raise EditError("the cut leaves every segment as it is")
-        delta = np.stack([ids[changed], old[changed], new[changed]], axis=1)
-        delta = np.concatenate([delta, self._rename_outside(nodes, ids, new, old[changed])])
-        after, removed = self._after(delta)
-        message = (f"{kind}: segment {source_name} now has {int(side.sum())} of these "
-                   f"{len(nodes)} supervoxels; {len(after)} segment(s) changed")
-        return _Plan(kind, inputs, delta, after, removed, message)
-
-    def _rename_outside(self, nodes: np.ndarray, ids: np.ndarray, new: np.ndarray,
-                        losers: np.ndarray) -> np.ndarray:
-        """A segment whose namesake supervoxel left it, but which keeps members outside the cut
-        region, is renamed there after one of them (a segment always contains its name)."""
-        rows = []
-        inside = set(nodes.tolist())
-        for segment in set(int(v) for v in losers):
-            if np.any((ids == np.uint64(segment)) & (new == np.uint64(segment))):
+        decided_mask = np.isin(current, np.fromiter(decided, np.uint64, len(decided)))
+        groups: list[np.ndarray] = [region[side]]
+        prefer: list[Optional[int]] = [preferred]
+        off = np.flatnonzero(~side & decided_mask)
+        if len(off):
+            both = np.isin(problem.a, off) & np.isin(problem.b, off) & (
+                current[problem.a] == current[problem.b])
+            groups += _components(len(region), problem.a[both], problem.b[both], off, region)
+            prefer += [None] * (len(groups) - len(prefer))
+        received = side & ~decided_mask
+        for loser in sorted(set(current[received].tolist())):
+            gone = set(region[received & (current == loser)].tolist())
+            remaining = np.fromiter(self.members[loser] - gone, np.int64)
+            if len(remaining) == 0:
                 continue
-            if int(self.rag.node_index([segment])[0]) not in inside:
-                continue  # the namesake was not in the region: it did not move
-            outside = [n for n in self.members.get(segment, ()) if n not in inside]
-            if outside:
-                svs = self.rag.ids[np.array(outside, np.int64)]
-                name = svs.min()
-                rows.append(np.stack([svs, np.full(len(svs), segment, np.uint64),
-                                      np.full(len(svs), name, np.uint64)], axis=1))
-        return np.concatenate(rows) if rows else np.zeros((0, 3), np.uint64)
+            a, b, _ = self.graph.subgraph(remaining)
+            groups += _components(len(remaining), a, b, np.arange(len(remaining)), remaining)
+            prefer += [loser] * (len(groups) - len(prefer))
+        delta_rows, names = [], []
+        for nodes, wish in zip(groups, prefer):
+            name = self._name(nodes, wish)
+            names.append(name)
+            old = self.segment[nodes]
+            moved = old != np.uint64(name)
+            delta_rows.append(np.stack([self.graph.ids[nodes[moved]], old[moved],
+                                        np.full(int(moved.sum()), name, np.uint64)], axis=1))
+        if division is not None:
+            gone = division.node
+            delta_rows.append(np.array([[self.graph.ids[gone], self.segment[gone], 0]],
+                                       np.uint64))
+        delta = np.concatenate(delta_rows)
+        if len(delta) == 0:
+            raise EditError("the cut leaves every segment as it is")
+        after, removed = self._after(delta)
+        cut = side[problem.a] != side[problem.b]
+        together = current[problem.a] == current[problem.b]
+        ids = self.graph.ids[region]
+        decisions = {"separated": [(int(ids[i]), int(ids[j])) for i, j in
+                                   zip(problem.a[cut & together], problem.b[cut & together])]}
+        confirmed = [(int(ids[problem.a[e]]), int(ids[problem.b[e]])) for e in kept]
+        if confirmed:
+            decisions["confirmed"] = confirmed
+        word = {"split-supervoxel": "divided supervoxel"}.get(kind, kind)
+        message = (f"{word}: segment {names[0]} now has {int(side.sum())} of these "
+                   f"{len(region)} supervoxels; {len(after)} segment(s) changed")
+        if division is not None:
+            message += (f"; supervoxel {division.split.supervoxel} divided into "
+                        f"{len(division.pieces)} pieces")
+        return _Plan(kind, inputs, delta, after, removed, message, decisions, division)
 
-    def _apply(self, entry: Entry, decisions: dict) -> None:
-        nodes = self.rag.node_index(entry.delta[:, 0])
-        for node, old, new in zip(nodes.tolist(), entry.delta[:, 1].tolist(),
-                                  entry.delta[:, 2].tolist()):
-            members = self.members.get(old)
-            if members is not None:
-                members.discard(node)
-                if not members:
-                    del self.members[old]
-            self.members.setdefault(new, set()).add(node)
-        self.segment[nodes] = entry.delta[:, 2]
+    def _name(self, nodes: np.ndarray, wish: Optional[int]) -> int:
+        """A segment keeps the name of an old segment whose namesake supervoxel it holds (the
+        wished one first); else it is named after its smallest supervoxel."""
+        ids = self.graph.ids[nodes]
+        if wish is not None and np.any(ids == np.uint64(wish)):
+            return int(wish)
+        namesakes = ids[ids == self.segment[nodes]]
+        return int(namesakes.min()) if len(namesakes) else int(ids.min())
+
+    # -- applying -------------------------------------------------------------------------------
+    def _apply(self, entry: Entry, division: Optional[_Division] = None) -> None:
+        """An entry that is in the log, into the live state."""
+        delta = entry.delta
+        nodes = self.graph.node_index(delta[:, 0])
+        old, new = delta[:, 1], delta[:, 2]
+        for seg in np.unique(old).tolist():
+            members = self.members.get(seg)
+            if seg == 0 or members is None:
+                continue
+            members.difference_update(nodes[old == seg].tolist())
+            if not members:
+                del self.members[seg]
+        for seg in np.unique(new).tolist():
+            if seg != 0:
+                self.members.setdefault(seg, set()).update(nodes[new == seg].tolist())
+        self.segment[nodes] = new
         self._entries[entry.id] = entry
-        for seg in np.concatenate([entry.delta[:, 1], entry.delta[:, 2]]).tolist():
-            self._last_change[seg] = entry.id
+        for seg in np.unique(np.concatenate([old, new])).tolist():
+            if seg != 0:
+                self._last_change[seg] = entry.id
         user = entry.user
-        if entry.kind == "undo":
-            self._undone_by[entry.target] = entry.id
-            self._undo[user].pop()
-            self._redo.setdefault(user, []).append(entry.target)
-            self.confirmed.pop(entry.target, None)
-            self.separated.pop(entry.target, None)
-        elif entry.kind == "redo":
-            self._redo[user].pop()
-            self._undo.setdefault(user, []).append(entry.target)
-            self._record_decisions(entry.target, self._entries[entry.target].inputs.get(
-                "decisions", {}))
+        if entry.kind in ("undo", "redo"):
+            target = self._entries[entry.target]
+            undo = entry.kind == "undo"
+            (self._undo if undo else self._redo)[user].pop()
+            (self._redo if undo else self._undo).setdefault(user, []).append(entry.target)
+            if undo:
+                self._undone_by[entry.target] = entry.id
+            else:
+                self._applied_by[entry.target] = entry.id
+            self._effects(target, active=not undo)
         else:
             self._undo.setdefault(user, []).append(entry.id)
             self._redo[user] = []
-            self._record_decisions(entry.id, decisions)
+            self._applied_by[entry.id] = entry.id
+            if division is not None:
+                self._divisions[entry.id] = division
+            self._effects(entry, active=True, fresh=True)
 
-    def _record_decisions(self, operation: int, decisions: dict) -> None:
-        if "confirmed" in decisions:
-            self.confirmed[operation] = tuple(decisions["confirmed"])
-        if "separated" in decisions:
-            self.separated[operation] = [tuple(p) for p in decisions["separated"]]
+    def _effects(self, entry: Entry, active: bool, fresh: bool = False) -> None:
+        """What an operation leaves besides the membership: decisions, prompt constraints,
+        cleared constraints and its supervoxel division, switched on or off."""
+        decisions = entry.inputs.get("decisions")
+        if decisions:
+            if active:
+                self._decided[entry.id] = decisions
+            else:
+                self._decided.pop(entry.id, None)
+        if entry.kind == "prompt-cut":
+            points = entry.inputs
+            both = ([tuple(p) for p in points["positives"]] + [tuple(p) for p in points.get(
+                "constraints", {}).get("positives", [])],
+                [tuple(p) for p in points["negatives"]] + [tuple(p) for p in points.get(
+                    "constraints", {}).get("negatives", [])])
+            if active:
+                self._prompts[entry.id] = both
+            else:
+                self._prompts.pop(entry.id, None)
+        if entry.kind == "clear-prompts":
+            for operation in entry.inputs["cleared"]:
+                if active:
+                    self._prompts.pop(operation, None)
+                elif self._in_effect(operation):
+                    self._effects(self._entries[operation], active=True)
+        division = self._divisions.get(entry.id)
+        if division is not None:
+            if not fresh:
+                self.graph.set_alive(division.new_edges, active)
+                self.graph.set_alive(division.old_edges, not active)
+            if self.supervoxels is not None:
+                if active:
+                    self.supervoxels.activate(entry.id, division.split)
+                else:
+                    self.supervoxels.deactivate(entry.id)
+
+    def _in_effect(self, operation: int) -> bool:
+        return self._applied_by.get(operation, 0) > self._undone_by.get(operation, 0)
+
+    def _structural(self, delta: np.ndarray) -> tuple[list[int], dict[int, int]]:
+        """Supervoxels an applied delta created, and those it retired with a successor."""
+        created = delta[delta[:, 1] == 0, 0].astype(np.int64).tolist()
+        retired = delta[delta[:, 2] == 0, 0].astype(np.int64).tolist()
+        successor = created[0] if created else 0
+        return created, {sv: successor for sv in retired}
 
     def _replay(self, entry: Entry) -> None:
-        self._apply(entry, entry.inputs.get("decisions", {}))
+        division = None
+        if entry.division is not None:
+            division = self._divide_graph(VoxelSplit.from_bytes(entry.division))
+        self._apply(entry, division)
+        self.graph.commit()
+
+
+def _components(n: int, a: np.ndarray, b: np.ndarray, subset: np.ndarray, rows: np.ndarray
+                ) -> list[np.ndarray]:
+    """Connected pieces of ``subset`` (local indices) over edges (a, b), as rows."""
+    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
+    _, label = connected_components(graph, directed=False)
+    pieces = label[subset]
+    return [rows[subset[pieces == p]] for p in np.unique(pieces)]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import neuroglancer
+import numpy as np
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
@@ -27,6 +28,7 @@ from tornado.ioloop import IOLoop
 from promptcut.config import Config
 from segmentation.errors import InputError
 from segmentation.export import export_segmentation
+from segmentation.meshes import mesh_block
 from segmentation.proofread import open_session
 from segmentation.session import OperationResult, ProofreadingSession
 from segmentation.project import Project
@@ -87,11 +89,30 @@ class ServerSession:
         """The live graph and membership: the agglomeration, then every logged edit."""
         self.proofreading = session = open_session(self.project)
         volume = self.project.volume("segmentation")
-        self.membership_view = MembershipView(session.rag.ids, session.segment)
-        self.models = ModelWorker(self.config, self.project.volume("image"), volume,
-                                  self._model_status)
+        self.membership_view = MembershipView(*session.membership())
+        self.membership_view.apply(np.zeros((0, 3), np.uint64), session.successors())
+        self.models = ModelWorker(self.config, self.project.volume("image"),
+                                  session.supervoxels, self._model_status)
         self.segment_source = SegmentSource(Path(volume.location), self.membership_view,
-                                            self.proofreading.members_of)
+                                            self.proofreading.members_of, session.supervoxels,
+                                            self._mesh_supervoxel)
+
+    def _mesh_supervoxel(self, supervoxel: int) -> list[str]:
+        """Mesh a supervoxel that a division made (the pipeline meshed all the others)."""
+        session = self.proofreading
+        row = int(session.graph.node_index([supervoxel])[0])
+        if row < 0:
+            return []
+        labels = session.supervoxels
+        box = session.graph.bbox[row]
+        region = tuple(slice(int(lo), min(int(hi) + 1, n))
+                       for lo, hi, n in zip(box[:3], box[3:], labels.shape))
+        block = labels.read(*region)
+        block[block != np.uint64(supervoxel)] = 0
+        folder = Path(self.project.volume("segmentation").location) / "mesh"
+        written = mesh_block(block, [s.start for s in region], labels.voxel_size, folder,
+                             "divided", self.config.segment.mesh_reduction)
+        return written.get(supervoxel, [])
 
     @property
     def default_user(self) -> str:
@@ -234,25 +255,31 @@ class ServerSession:
     def segment_of(self, supervoxel: int) -> int:
         return self.proofreading.segment_of(supervoxel) if self.proofreading else supervoxel
 
+    def supervoxel_at(self, zyx: Sequence[int]) -> int:
+        """The supervoxel at a voxel, divisions included (0: background)."""
+        if self.proofreading is not None:
+            return int(self.proofreading.locate(zyx))
+        return int(self.project.volume("segmentation").value_at(zyx))
+
     def _segments_at(self, zyx: Sequence[float]) -> list[int]:
         """The segment at a voxel, to show in 3D from the start (none on background)."""
         if not self.project.has("segmentation"):
             return []
-        supervoxel = int(self.project.volume("segmentation").value_at([int(v) for v in zyx]))
+        supervoxel = self.supervoxel_at([int(v) for v in zyx])
         return [self.segment_of(supervoxel)] if supervoxel else []
 
     def describe_segment(self, zyx: Sequence[int]) -> SegmentDescription:
         if not self.project.has("segmentation"):
             raise InputError("this project has no segmentation")
         zyx = tuple(int(v) for v in zyx)
-        supervoxel = int(self.project.volume("segmentation").value_at(zyx))
+        supervoxel = self.supervoxel_at(zyx)
         if supervoxel == 0:
             raise InputError(f"no segment at z {zyx[0]}, y {zyx[1]}, x {zyx[2]} (background)")
         if self.proofreading is not None:
             session = self.proofreading
             segment = session.segment_of(supervoxel)
             members = session.members_of(segment)
-            voxels = int(session.rag.size[session.rag.node_index(members)].sum())
+            voxels = int(session.graph.size[session.graph.node_index(members)].sum())
             return SegmentDescription(segment, supervoxel, voxels, len(members), zyx)
         if self._sizes is None:
             self._sizes = self._background.submit(self.project.supervoxel_sizes)
@@ -282,7 +309,7 @@ class ServerSession:
     def after_edit(self, result: OperationResult) -> None:
         """Tell every viewer: a new generation of the segmentation, and which segments to show
         in place of the ones the edit removed."""
-        self.membership_view.apply(result.delta)
+        self.membership_view.apply(result.delta, result.retired)
         url = self.source_url("segmentation")
         for viewer in list(self.viewers.values()):
             with viewer.txn() as s:
@@ -298,8 +325,8 @@ class ServerSession:
             raise InputError("nothing to export: this project has no proofreading session")
         session = self.proofreading
         folder = output or self.project.root / "exports" / time.strftime("%Y%m%d-%H%M%S")
-        return export_segmentation(self.project.volume("segmentation"), session.rag.ids,
-                                   session.segment.copy(), session.log, folder)
+        ids, segments = session.membership()
+        return export_segmentation(session.supervoxels, ids, segments, session.log, folder)
 
     def info(self) -> dict:
         image = self.project.volume("image")

@@ -14,7 +14,7 @@ import json
 import re
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import tornado.web
@@ -27,7 +27,10 @@ CHUNK_NAME = re.compile(r"^(\d+)-(\d+)_(\d+)-(\d+)_(\d+)-(\d+)$")
 
 
 class MembershipView:
-    """supervoxel -> segment lookup for whole arrays, with a generation per edit."""
+    """supervoxel -> segment lookup for whole arrays, with a generation per edit.
+
+    A supervoxel divided at voxel level no longer appears at full resolution; the coarser
+    scales still hold its id, and show it as the segment of one of its pieces."""
 
     def __init__(self, ids: np.ndarray, segments: np.ndarray):
         top = int(max(ids.max(initial=0), segments.max(initial=0)))
@@ -35,16 +38,28 @@ class MembershipView:
         self.lut = np.arange(int(ids.max(initial=0)) + 1, dtype=np.uint64)
         self.lut[ids.astype(np.int64)] = segments
         self.generation = 0
-        self._changes: list[tuple[int, np.ndarray]] = []  # (generation, supervoxels)
+        # (generation, supervoxels whose segment changed, whose voxels changed)
+        self._changes: list[tuple[int, np.ndarray, np.ndarray]] = []
         self._lock = threading.Lock()
 
-    def apply(self, delta: np.ndarray) -> int:
-        """Record an edit's (supervoxel, old, new) rows; returns the new generation."""
+    def apply(self, delta: np.ndarray, retired: Optional[dict[int, int]] = None) -> int:
+        """Record an edit's (supervoxel, old, new) rows (0: no such supervoxel before or
+        after) and the successor of each retired supervoxel; returns the new generation."""
+        retired = retired or {}
         with self._lock:
-            self.lut[delta[:, 0].astype(np.int64)] = delta[:, 2]
+            top = int(delta[:, 0].max(initial=0))
+            if top >= len(self.lut):
+                grown = np.arange(top + 1, dtype=np.uint64)
+                grown[:len(self.lut)] = self.lut
+                self.lut = grown
+            live = delta[:, 2] != 0
+            self.lut[delta[live, 0].astype(np.int64)] = delta[live, 2]
+            for gone, successor in retired.items():
+                self.lut[int(gone)] = self.lut[int(successor)] if successor else 0
             self.generation += 1
-            self._changes.append((self.generation, delta[:, 0].copy()))
-            if int(delta[:, 2].max(initial=0)) >= 2 ** 32:
+            structural = delta[(delta[:, 1] == 0) | (delta[:, 2] == 0), 0]
+            self._changes.append((self.generation, delta[:, 0].copy(), structural.copy()))
+            if int(self.lut.max(initial=0)) >= 2 ** 32:
                 self.dtype = np.dtype(np.uint64)
             return self.generation
 
@@ -54,19 +69,28 @@ class MembershipView:
                           supervoxels)
         return mapped.astype(self.dtype)
 
-    def changed_since(self, generation: int) -> np.ndarray:
+    def changed_since(self, generation: int) -> tuple[np.ndarray, np.ndarray]:
+        """Supervoxels whose segment changed, and those divided or restored, since then."""
         with self._lock:
-            parts = [svs for g, svs in self._changes if g > generation]
-        return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+            parts = [(svs, structural) for g, svs, structural in self._changes
+                     if g > generation]
+        if not parts:
+            return np.zeros(0, np.uint64), np.zeros(0, np.uint64)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 class SegmentSource:
-    """Serves one supervoxel volume (precomputed, local) as segments."""
+    """Serves one supervoxel volume (precomputed, local) as segments. Full resolution is read
+    through ``labels`` (the supervoxels with divisions applied); ``mesher`` meshes a
+    supervoxel that a division made, the first time a manifest lists it."""
 
-    def __init__(self, volume_dir: Path, view: MembershipView, members, cache_chunks: int = 256):
+    def __init__(self, volume_dir: Path, view: MembershipView, members, labels=None,
+                 mesher: Optional[Callable[[int], list[str]]] = None, cache_chunks: int = 256):
         self.root = Path(volume_dir)
         self.view = view
         self.members = members  # segment -> supervoxel ids (the session's members_of)
+        self.labels = labels
+        self.mesher = mesher
         self.info = json.loads((self.root / "info").read_text())
         self._scales = {s["key"]: i for i, s in enumerate(self.info["scales"])}
         self._stores: dict[int, object] = {}
@@ -103,13 +127,21 @@ class SegmentSource:
             cached = self._cache.get(key)
             if cached is not None:
                 self._cache.move_to_end(key)
+        fresh = cached is None
         if cached is not None:
             supervoxels, present, encoded, at = cached
-            if at == generation or not np.isin(self.view.changed_since(at), present).any():
+            if at != generation:
+                changed, divided = self.view.changed_since(at)
+                if index == 0 and np.isin(divided, present).any():
+                    fresh = True  # its voxels changed: read them again
+                elif not np.isin(changed, present).any():
+                    return encoded
+            else:
                 return encoded
-        else:
-            store = self._store(index)
-            supervoxels = store[z0:z1, y0:y1, x0:x1].read().result()
+        if fresh:
+            region = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
+            supervoxels = self.labels.read(*region) if index == 0 and self.labels is not None \
+                else self._store(index)[region].read().result()
             present = np.unique(supervoxels)
         encoded = np.ascontiguousarray(self.view.map(supervoxels)).tobytes()
         with self._lock:
@@ -126,7 +158,12 @@ class SegmentSource:
             members = self.members(segment)
         except Exception:  # an id that is no longer a segment: nothing to draw
             return {"fragments": []}
-        names = [name for sv in members.tolist() for name in self._fragments.get(int(sv), ())]
+        names = []
+        for sv in members.tolist():
+            found = self._fragments.get(int(sv))
+            if found is None and self.mesher is not None:
+                found = self._fragments[int(sv)] = self.mesher(int(sv))
+            names += found or []
         return {"fragments": names}
 
     def fragment(self, name: str) -> Optional[bytes]:
@@ -169,7 +206,8 @@ class SegmentChunkHandler(CorsMixin, tornado.web.RequestHandler):
             kind = "application/json"
         elif len(parts) == 2 and parts[0] == "mesh" and parts[1].endswith(":0") \
                 and parts[1][:-2].isdigit():
-            manifest = source.manifest(int(parts[1][:-2]))
+            manifest = await IOLoop.current().run_in_executor(None, source.manifest,
+                                                              int(parts[1][:-2]))
             body = json.dumps(manifest).encode() if manifest is not None else None
             kind = "application/json"
         elif len(parts) == 2 and parts[0] == "mesh":

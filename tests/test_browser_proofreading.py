@@ -24,11 +24,12 @@ def test_merge_undo_split_and_prompt_cut_from_the_keyboard(browser, segmented_se
         page.goto(session.viewer_url)
         wait_for_panel(page, lambda p: coloured_fraction(p) > 0.3)
         # two touching supervoxels of different segments, both large
-        rag = proof.rag
-        a, b = rag.edge_index()
-        big = (rag.size[a] > 2000) & (rag.size[b] > 2000) & (proof.segment[a] != proof.segment[b])
+        graph = proof.graph
+        a, b = graph.edge_a, graph.edge_b
+        big = (graph.size[a] > 2000) & (graph.size[b] > 2000) & \
+            (proof.segment[a] != proof.segment[b])
         edge = int(np.flatnonzero(big)[0])
-        sv_a, sv_b = int(rag.ids[a[edge]]), int(rag.ids[b[edge]])
+        sv_a, sv_b = int(graph.ids[a[edge]]), int(graph.ids[b[edge]])
         at_a, at_b = inside(labels, sv_a), inside(labels, sv_b)
         seg_a, seg_b = proof.segment_of(sv_a), proof.segment_of(sv_b)
         operations = len(proof.log)
@@ -52,7 +53,7 @@ def test_merge_undo_split_and_prompt_cut_from_the_keyboard(browser, segmented_se
         members = proof.members_of(seg_a)
         if len(members) < 2:
             members = proof.members_of(seg_b)
-        sizes = rag.size[rag.node_index(members)]
+        sizes = graph.size[graph.node_index(members)]
         first, second = (int(v) for v in members[np.argsort(-sizes)[:2]])
         at_first, at_second = inside(labels, first), inside(labels, second)
         assert driver.press("p", at_first).ok
@@ -77,9 +78,9 @@ def test_merge_undo_split_and_prompt_cut_from_the_keyboard(browser, segmented_se
         # the log replays to the membership the server holds
         replayed = proof.segment.copy()
         for entry in reversed(list(proof.log.entries())):
-            replayed[rag.node_index(entry.delta[:, 0])] = entry.delta[:, 1]
+            replayed[graph.node_index(entry.delta[:, 0])] = entry.delta[:, 1]
         for entry in proof.log.entries():
-            replayed[rag.node_index(entry.delta[:, 0])] = entry.delta[:, 2]
+            replayed[graph.node_index(entry.delta[:, 0])] = entry.delta[:, 2]
         np.testing.assert_array_equal(replayed, proof.segment)
     finally:
         page.close()

@@ -102,9 +102,9 @@ def test_fgnet_reweights_the_graph_around_the_prompt_before_the_cut(segmented_co
             slice(79, 81), slice(93, 157), slice(93, 157))
         assert set(edges.pairs.ravel().tolist()) <= set(np.unique(labels).tolist())
         session_graph = session.proofreading
-        before = session_graph._capacity.copy()
+        before = session_graph.graph.capacity.copy()
         assert session_graph.reweight(edges.pairs, edges.faces, edges.affinity) > 0
-        assert (session_graph._capacity != before).sum() > 0
+        assert (session_graph.graph.capacity != before).sum() > 0
         report = session.router.submit("promptcut-positive", Pointer((80, 125, 125), {}))
         assert report.result().ok
         report = session.router.submit("promptcut-cut", Pointer((80, 125, 125), {})).result()

@@ -29,10 +29,10 @@ def edited(tmp_path, segmented_config):
         (tmp_path / "project" / name).unlink(missing_ok=True)
     project = Project.open(tmp_path / "project")
     session = open_session(project)
-    rag = session.rag
-    a, b = rag.edge_index()
+    graph = session.graph
+    a, b = graph.edge_a, graph.edge_b
     apart = np.flatnonzero(session.segment[a] != session.segment[b])
-    sv_a, sv_b = int(rag.ids[a[apart[0]]]), int(rag.ids[b[apart[0]]])
+    sv_a, sv_b = int(graph.ids[a[apart[0]]]), int(graph.ids[b[apart[0]]])
     labels = project.volume("segmentation").read(slice(None), slice(None), slice(None))
     point = {sv: tuple(int(v) for v in np.argwhere(labels == sv)[0]) for sv in (sv_a, sv_b)}
     session.merge("alice", point[sv_a], point[sv_b])
@@ -42,7 +42,7 @@ def edited(tmp_path, segmented_config):
     for sv in (first, last):
         point[sv] = tuple(int(v) for v in np.argwhere(labels == sv)[0])
     session.split("bob", [point[first]], [point[last]])
-    expected = dict(zip(rag.ids.tolist(), session.segment.tolist()))
+    expected = dict(zip(*(v.tolist() for v in session.membership())))
     confirmed, separated = session.decisions()
     session.log.close()
     return config_path, project, labels, expected, confirmed, separated

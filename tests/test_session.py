@@ -59,7 +59,7 @@ def make(tmp_path, segments=None, name="log.sqlite"):
 
 
 def membership(session) -> dict[int, int]:
-    return dict(zip(session.rag.ids.tolist(), session.segment.tolist()))
+    return dict(zip(*(v.tolist() for v in session.membership())))
 
 
 def all_one(rag_ids):

@@ -273,7 +273,7 @@ def test_the_shipped_student_beats_the_baseline_on_the_held_out_sections(demo_h5
     student = score_affinities(StudentAffinities(checkpoint, "cpu").predict(raw), labels,
                                (10, 10, 10))
     baseline = IntensityBaseline(voxel_size=(10.0, 10.0, 10.0))
-    baseline.fit(raw)
+    baseline.fit([raw])
     reference = score_affinities(baseline.predict(raw), labels, (10, 10, 10))
     assert student["voi"] < reference["voi"] - 0.2 and student["arand"] < reference["arand"]
 

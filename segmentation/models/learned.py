@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -75,9 +75,9 @@ class LearnedAffinities(AffinityModel):
         self.model = model.to(self.device).eval()
         self.intensity_scale: Optional[float] = None  # set by fit: one scale for every block
 
-    def fit(self, sample: np.ndarray) -> None:
-        if sample.dtype != np.uint8:
-            self.intensity_scale = max(float(sample.max()), 1.0)
+    def fit(self, samples: Sequence[np.ndarray]) -> None:
+        if samples[0].dtype != np.uint8:
+            self.intensity_scale = max(max(float(s.max()) for s in samples), 1.0)
 
     def unit(self, image: np.ndarray) -> np.ndarray:
         return to_unit(image, self.intensity_scale)
@@ -91,24 +91,64 @@ class LearnedAffinities(AffinityModel):
 
 
 class StudentAffinities(LearnedAffinities):
+    """The 3D U-Net student. Until ``fit`` it normalises every input by that input's own
+    statistics (as trained); ``fit`` measures them once on a sample of the volume and keeps
+    them, so that every block of the volume is predicted by the same fixed network and
+    blockwise prediction equals whole-volume prediction (given ``context``)."""
+
     name = "unet3d"
     offsets = NEAREST
 
-    def __init__(self, checkpoint: str | Path, device: str = "auto", context: int = 16,
-                 precision: str = "auto"):
+    # Voxels of context per side: the receptive field's theoretical reach (72 voxels for the
+    # shipped 4-level network) matters little at its edge. Measured on the demo volume, 128^3
+    # blocks against whole-volume prediction, fitted statistics: 16 voxels differ by 0.13/255
+    # on average (0.43/255 within 8 voxels of a face), 32 by 0.019/255 (0.054/255, at most
+    # 8.6/255 at single voxels), 48 by 0.002/255 at 1.3x the time of 32.
+    CONTEXT = 32
+
+    def __init__(self, checkpoint: str | Path, device: str = "auto",
+                 context: Optional[int] = None, precision: str = "auto"):
         model = load_student(Path(checkpoint))
         super().__init__(checkpoint, model, device)
         self.bf16 = use_bf16(self.device, precision)
         self.model = channels_last(self.model, self.bf16)
-        self._context = (context // 2 if model.config.anisotropic else context, context, context)
+        reach = receptive_radius(model)
+        wanted = self.CONTEXT if context is None else context
+        self._context = tuple(-(-min(wanted, r) // d) * d
+                              for r, d in zip(reach, model.divisor))
 
     @property
     def context(self) -> tuple[int, int, int]:
+        """Voxels on each side, rounded up to the network's pooling grid so that every block
+        is pooled as the whole volume is (blocks start on that grid too)."""
         return self._context
+
+    def fit(self, samples: Sequence[np.ndarray]) -> None:
+        """Normalisation statistics pooled over samples spread across the volume."""
+        super().fit(samples)
+        self.model.calibrate()
+        with torch.no_grad():
+            for sample in samples:
+                predict_affinities(self.model, self.unit(sample), self.device, self.bf16)
+        self.model.freeze()
 
     @torch.no_grad()
     def predict(self, image: np.ndarray) -> np.ndarray:
         return predict_affinities(self.model, self.unit(image), self.device, self.bf16)
+
+
+def receptive_radius(model: UNet3D) -> tuple[int, int, int]:
+    """Voxels beyond an output voxel, per axis, that can change it at all: two 3x3x3
+    convolutions per level on the way down and up, at that level's scale, plus pooling and
+    upsampling."""
+    levels = len(model.config.filters)
+    radius = []
+    for pool in model.config.pool:
+        scales = [pool ** level for level in range(levels)]
+        convolutions = 2 * sum(scales) + 2 * sum(scales[:-1])
+        resampling = 2 * sum(scales[1:])
+        radius.append(convolutions + resampling)
+    return tuple(radius)
 
 
 class FGNetAffinities(LearnedAffinities):

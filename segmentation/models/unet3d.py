@@ -42,35 +42,52 @@ def groups(channels: int) -> int:
 
 
 class Norm(nn.GroupNorm):
-    """GroupNorm whose statistics can be measured once and then kept.
+    """GroupNorm whose statistics can be measured on samples of a volume and then kept.
 
     Trained as plain GroupNorm, the network normalises every input by that input's own
     statistics, so what it predicts at a voxel depends on where a block was cut around it.
-    ``calibrate`` measures each group's mean and variance on one sample (the volume's centre,
-    say) and ``frozen`` uses them for every block: the network becomes a fixed function of its
-    input's neighbourhood, and blockwise prediction equals whole-volume prediction given
-    enough context. The statistics are not part of the weights (they belong to a volume).
+    Calibrated (``calibrating`` while samples of the volume pass through, then ``freeze``),
+    each group is normalised by its mean and variance pooled over those samples, the same for
+    every block: the network becomes a fixed function of its input's neighbourhood, and
+    blockwise prediction equals whole-volume prediction given enough context. The statistics
+    are not part of the weights: they belong to a volume.
     """
 
     def __init__(self, num_groups: int, num_channels: int):
         super().__init__(num_groups, num_channels)
         self.register_buffer("mean", torch.zeros(num_groups), persistent=False)
         self.register_buffer("var", torch.ones(num_groups), persistent=False)
-        self.mode = "sample"  # sample (plain GroupNorm) | calibrate | frozen
+        self.mode = "sample"  # sample (plain GroupNorm) | calibrating | frozen
+        self._sums = torch.zeros(3, num_groups, dtype=torch.float64)  # n, sum, sum of squares
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode == "sample":
+        if self.mode == "calibrating":
+            grouped = x.detach().double().reshape(x.shape[0], self.num_groups, -1)
+            self._sums += torch.stack([
+                torch.full((self.num_groups,), float(grouped.shape[0] * grouped.shape[2]),
+                           dtype=torch.float64),
+                grouped.sum(dim=(0, 2)).cpu(), (grouped * grouped).sum(dim=(0, 2)).cpu()])
+        if self.mode != "frozen":
             return super().forward(x)
-        if self.mode == "calibrate":
-            grouped = x.float().reshape(x.shape[0], self.num_groups, -1)
-            self.mean = grouped.mean(dim=(0, 2))
-            self.var = grouped.var(dim=(0, 2), unbiased=False)
         per_channel = self.num_channels // self.num_groups
         scale = self.weight.float() / torch.sqrt(self.var + self.eps).repeat_interleave(
             per_channel)
         shift = self.bias.float() - self.mean.repeat_interleave(per_channel) * scale
         shape = (1, -1) + (1,) * (x.dim() - 2)
         return x.float() * scale.view(shape) + shift.view(shape)
+
+    def calibrate(self) -> None:
+        self._sums.zero_()
+        self.mode = "calibrating"
+
+    def freeze(self) -> None:
+        count, total, squares = self._sums
+        if (count == 0).any():
+            raise RuntimeError("freeze() before any sample passed through calibrate()")
+        mean = total / count
+        self.mean = mean.float().to(self.weight.device)
+        self.var = (squares / count - mean * mean).clamp(min=0).float().to(self.weight.device)
+        self.mode = "frozen"
 
 
 class ResidualBlock(nn.Module):
@@ -108,11 +125,17 @@ class UNet3D(nn.Module):
             for level in config.distill_levels:
                 self.distill_heads[str(level)] = nn.Conv3d(f[level], config.teacher_channels, 1)
 
-    def normalisation(self, mode: str) -> None:
-        """Set every Norm to ``sample``, ``calibrate`` or ``frozen`` (see Norm)."""
+    def calibrate(self) -> None:
+        """Start measuring normalisation statistics on the samples that pass (see Norm)."""
         for module in self.modules():
             if isinstance(module, Norm):
-                module.mode = mode
+                module.calibrate()
+
+    def freeze(self) -> None:
+        """Normalise every input by the statistics measured since ``calibrate``."""
+        for module in self.modules():
+            if isinstance(module, Norm):
+                module.freeze()
 
     @property
     def divisor(self) -> tuple[int, int, int]:

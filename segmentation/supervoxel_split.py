@@ -1,0 +1,181 @@
+"""Dividing one supervoxel at voxel level, and the supervoxel volume with such divisions applied.
+
+When a supervoxel spans two neurons, no edit between whole supervoxels can fix it. Divided by
+a seeded watershed on the affinities inside its bounding box (seeds: the proofreader's points),
+each connected piece becomes a new supervoxel with a new uint64 id. A :class:`VoxelSplit` keeps
+what that takes to redo it anywhere: the piece of every voxel of the old supervoxel in its box,
+and the graph around the pieces (node statistics, contacts with their affinity statistics and
+histograms), so replaying the edit log needs neither the affinities nor a watershed.
+
+:class:`LiveSupervoxels` reads the project's supervoxel volume with the divisions in effect
+applied in the order they were made; everything that reads supervoxel labels at voxel level
+(the served chunks, meshes, model prompts, exports) reads through it.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from dataclasses import dataclass, fields
+from typing import Optional, Sequence
+
+import cc3d
+import numpy as np
+from skimage.segmentation import watershed
+
+from segmentation.affinities import boundary_from_affinities
+from segmentation.errors import InputError
+from segmentation.rag import Rag, block_contacts, block_node_stats, build_rag
+
+Point = Sequence[int]
+Box = tuple[slice, slice, slice]
+
+
+@dataclass
+class VoxelSplit:
+    supervoxel: int  # the id that is retired
+    pieces: np.ndarray  # (k,) uint64: the new ids
+    sides: np.ndarray  # (k,) bool: True where the piece holds source (positive) points
+    origin: tuple[int, int, int]  # first voxel of the box, z, y, x
+    labels: np.ndarray  # uint8 over the box: 0 elsewhere, i + 1 on the voxels of piece i
+    patch: Rag  # the pieces as nodes, and every contact of a piece as an edge
+
+    @property
+    def box(self) -> Box:
+        return tuple(slice(o, o + n) for o, n in zip(self.origin, self.labels.shape))
+
+    def apply(self, block: np.ndarray, origin: Sequence[int]) -> None:
+        """Relabel this supervoxel's voxels of ``block`` (which starts at ``origin``) in place."""
+        inner = _overlap(self.box, tuple(slice(o, o + n) for o, n in zip(origin,
+                                                                          block.shape)))
+        if inner is None:
+            return
+        mine = tuple(slice(s.start - o, s.stop - o) for s, o in zip(inner, self.origin))
+        theirs = tuple(slice(s.start - o, s.stop - o) for s, o in zip(inner, origin))
+        piece = self.labels[mine]
+        target = block[theirs]
+        hit = (piece > 0) & (target == np.uint64(self.supervoxel))
+        target[hit] = self.pieces[piece[hit].astype(np.int64) - 1]
+
+    def intersects(self, box: Box) -> bool:
+        return _overlap(self.box, box) is not None
+
+    def to_bytes(self) -> bytes:
+        arrays = {"supervoxel": np.uint64(self.supervoxel), "pieces": self.pieces,
+                  "sides": self.sides, "origin": np.asarray(self.origin, np.int64),
+                  "labels": self.labels}
+        arrays.update({f"patch_{f.name}": getattr(self.patch, f.name)
+                       for f in fields(Rag)})
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, payload: bytes) -> "VoxelSplit":
+        with np.load(io.BytesIO(payload), allow_pickle=False) as data:
+            patch = Rag(**{f.name: data[f"patch_{f.name}"] for f in fields(Rag)})
+            return cls(int(data["supervoxel"]), data["pieces"], data["sides"],
+                       tuple(int(v) for v in data["origin"]), data["labels"], patch)
+
+
+def _overlap(a: Box, b: Box) -> Optional[Box]:
+    inner = tuple(slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b))
+    return inner if all(s.start < s.stop for s in inner) else None
+
+
+def divide(labels: np.ndarray, affinities: np.ndarray, supervoxel: int,
+           sources: Sequence[Point], sinks: Sequence[Point]) -> np.ndarray:
+    """Pieces of ``supervoxel`` in ``labels`` (its box): 0 elsewhere, 1, 2, ... per connected
+    piece, source pieces first. Seeded watershed (scikit-image) on the affinities' boundary
+    map, flooding only the supervoxel's own voxels; points are box-relative z, y, x."""
+    mask = labels == np.uint64(supervoxel)
+    markers = np.zeros(labels.shape, np.int32)
+    for value, points in ((1, sources), (2, sinks)):
+        for point in points:
+            if not mask[tuple(point)]:
+                raise InputError(f"point {tuple(point)} is not in supervoxel {supervoxel}")
+            if markers[tuple(point)] not in (0, value):
+                raise InputError("a source and a sink point are on the same voxel: one side of "
+                                 "the division would be empty")
+            markers[tuple(point)] = value
+    flooded = watershed(boundary_from_affinities(affinities), markers, mask=mask)
+    pieces = np.zeros(labels.shape, np.uint8)
+    count = 0
+    for value in (1, 2):
+        parts, found = cc3d.connected_components(flooded == value, connectivity=6,
+                                                 return_N=True)
+        if found == 0:
+            raise InputError("dividing the supervoxel would leave one side empty")
+        if count + found > 254:
+            raise InputError("the division would leave too many pieces")
+        pieces[parts > 0] = (parts[parts > 0] + count).astype(np.uint8)
+        count += found
+    return pieces
+
+
+def graph_patch(labels: np.ndarray, affinities: np.ndarray, lower: Sequence[int],
+                origin: Sequence[int], pieces: np.ndarray) -> Rag:
+    """Node statistics of ``pieces`` and every contact that touches one of them.
+
+    ``labels`` (relabelled with the pieces) covers the region the contacts are counted in plus
+    ``lower`` voxels before it on each axis; ``affinities`` (C >= 3, uint8) cover that region;
+    ``origin`` is the region's first voxel in the volume."""
+    contacts = block_contacts(labels, affinities[:3], lower)
+    touching = np.isin(contacts.a, pieces) | np.isin(contacts.b, pieces)
+    for name in ("a", "b", "bin", "count", "total"):
+        setattr(contacts, name, getattr(contacts, name)[touching])
+    core = labels[tuple(slice(l, None) for l in lower)]
+    stats = block_node_stats(np.where(np.isin(core, pieces), core, np.uint64(0)), origin)
+    return build_rag(stats, contacts)
+
+
+class LiveSupervoxels:
+    """The supervoxel volume with the divisions in effect applied (a read-only view)."""
+
+    def __init__(self, base):
+        self.base = base
+        self._splits: dict[int, VoxelSplit] = {}  # operation id -> division
+        self._lock = threading.Lock()
+
+    # the Volume interface that readers use
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.base.shape
+
+    @property
+    def voxel_size(self):
+        return self.base.voxel_size
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.uint64)
+
+    @property
+    def location(self) -> str:
+        return self.base.location
+
+    def activate(self, operation: int, split: VoxelSplit) -> None:
+        with self._lock:
+            self._splits[operation] = split
+
+    def deactivate(self, operation: int) -> None:
+        with self._lock:
+            self._splits.pop(operation, None)
+
+    def active(self) -> list[VoxelSplit]:
+        with self._lock:
+            return [self._splits[k] for k in sorted(self._splits)]
+
+    def read(self, z: slice, y: slice, x: slice) -> np.ndarray:
+        box = tuple(slice(*s.indices(n)[:2]) for s, n in zip((z, y, x), self.shape))
+        block = np.asarray(self.base.read(*box), np.uint64)
+        for split in self.active():
+            if split.intersects(box):
+                split.apply(block, [s.start for s in box])
+        return block
+
+    def value_at(self, zyx: Sequence[int]) -> int:
+        z, y, x = (int(v) for v in zyx)
+        if not all(0 <= v < n for v, n in zip((z, y, x), self.shape)):
+            raise InputError(f"z {z}, y {y}, x {x} is outside the volume {self.shape}")
+        return int(self.read(slice(z, z + 1), slice(y, y + 1), slice(x, x + 1))[0, 0, 0])
