@@ -7,10 +7,11 @@ p(neuron) H(segment | neuron) bits of VOI split. The largest one is fixed first:
 
 - a neuron in pieces: merge its two largest pieces (each a segment that is mostly this neuron),
   one point deep inside each;
-- a segment holding two neurons: cut it, a positive point deep inside its largest neuron and a
-  negative point deep inside the second (a plain split or a prompt cut, by policy); where most
-  of that error lies inside one supervoxel, both points go into that supervoxel, so the cut
-  divides it at voxel level.
+- a segment holding two neurons: cut it (a plain split or a prompt cut, by policy), a positive
+  point deep inside its main neuron and a negative point deep inside another, each inside
+  supervoxels that are mostly that neuron (only those can change sides); where one supervoxel
+  holds more of a second neuron than any cut could move, both points go into that supervoxel,
+  so the cut divides it at voxel level.
 
 "Deep inside" is the voxel farthest from the region's surface. An error whose edit was refused
 or did not help is tried at most ``patience`` times, then left for later ones.
@@ -70,13 +71,13 @@ class GroundTruthOracle:
     def __init__(self, truth: np.ndarray, supervoxels: Callable[[], np.ndarray],
                  segment_of: Callable[[np.ndarray], np.ndarray],
                  voxel_size: Sequence[float] = (1.0, 1.0, 1.0), patience: int = 2,
-                 mixed_fraction: float = 0.3):
+                 min_division: int = 200):
         self.truth = np.asarray(truth)
         self._read_supervoxels = supervoxels
         self.segment_of = segment_of
         self.voxel_size = tuple(float(v) for v in voxel_size)
         self.patience = patience
-        self.mixed_fraction = mixed_fraction
+        self.min_division = min_division  # voxels of a second neuron worth dividing for
         self.attempts: dict[tuple, int] = {}
         self.refresh_supervoxels()
 
@@ -126,9 +127,9 @@ class GroundTruthOracle:
         sv_segment = self.segment_of(self._sv_table.seg)
         for _, kind, which in self.errors():
             target = self._merge_target(table, owner, which) if kind == "split" else \
-                self._cut_target(table, sv_segment, which, policy)
+                self._cut_target(sv_segment, which, policy)
             if target is not None and self.attempts.get(target[0], 0) < self.patience:
-                return self._place_points(target, policy)
+                return self._place_points(target)
         return None
 
     def _merge_target(self, table: Contingency, owner: dict[int, int], neuron: int):
@@ -139,50 +140,61 @@ class GroundTruthOracle:
         if len(pieces) < 2:
             return None
         a, b = pieces[:2]
-        return ("merge", neuron, a, b), "merge", (a, neuron), (b, neuron), None
+        return ("merge", neuron, a, b), "merge", ("segment", a, neuron), \
+            ("segment", b, neuron), False
 
-    def _cut_target(self, table: Contingency, sv_segment: np.ndarray, segment: int,
-                    policy: str):
-        """The second largest neuron of ``segment`` cut off its largest; inside one supervoxel
-        when that supervoxel holds most of the error."""
-        rows = np.flatnonzero(table.seg == np.uint64(segment))
-        rows = rows[np.argsort(-table.count[rows], kind="stable")]
-        if len(rows) < 2:
-            return None
-        keep, away = int(table.gt[rows[0]]), int(table.gt[rows[1]])
-        mixed = self._mixed_supervoxel(sv_segment, segment, keep, away)
-        # a division is tried at most ``patience`` times per pair of neurons: its pieces get
-        # new ids, so a key by supervoxel would let a failing division repeat for ever
-        key = ("voxel", policy, keep, away) if mixed is not None else \
-            ("cut", policy, segment, keep, away)
-        return key, policy, (segment, keep), (segment, away), mixed
+    def _cut_target(self, sv_segment: np.ndarray, segment: int, policy: str):
+        """How to take the most out of a segment that holds several neurons.
 
-    def _mixed_supervoxel(self, sv_segment: np.ndarray, segment: int, keep: int, away: int
-                          ) -> Optional[int]:
-        """The supervoxel of the segment that holds most of the error between two neurons, if
-        it holds at least ``mixed_fraction`` of the smaller neuron's voxels in the segment:
-        then no cut between whole supervoxels can fix it."""
+        A cut between whole supervoxels can only move supervoxels that are mostly the other
+        neuron: the neuron with the most voxels in such supervoxels is cut off the one with
+        the most, points deep inside those supervoxels. Where one supervoxel holds more of a
+        second neuron than that, the supervoxel is divided instead, points inside it.
+        """
         t = self._sv_table
         mine = sv_segment == np.uint64(segment)
-        keep_rows = mine & (t.gt == np.uint64(keep))
-        away_rows = mine & (t.gt == np.uint64(away))
-        keep_count = dict(zip(t.seg[keep_rows].tolist(), t.count[keep_rows].tolist()))
-        away_count = dict(zip(t.seg[away_rows].tolist(), t.count[away_rows].tolist()))
-        both = {sv: min(n, keep_count[sv]) for sv, n in away_count.items() if sv in keep_count}
-        if not both:
+        svs, truth, counts = t.seg[mine], t.gt[mine], t.count[mine]
+        order = np.lexsort((-counts, svs))
+        svs, truth, counts = svs[order], truth[order], counts[order]
+        first = np.ones(len(svs), bool)
+        first[1:] = svs[1:] != svs[:-1]
+        owner = dict(zip(svs[first].tolist(), truth[first].tolist()))
+        separable: dict[int, int] = {}
+        for sv, gt, n in zip(svs[first].tolist(), truth[first].tolist(), counts[first].tolist()):
+            separable[gt] = separable.get(gt, 0) + n
+        ranked = sorted(separable, key=separable.get, reverse=True)
+        cut_gain = separable[ranked[1]] if len(ranked) > 1 else 0
+        second = ~first & np.concatenate([[False], first[:-1]])  # each sv's second neuron
+        division_gain, mixed = 0, None
+        if second.any():
+            best = int(np.argmax(np.where(second, counts, -1)))
+            division_gain = int(counts[best])
+            mixed = (int(svs[best]), int(truth[best - 1]), int(truth[best]))
+        if mixed is not None and division_gain > max(cut_gain, self.min_division):
+            sv, keep, away = mixed
+            return ("voxel", policy, keep, away), policy, ("supervoxels", [sv], keep), \
+                ("supervoxels", [sv], away), True
+        if cut_gain == 0:
             return None
-        best = max(both, key=both.get)
-        smaller = min(sum(keep_count.values()), sum(away_count.values()))
-        return best if both[best] >= self.mixed_fraction * smaller else None
+        keep, away = ranked[0], ranked[1]
+        own = [sv for sv, gt in owner.items() if gt == keep]
+        other = [sv for sv, gt in owner.items() if gt == away]
+        return ("cut", policy, segment, keep, away), policy, ("supervoxels", own, keep), \
+            ("supervoxels", other, away), False
 
-    def _place_points(self, target, policy: str) -> PlannedEdit:
-        key, kind, (seg_a, gt_a), (seg_b, gt_b), mixed = target
-        segments = self.segment_volume()
-        within = (lambda m: m & (self.supervoxels == np.uint64(mixed))) if mixed is not None \
-            else (lambda m: m)
-        first = self._deepest(within((segments == np.uint64(seg_a)) & (self.truth == gt_a)))
-        second = self._deepest(within((segments == np.uint64(seg_b)) & (self.truth == gt_b)))
-        return PlannedEdit(kind, key, [first], [second], voxel_level=mixed is not None)
+    def _place_points(self, target) -> PlannedEdit:
+        key, kind, first, second, voxel_level = target
+        segments = None
+        points = []
+        for where, ids, neuron in (first, second):
+            if where == "segment":
+                if segments is None:
+                    segments = self.segment_volume()
+                region = segments == np.uint64(ids)
+            else:
+                region = np.isin(self.supervoxels, np.asarray(ids, np.uint64))
+            points.append(self._deepest(region & (self.truth == neuron)))
+        return PlannedEdit(kind, key, [points[0]], [points[1]], voxel_level=voxel_level)
 
     def _deepest(self, mask: np.ndarray) -> Point:
         """The voxel of ``mask`` farthest from its surface."""

@@ -383,11 +383,15 @@ class ProofreadingSession:
         division, pos_svs, neg_svs = self._divide_shared(all_pos, all_neg, pos_svs, neg_svs)
         named = decided | {self.segment_of(s) for s in neg_svs if s not in
                            (division.split.pieces.tolist() if division else ())}
-        core = np.concatenate([self._rows(s) for s in sorted(decided)])
-        rows = np.concatenate([self._rows(s) for s in sorted(named)] +
-                              [self.graph.neighbours(core)])
-        rows = np.unique(rows)
-        rows = rows[self.segment[rows] != 0]
+        # a neighbour takes part only on evidence about it (a mask that covers it): never
+        # because its strongest contact happens to be with the prompted segment
+        rows = np.concatenate([self._rows(s) for s in sorted(named)])
+        if mask:
+            ring = self.graph.neighbours(np.concatenate([self._rows(s) for s in
+                                                         sorted(decided)]))
+            ring = ring[self.segment[ring] != 0]
+            covered = np.array([mask.get(int(s), 0.0) > 0 for s in self.graph.ids[ring]], bool)
+            rows = np.unique(np.concatenate([rows, ring[covered]]))
         region, current = self._with_division(rows, division)
         problem, local = self._local_problem(region)
         w = self.weights
@@ -415,7 +419,12 @@ class ProofreadingSession:
         kept = connect_terminals(problem, positive_local)
         problem.to_source[positive_local] = HARD
         problem.to_sink[negative_local] = HARD
-        side = self._cut(problem, positive_local, negative_local)
+        side = self._cut(problem, positive_local, negative_local, np.zeros(0, np.int64))
+        # what the cut strands on the far side away from every negative point (a part a
+        # merge joined without contact, say) is not cut off: it stays with the prompted
+        # segment, as a split keeps it; other segments' supervoxels stay where they are
+        stranded = keep_connected(~side, problem, negative_local, np.zeros(0, np.int64))
+        side |= ~stranded & ~side & inside
         inputs = {"positives": [list(map(int, p)) for p in positives],
                   "negatives": [list(map(int, p)) for p in negatives],
                   "constraints": {"positives": [list(map(int, p)) for p in all_pos[
@@ -624,8 +633,12 @@ class ProofreadingSession:
         return problem, local
 
     @staticmethod
-    def _cut(problem: CutProblem, sources: np.ndarray, sinks: np.ndarray) -> np.ndarray:
-        side = keep_connected(solve(problem), problem, sources, sinks)
+    def _cut(problem: CutProblem, sources: np.ndarray, sinks: np.ndarray,
+             connected_sinks: Optional[np.ndarray] = None) -> np.ndarray:
+        """The minimum cut, each side kept in one piece with its terminals (the sink side
+        only around ``connected_sinks``, all sinks by default)."""
+        anchors = sinks if connected_sinks is None else connected_sinks
+        side = keep_connected(solve(problem), problem, sources, anchors)
         if not side[sources].all() or (len(sinks) and side[sinks].any()):
             raise EditError("the points cannot be separated: every cut between them would "
                             "also cut through a point's own side")

@@ -30,6 +30,14 @@ from segmentation.rag import Rag, block_contacts, block_node_stats, build_rag
 Point = Sequence[int]
 Box = tuple[slice, slice, slice]
 
+# Compact watershed (scikit-image): each voxel's flooding priority adds this much per voxel of
+# distance from its seed to its boundary value (0-255). A plain watershed from single points
+# lets whichever seed sits lower flood the whole supervoxel; on the 26 mixed supervoxels of
+# the held-out demo sections, dividing at the oracle's points separated the two neurons with
+# balanced accuracy 0.60 plain, 0.76 at 3, 0.79 at 10 and 30 (a geodesic distance on
+# 1 + 0.02 x boundary: 0.80, at 2.5x the time).
+COMPACTNESS = 10.0
+
 
 @dataclass
 class VoxelSplit:
@@ -87,7 +95,8 @@ def divide(labels: np.ndarray, affinities: np.ndarray, supervoxel: int,
            sources: Sequence[Point], sinks: Sequence[Point]) -> np.ndarray:
     """Pieces of ``supervoxel`` in ``labels`` (its box): 0 elsewhere, 1, 2, ... per connected
     piece, source pieces first. Seeded watershed (scikit-image) on the affinities' boundary
-    map, flooding only the supervoxel's own voxels; points are box-relative z, y, x."""
+    map (compact, see COMPACTNESS), flooding only the supervoxel's own voxels; points are
+    box-relative z, y, x."""
     mask = labels == np.uint64(supervoxel)
     markers = np.zeros(labels.shape, np.int32)
     for value, points in ((1, sources), (2, sinks)):
@@ -98,7 +107,8 @@ def divide(labels: np.ndarray, affinities: np.ndarray, supervoxel: int,
                 raise InputError("a source and a sink point are on the same voxel: one side of "
                                  "the division would be empty")
             markers[tuple(point)] = value
-    flooded = watershed(boundary_from_affinities(affinities), markers, mask=mask)
+    flooded = watershed(boundary_from_affinities(affinities), markers, mask=mask,
+                        compactness=COMPACTNESS)
     pieces = np.zeros(labels.shape, np.uint8)
     count = 0
     for value in (1, 2):

@@ -236,3 +236,13 @@ def test_log_exports_as_json_lines(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert count == 2 and [l["kind"] for l in lines] == ["merge", "undo"]
     assert lines[1]["target"] == 1 and lines[0]["delta"] == [[2, 2, 1]] or lines[0]["delta"]
+
+
+def test_undo_after_redo_and_redo_after_undo_alternate_freely(tmp_path):
+    """With one user only, undo, redo, undo, redo of the same edit all go through."""
+    session = make(tmp_path)
+    session.merge("alice", centre(1), centre(2))
+    for step in range(4):
+        result = (session.undo if step % 2 == 0 else session.redo)("alice")
+        assert result.kind == ("undo" if step % 2 == 0 else "redo")
+        assert (session.segment_of(1) == session.segment_of(2)) == (step % 2 == 1)
