@@ -18,7 +18,7 @@ from scipy.sparse.csgraph import connected_components
 
 from segmentation.project import Project
 from segmentation.proofread import open_session
-from segmentation.session import EditError
+from segmentation.errors import PromptcutError
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_random_prompt_cuts_change_only_what_they_decide(session):
         prompted = {session.segment_of(int(labels[p])) for p in positives + negatives}
         try:
             result = session.prompt_cut("prop", positives, negatives)
-        except EditError:  # mostly "leaves every segment as it is": legitimate
+        except PromptcutError:  # mostly "leaves every segment as it is": legitimate
             refused += 1
             assert refused < 300, "random prompt cuts keep being refused"
             assert groups(session) == before
