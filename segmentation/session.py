@@ -655,7 +655,8 @@ class ProofreadingSession:
         its supervoxels except those the cut gave to the source side; if it gave some, it is
         regrouped by connectivity over its whole remaining membership.
         """
-        if side.all() or not side.any():
+        if not side.any() or (side.all() and len(decided) == 1):
+            # (positive points in several segments join them even when nothing is cut off)
             raise EditError("the cut would leave one side empty: nothing changes")
         decided_mask = np.isin(current, np.fromiter(decided, np.uint64, len(decided)))
         groups: list[np.ndarray] = [region[side]]

@@ -53,6 +53,8 @@ class ActionRouter:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="promptcut-action")
         self._changed = threading.Condition()
         self._sequence = 0
+        self._last_pointer: Optional[Pointer] = None
+        self._last_pointer_at = 0.0
 
     def register(self, action: Action) -> None:
         self.actions[action.name] = action
@@ -61,8 +63,19 @@ class ActionRouter:
             s.input_event_bindings.viewer[action.key] = action.name
 
     def dispatch(self, name: str, state) -> Future:
-        """Called on the viewer's IOLoop: capture the pointer, queue the work, return at once."""
-        return self.submit(name, Pointer.from_action_state(state))
+        """Called on the viewer's IOLoop: capture the pointer, queue the work, return at once.
+
+        A key pressed after the server changed the viewer's state, with the mouse not moved
+        since, comes without coordinates (the browser rebuilt its panels): it acts where the
+        mouse was at the last key, which is where it still is."""
+        pointer = Pointer.from_action_state(state)
+        now = time.monotonic()
+        if pointer.voxel is not None:
+            self._last_pointer, self._last_pointer_at = pointer, now
+        elif self._last_pointer is not None and \
+                getattr(self.viewer, "pushed_at", 0.0) > self._last_pointer_at:
+            pointer = self._last_pointer
+        return self.submit(name, pointer)
 
     def submit(self, name: str, pointer: Pointer) -> Future:
         action = self.actions[name]

@@ -157,7 +157,7 @@ class ServerSession:
             if user in self.viewers:
                 return self.viewers[user]
             try:
-                viewer = neuroglancer.Viewer()
+                viewer = ngview.Viewer()
             except OSError as exc:
                 server = self.config.server
                 raise _port_error(exc, server.host, server.viewer_port,

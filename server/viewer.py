@@ -6,7 +6,9 @@ promptcut works in z, y, x (NumPy) order; neuroglancer shows x, y, z. ``to_viewe
 
 from __future__ import annotations
 
+import contextlib
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -14,6 +16,26 @@ import neuroglancer
 
 IMAGE_LAYER = "image"
 SEGMENTATION_LAYER = "supervoxels"
+
+
+class Viewer(neuroglancer.Viewer):
+    """neuroglancer's viewer, noting when the server changed its state.
+
+    When the server pushes a state, the browser rebuilds its data panels and forgets where the
+    mouse is until it moves (seen with neuroglancer 2.41: after any server-side change, even of
+    the position alone, a key pressed without moving the mouse arrives with no coordinates).
+    The key handlers then fall back on the last pointer (see ActionRouter).
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.pushed_at = 0.0  # time.monotonic() of the last server-side state change
+
+    @contextlib.contextmanager
+    def txn(self, *args, **kwargs):
+        with super().txn(*args, **kwargs) as state:
+            yield state
+        self.pushed_at = time.monotonic()
 
 
 def to_viewer(zyx: Sequence[float]) -> list[float]:

@@ -107,8 +107,10 @@ class Driver:
         self.page.mouse.move(cx, cy)
         time.sleep(0.6)
 
-    def press(self, key: str, voxel):
-        self.hover(voxel)
+    def press(self, key: str, voxel=None):
+        """Press a key over ``voxel`` (moving there first), or where the mouse is now."""
+        if voxel is not None:
+            self.hover(voxel)
         seen = self.router.last_sequence
         self.page.keyboard.press(key)
         report = self.router.wait_for_report(seen, 30)

@@ -3,6 +3,8 @@ segmented demo, checked against the server's membership and edit log."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -85,3 +87,46 @@ def test_merge_undo_split_and_prompt_cut_from_the_keyboard(browser, segmented_se
     finally:
         page.close()
         session.reset_view()
+
+
+def test_keys_pressed_without_moving_the_mouse_all_arrive(browser, segmented_session):
+    """As a person works: the mouse rests on a segment while several keys are pressed, each
+    after the status line has answered the one before. The server changing the viewer's
+    state after a key (prompt points, edits) must not make the next key lose the mouse."""
+    session = segmented_session
+    proof = session.proofreading
+    labels = proof.supervoxels.read(slice(None), slice(None), slice(None))
+    with session.viewer.txn() as s:
+        s.layout = "xy"
+        s.cross_section_scale = 0.5
+    page = browser.new_page()
+    driver = Driver(page, session)
+    try:
+        page.goto(session.viewer_url)
+        wait_for_panel(page, lambda p: coloured_fraction(p) > 0.3)
+        graph = proof.graph
+        a, b = graph.edge_a, graph.edge_b
+        big = (graph.size[a] > 2000) & (graph.size[b] > 2000) & \
+            (proof.segment[a] != proof.segment[b])
+        edge = int(np.flatnonzero(big)[-1])
+        sv_a, sv_b = int(graph.ids[a[edge]]), int(graph.ids[b[edge]])
+        at_a, at_b = inside(labels, sv_a), inside(labels, sv_b)
+        assert driver.press("m", at_a).ok
+        merged = driver.press("m", at_b)  # the one mouse move; from here on it rests
+        assert merged.ok and merged.message.startswith("merged"), merged.message
+        operation = len(proof.log)
+        expected = [("p", "positive point"), ("Shift+P", "negative point"),
+                    ("q", "prompt points cleared"), ("p", "positive point"),
+                    ("q", "prompt points cleared"), ("u", "undid merge"),
+                    ("Shift+U", "redid merge"), ("u", "undid merge"),
+                    ("Shift+U", "redid merge"), ("i", "segment")]
+        for key, start in expected:
+            time.sleep(0.5)  # reading the status line
+            report = driver.press(key)
+            assert report.ok and report.message.startswith(start), (key, report.message)
+            assert report.pointer.voxel == at_b
+        assert [e.kind for e in proof.log.entries()][operation:] == \
+            ["undo", "redo", "undo", "redo"]
+        assert proof.segment_of(sv_a) == proof.segment_of(sv_b)
+    finally:
+        page.close()
