@@ -200,6 +200,13 @@ class ProofreadingSession:
             separated += [tuple(p) for p in decided.get("separated", ())]
         return confirmed, separated
 
+    def kept_prompts(self) -> list[tuple[Point, int]]:
+        """Every prompt point that cuts in effect keep as a constraint: (point, +1 or -1)."""
+        with self._lock:
+            kept = [self._prompts[op] for op in sorted(self._prompts)]
+        return [(p, 1) for pos, _ in kept for p in pos] + [(p, -1) for _, neg in kept
+                                                           for p in neg]
+
     def constraints_of(self, segment: int) -> tuple[list[Point], list[Point]]:
         """Prompt points that earlier cuts left on ``segment``: (positives, negatives)."""
         positives, negatives = [], []

@@ -42,7 +42,7 @@ from server.proofreading import PROMPT_LAYER, Proofreading, prompt_layer
 from server.segments import MembershipView, SegmentChunkHandler, SegmentSource
 
 log = logging.getLogger(__name__)
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+STATIC_DIR = ngview.STATIC_DIR
 MOUNTS = {"image": ngview.IMAGE_LAYER, "segmentation": ngview.SEGMENTATION_LAYER}
 PROTOCOL = {"precomputed": "precomputed", "zarr": "zarr2", "n5": "n5"}
 
@@ -139,6 +139,7 @@ class ServerSession:
         if self.project.has("segmentation") and self.proofreading is None:
             self._sizes = self._background.submit(self.project.supervoxel_sizes)
         neuroglancer.set_server_bind_address(server.host, server.viewer_port)
+        ngview.use_key_relay()
         self.viewer_for(self.default_user)
 
     def _serve(self, sockets: list[socket.socket], ready: threading.Event) -> None:
@@ -311,8 +312,10 @@ class ServerSession:
         in place of the ones the edit removed."""
         self.membership_view.apply(result.delta, result.retired)
         url = self.source_url("segmentation")
-        for viewer in list(self.viewers.values()):
+        for user, viewer in list(self.viewers.items()):
             with viewer.txn() as s:
+                if user in self.users:  # kept prompt points change with cuts and undo
+                    self.users[user].draw_prompts(s)
                 layer = s.layers[ngview.SEGMENTATION_LAYER]
                 layer.source = url
                 shown = {int(v) for v in layer.segments}

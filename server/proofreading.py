@@ -25,7 +25,7 @@ PROMPT_LAYER = "prompts"
 PROMPT_SHADER = """
 void main() {
   setColor(prop_sign() > 0 ? vec3(0.15, 0.9, 0.3) : vec3(1.0, 0.25, 0.2));
-  setPointMarkerSize(12.0);
+  setPointMarkerSize(prop_kept() > 0 ? 7.0 : 12.0);
 }
 """
 
@@ -42,8 +42,10 @@ class UserState:
 def prompt_layer(dimensions) -> neuroglancer.LocalAnnotationLayer:
     return neuroglancer.LocalAnnotationLayer(
         dimensions=dimensions,
-        annotation_properties=[neuroglancer.AnnotationPropertySpec(id="sign", type="int8",
-                                                                   default=1)],
+        annotation_properties=[
+            neuroglancer.AnnotationPropertySpec(id="sign", type="int8", default=1),
+            # 1: a point an earlier cut left on its segment as a constraint (drawn smaller)
+            neuroglancer.AnnotationPropertySpec(id="kept", type="int8", default=0)],
         shader=PROMPT_SHADER)
 
 
@@ -66,9 +68,13 @@ class Proofreading:
              self.merge),
             ("promptcut-split", "keyk", "split the segment between positive (source) and "
              "negative (sink) prompts", self.split),
+            ("promptcut-divide", "shift+keyk", "divide the supervoxel under your prompts at "
+             "voxel level; the negative side leaves the segment", self.divide),
             ("promptcut-undo", "keyu", "undo your last edit", self.undo),
             ("promptcut-redo", "shift+keyu", "redo your last undone edit", self.redo),
             ("promptcut-clear", "keyq", "clear your prompt points", self.clear),
+            ("promptcut-forget", "shift+keyq", "forget the prompt points earlier cuts kept on "
+             "the segment under the mouse", self.forget),
             ("promptcut-export", "shift+keye", "export the corrected segmentation",
              self.export),
             ("promptcut-help", "shift+keyh", "list promptcut's keys", self.help),
@@ -101,17 +107,20 @@ class Proofreading:
         return "prompt points cleared"
 
     def show_prompts(self) -> None:
-        viewer = self.server.viewers[self.user]
+        with self.server.viewers[self.user].txn() as s:
+            self.draw_prompts(s)
+
+    def draw_prompts(self, state) -> None:
+        """This proofreader's pending points, and the points earlier cuts kept as
+        constraints (anyone's), into a viewer state being changed."""
         with self._lock:
-            points = [(p, 1) for p in self.state.positives] + [(p, -1) for p in
-                                                               self.state.negatives]
-        with viewer.txn() as s:
-            layer = s.layers[PROMPT_LAYER]
-            layer.annotations = [
-                neuroglancer.PointAnnotation(id=f"prompt{i}", point=[v + 0.5 for v in
-                                                                     to_viewer(p)],
-                                             props=[sign])
-                for i, (p, sign) in enumerate(points)]
+            points = [(p, 1, 0) for p in self.state.positives] + \
+                [(p, -1, 0) for p in self.state.negatives]
+        points += [(p, sign, 1) for p, sign in self.server.proofreading.kept_prompts()]
+        state.layers[PROMPT_LAYER].annotations = [
+            neuroglancer.PointAnnotation(id=f"prompt{i}", point=[v + 0.5 for v in to_viewer(p)],
+                                         props=[sign, kept])
+            for i, (p, sign, kept) in enumerate(points)]
 
     # -- edits ----------------------------------------------------------------------------------
     def merge(self, pointer: Pointer) -> str:
@@ -134,6 +143,20 @@ class Proofreading:
         result = self.server.proofreading.split(self.user, sources, sinks)
         self.clear(pointer)
         return self._report(result)
+
+    def divide(self, pointer: Pointer) -> str:
+        with self._lock:
+            sources, sinks = list(self.state.positives), list(self.state.negatives)
+        if not sources or not sinks:
+            raise InputError("dividing a supervoxel needs a positive (P) and a negative "
+                             "(Shift+P) point in it")
+        result = self.server.proofreading.split_supervoxel(self.user, sources, sinks)
+        self.clear(pointer)
+        return self._report(result)
+
+    def forget(self, pointer: Pointer) -> str:
+        voxel = self.server.require_voxel(pointer)
+        return self._report(self.server.proofreading.clear_prompts(self.user, voxel))
 
     def prompt_cut(self, pointer: Pointer) -> str:
         with self._lock:

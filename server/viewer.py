@@ -10,9 +10,14 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import neuroglancer
+import neuroglancer.static
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+KEY_RELAY = "promptcut_keys.js"
 
 IMAGE_LAYER = "image"
 SEGMENTATION_LAYER = "supervoxels"
@@ -36,6 +41,30 @@ class Viewer(neuroglancer.Viewer):
         with super().txn(*args, **kwargs) as state:
             yield state
         self.pushed_at = time.monotonic()
+
+
+class ClientWithKeyRelay(neuroglancer.static.StaticContentSource):
+    """neuroglancer's own client, with promptcut's key relay (static/promptcut_keys.js) in
+    its page: keys pressed while the browser rebuilds its panels after a server-side state
+    change would otherwise land on <body> and be lost (seen: 2 of 6 keys pressed right after
+    a state change, in headless Chromium)."""
+
+    def __init__(self):
+        self.client = neuroglancer.static.get_default_static_content_source()
+
+    def get(self, name: str, query: str):
+        if name == KEY_RELAY:
+            return (STATIC_DIR / KEY_RELAY).read_bytes(), "application/javascript"
+        data, kind = self.client.get(name, query)
+        if name in ("", "index.html"):
+            data = data.replace(b"</head>", f'<script src="{KEY_RELAY}"></script></head>'
+                                .encode(), 1)
+        return data, kind
+
+
+def use_key_relay() -> None:
+    """Serve neuroglancer's client with the key relay (a process-wide neuroglancer setting)."""
+    neuroglancer.set_static_content_source(source=ClientWithKeyRelay())
 
 
 def to_viewer(zyx: Sequence[float]) -> list[float]:

@@ -130,3 +130,42 @@ def test_keys_pressed_without_moving_the_mouse_all_arrive(browser, segmented_ses
         assert proof.segment_of(sv_a) == proof.segment_of(sv_b)
     finally:
         page.close()
+
+
+def test_dividing_a_supervoxel_from_the_keyboard_redraws_it(browser, segmented_session):
+    """P and Shift+P in one supervoxel, Shift+K: the supervoxel is divided at voxel level,
+    the browser shows the negative piece in another segment than the positive one, and undo
+    brings it back."""
+    session = segmented_session
+    proof = session.proofreading
+    labels = proof.supervoxels.read(slice(None), slice(None), slice(None))
+    graph = proof.graph
+    live = proof.segment != 0
+    big = int(graph.ids[live][np.argmax(graph.size[live])])
+    z = int(np.argmax((labels == big).sum(axis=(1, 2))))
+    voxels = np.argwhere(labels[z] == big)
+    first = (z,) + tuple(int(v) for v in voxels[0])
+    second = (z,) + tuple(int(v) for v in voxels[np.argmax(np.abs(voxels - voxels[0]).sum(1))])
+    before = proof.segment_of(big)
+    with session.viewer.txn() as s:
+        s.layout = "xy"
+        s.cross_section_scale = 0.5
+    page = browser.new_page()
+    driver = Driver(page, session)
+    try:
+        page.goto(session.viewer_url)
+        wait_for_panel(page, lambda p: coloured_fraction(p) > 0.3)
+        assert driver.press("p", first).ok
+        assert driver.press("Shift+P", second).ok
+        report = driver.press("Shift+K")
+        assert report.ok and f"supervoxel {big} divided into" in report.message, report.message
+        piece, kept = int(proof.locate(second)), int(proof.locate(first))
+        assert big not in (piece, kept) and proof.segment_of(piece) != proof.segment_of(kept)
+        shown = proof.segment_of(piece)
+        assert driver.segment_seen_at(second, shown) == shown  # chunks re-read, divided
+        report = driver.press("u")
+        assert report.ok and "undid split-supervoxel" in report.message, report.message
+        assert int(proof.locate(second)) == big
+        assert driver.segment_seen_at(second, before) == before
+    finally:
+        page.close()
