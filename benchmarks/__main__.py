@@ -8,7 +8,7 @@ from typing import Sequence
 from benchmarks.common import write_result
 
 ALL = ["import_throughput", "chunk_serving", "page_load", "rag_load", "segmentation",
-       "edit_latency", "models", "proofreading"]
+       "edit_latency", "supervoxel_split", "models", "proofreading"]
 ON_REQUEST = ["edit_to_pixels"]  # minutes of a headless browser: run by name
 
 

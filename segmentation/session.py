@@ -489,7 +489,7 @@ class ProofreadingSession:
         expected, wanted = (new, old) if undo else (old, new)
         current = self.segments_of(sv)
         since = self._applied_by[target.id] if undo else self._undone_by[target.id]
-        later = [self._last_change.get(int(seg), 0) for seg in np.concatenate([old, new])
+        later = [self._last_change.get(seg, 0) for seg in _distinct(np.concatenate([old, new]))
                  if seg != 0]
         word = "undo" if undo else "redo"
         if not np.array_equal(current, expected) or max(later, default=0) > since:
@@ -632,10 +632,11 @@ class ProofreadingSession:
         a, b, edges = self.graph.subgraph(nodes)
         problem = CutProblem(len(nodes), a, b, self.graph.capacity[edges].copy(),
                              np.zeros(len(nodes)), np.zeros(len(nodes)))
-        position = {int(n): i for i, n in enumerate(nodes)}
+        order = np.argsort(nodes)
 
         def local(global_nodes: np.ndarray) -> np.ndarray:
-            return np.array([position[int(n)] for n in global_nodes], np.int64)
+            wanted = np.asarray(global_nodes, np.int64)
+            return order[np.searchsorted(nodes[order], wanted)].astype(np.int64)
 
         return problem, local
 
@@ -730,19 +731,24 @@ class ProofreadingSession:
         delta = entry.delta
         nodes = self.graph.node_index(delta[:, 0])
         old, new = delta[:, 1], delta[:, 2]
-        for seg in np.unique(old).tolist():
+        leaving, arriving = _distinct(old), _distinct(new)
+
+        def rows(segments: list[int], column: np.ndarray, seg: int) -> list[int]:
+            return (nodes if len(segments) == 1 else nodes[column == seg]).tolist()
+
+        for seg in leaving:
             members = self.members.get(seg)
             if seg == 0 or members is None:
                 continue
-            members.difference_update(nodes[old == seg].tolist())
+            members.difference_update(rows(leaving, old, seg))
             if not members:
                 del self.members[seg]
-        for seg in np.unique(new).tolist():
+        for seg in arriving:
             if seg != 0:
-                self.members.setdefault(seg, set()).update(nodes[new == seg].tolist())
+                self.members.setdefault(seg, set()).update(rows(arriving, new, seg))
         self.segment[nodes] = new
         self._entries[entry.id] = entry
-        for seg in np.unique(np.concatenate([old, new])).tolist():
+        for seg in set(leaving) | set(arriving):
             if seg != 0:
                 self._last_change[seg] = entry.id
         user = entry.user
@@ -816,6 +822,15 @@ class ProofreadingSession:
             division = self._divide_graph(VoxelSplit.from_bytes(entry.division))
         self._apply(entry, division)
         self.graph.commit()
+
+
+def _distinct(values: np.ndarray) -> list[int]:
+    """Distinct values; a merge's delta holds one old and one new segment, checked at once."""
+    if len(values) == 0:
+        return []
+    if values[0] == values[-1] and (values == values[0]).all():
+        return [int(values[0])]
+    return np.unique(values).tolist()
 
 
 def _components(n: int, a: np.ndarray, b: np.ndarray, subset: np.ndarray, rows: np.ndarray
