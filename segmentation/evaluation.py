@@ -14,6 +14,7 @@ from tqdm import tqdm
 from segmentation.blockwise import make_blocks
 from segmentation.errors import InputError
 from segmentation.metrics import Contingency, Scores
+from segmentation.proofread import project_supervoxels
 from segmentation.pipeline import Segments
 from segmentation.project import Project
 
@@ -40,7 +41,7 @@ def contingency_table(ground_truth, supervoxels, block=(128, 256, 256),
 
 
 def evaluate(project: Project, ground_truth, progress: bool = False) -> list[Row]:
-    supervoxels = project.volume("segmentation")
+    supervoxels = project_supervoxels(project)  # with divided supervoxels
     table = contingency_table(ground_truth, supervoxels, progress=progress)
     rows = [Row("supervoxels", None, len(np.unique(table.seg)), table.scores()),
             Row("supervoxels, best merge", None, len(np.unique(table.gt)),

@@ -34,7 +34,7 @@ from segmentation.blockwise import Block, Runner, make_blocks
 from segmentation.errors import InputError
 from segmentation.importer import scale_plan, write_pyramid
 from segmentation.meshes import mesh_block, write_mesh_manifests
-from segmentation.project import Project, VolumeRef
+from segmentation.project import DIVISIONS, Project, VolumeRef
 from segmentation.rag import Contacts, NodeStats, Rag, block_contacts, block_node_stats, \
     build_rag
 from segmentation.supervoxels import SupervoxelParams, flood, label_seeds, seed_mask
@@ -156,6 +156,7 @@ def segment(project: Project, model: Optional[AffinityModel], params: PipelinePa
                                                          time.strftime("%Y-%m-%dT%H:%M:%S"))
     project.save()
     (project.root / "supervoxel_sizes.npz").unlink(missing_ok=True)
+    (project.root / DIVISIONS).unlink(missing_ok=True)  # they divided the old supervoxels
     shutil.rmtree(work, ignore_errors=True)
     report.supervoxels, report.edges = rag.num_nodes, rag.num_edges
     return report

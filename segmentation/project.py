@@ -6,6 +6,7 @@ Layout::
     image/                  imported EM (precomputed or OME-zarr), unless opened in place
     supervoxels/            imported supervoxel segmentation, unless opened in place
     supervoxel_sizes.npz    voxel count of every supervoxel (cache)
+    supervoxel_divisions.npz  supervoxels divided by edits, kept through re-agglomeration
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from segmentation.stats import VoxelCounts, count_voxels
 from segmentation.volume import Kind, Volume, open_volume
 
 MANIFEST = "project.json"
+DIVISIONS = "supervoxel_divisions.npz"
 LAYER_DIRS: dict[Kind, str] = {"image": "image", "segmentation": "supervoxels"}
 
 

@@ -14,10 +14,10 @@ from segmentation.agglomerate import agglomerate
 from segmentation.editlog import EditLog
 from segmentation.errors import InputError
 from segmentation.pipeline import Segments, calibration_samples, save_segments
-from segmentation.project import Project
+from segmentation.project import DIVISIONS, Project
 from segmentation.rag import Rag
 from segmentation.session import ProofreadingSession
-from segmentation.supervoxel_split import LiveSupervoxels
+from segmentation.supervoxel_split import LiveSupervoxels, VoxelSplit
 from segmentation.volume import open_zarr
 
 LOG_NAME = "edit_log.sqlite"
@@ -33,9 +33,36 @@ def open_session(project: Project) -> ProofreadingSession:
     rag = Rag.load(rag_path, histograms=False)
     segments = Segments.load(project.root / "segments.npz")
     base = segments.at() if segments is not None else rag.ids
-    supervoxels = LiveSupervoxels(project.volume("segmentation"))
     return ProofreadingSession(rag, base, EditLog(project.root / LOG_NAME),
-                               supervoxels=supervoxels, affinities=affinity_reader(project))
+                               supervoxels=project_supervoxels(project),
+                               affinities=affinity_reader(project))
+
+
+def project_supervoxels(project: Project) -> LiveSupervoxels:
+    """The project's supervoxels with the divisions earlier re-agglomerations kept (see
+    reagglomerate) applied: what the RAG and the agglomeration in the project describe."""
+    live = LiveSupervoxels(project.volume("segmentation"))
+    kept = read_divisions(project)
+    for order, split in enumerate(kept):
+        live.activate(order - len(kept), split)  # before any operation of the log
+    return live
+
+
+def read_divisions(project: Project) -> list[VoxelSplit]:
+    path = project.root / DIVISIONS
+    if not path.is_file():
+        return []
+    with np.load(path) as data:
+        return [VoxelSplit.from_bytes(data[f"division_{i}"].tobytes())
+                for i in range(len(data.files))]
+
+
+def write_divisions(project: Project, divisions: list[VoxelSplit]) -> None:
+    path = project.root / DIVISIONS
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **{f"division_{i}": np.frombuffer(split.to_bytes(), np.uint8)
+                     for i, split in enumerate(divisions)})
+    tmp.replace(path)
 
 
 def affinity_reader(project: Project) -> Callable[[tuple], np.ndarray]:
@@ -66,11 +93,19 @@ def affinity_reader(project: Project) -> Callable[[tuple], np.ndarray]:
 def reagglomerate(project: Project, session: ProofreadingSession, thresholds: list[float],
                   quantile: float, default_threshold: float) -> str:
     """Agglomerate again with the confirmed edges merged first and the separated ones never
-    merged. The old log, whose edits the new agglomeration replaces, is kept beside it."""
+    merged. Supervoxels that edits divided stay divided: their divisions move from the log
+    into the project (the RAG gets their pieces, the supervoxels read them). The old log, whose
+    edits the new agglomeration replaces, is kept beside it."""
     confirmed, separated = session.decisions()
     rag = Rag.load(project.root / "rag.npz")
+    divisions = session.active_divisions()
+    for split in divisions:
+        rag = rag.divided(split.supervoxel, split.patch)
     result = agglomerate(rag, thresholds, quantile, merge_pairs=confirmed,
                          split_pairs=separated)
+    if divisions:
+        write_divisions(project, read_divisions(project) + divisions)
+        rag.save(project.root / "rag.npz")
     save_segments(project.root / "segments.npz", rag.ids, result, default_threshold)
     session.log.close()
     log = project.root / LOG_NAME
@@ -79,5 +114,6 @@ def reagglomerate(project: Project, session: ProofreadingSession, thresholds: li
         source = log.with_name(log.name + suffix)
         if source.exists():
             shutil.move(source, archived.with_name(archived.name + suffix))
+    kept = f", {len(divisions)} divided supervoxel(s) kept" if divisions else ""
     return (f"agglomerated with {len(confirmed)} confirmed and {len(separated)} separated "
-            f"edges; the edit log so far is kept as {archived.name}")
+            f"edges{kept}; the edit log so far is kept as {archived.name}")

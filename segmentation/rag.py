@@ -222,6 +222,21 @@ class Rag:
         coord = self.centroid.astype(np.float64) * self.size[:, None]
         return NodeStats(self.ids, self.size, self.bbox[:, :3], self.bbox[:, 3:], coord)
 
+    def divided(self, supervoxel: int, patch: "Rag") -> "Rag":
+        """This graph with ``supervoxel`` replaced by the pieces of a division (``patch``: the
+        pieces as nodes, all their contacts as edges). Exact: histograms just add."""
+        contacts = self.contacts()
+        old = np.uint64(supervoxel)
+        keep = (contacts.a != old) & (contacts.b != old)
+        kept = Contacts(contacts.a[keep], contacts.b[keep], contacts.bin[keep],
+                        contacts.count[keep], contacts.total[keep])
+        stats = self.node_stats()
+        others = stats.ids != old
+        stats = NodeStats(stats.ids[others], stats.size[others], stats.lo[others],
+                          stats.hi[others], stats.coord_sum[others])
+        return build_rag(NodeStats.concatenate([stats, patch.node_stats()]),
+                         Contacts.concatenate([kept, patch.contacts()]))
+
     def relabelled(self, mapping: dict[int, int] | np.ndarray) -> "Rag":
         """The RAG of the volume with supervoxels merged by ``mapping`` (old id -> new id, as a
         dict or as an array aligned with ``ids``). Exact: histograms and sums just add."""

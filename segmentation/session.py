@@ -178,6 +178,10 @@ class ProofreadingSession:
             result[gone] = piece
         return result
 
+    def active_divisions(self) -> list[VoxelSplit]:
+        """The supervoxel divisions in effect, in the order they were made."""
+        return [d.split for op, d in sorted(self._divisions.items()) if self._in_effect(op)]
+
     def membership(self) -> tuple[np.ndarray, np.ndarray]:
         """(supervoxel ids, segment ids) of every supervoxel in the volume now."""
         live = self.segment != 0

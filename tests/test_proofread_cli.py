@@ -15,6 +15,7 @@ from segmentation.pipeline import Segments
 from segmentation.project import Project
 from segmentation.proofread import open_session
 from segmentation.volume import open_volume
+from tests.conftest import DEMO_H5
 
 
 @pytest.fixture
@@ -90,3 +91,71 @@ def test_agglomeration_honours_confirmed_and_separated_edges(edited, capsys):
     assert not (project.root / "edit_log.sqlite").exists()
     assert config.segment.agglomeration.default_threshold == pytest.approx(
         float(segments.default_threshold))
+
+
+@pytest.fixture
+def fresh_copy(tmp_path, segmented_config):
+    """A private copy of the segmented demo with an empty log: (config path, project)."""
+    shutil.copytree(segmented_config.project_dir, tmp_path / "project",
+                    ignore=shutil.ignore_patterns("edit_log.sqlite*", "mesh"))
+    data = yaml.safe_load((segmented_config.base_dir / "config.yaml").read_text())
+    data["project"] = str(tmp_path / "project")
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(data))
+    return config_path, Project.open(tmp_path / "project")
+
+
+def test_agglomeration_honours_what_prompt_cuts_decided(fresh_copy, capsys):
+    """A prompt cut's cut edges are separated and the kept path between its positive points
+    confirmed; re-agglomeration keeps both."""
+    config_path, project = fresh_copy
+    session = open_session(project)
+    labels = session.supervoxels.read(slice(None), slice(None), slice(None))
+    big = max(session.members, key=lambda s: len(session.members[s]))
+    members = session.members_of(big)
+    sizes = session.graph.size[session.graph.node_index(members)]
+    first, second, third = (int(v) for v in members[np.argsort(-sizes)[:3]])
+    point = {sv: tuple(int(v) for v in np.argwhere(labels == sv)[0]) for sv in
+             (first, second, third)}
+    session.prompt_cut("carol", [point[first], point[second]], [point[third]])
+    confirmed, separated = session.decisions()
+    assert separated and confirmed
+    session.log.close()
+    assert main(["agglomerate", "--config", str(config_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(confirmed)} confirmed and {len(separated)} separated" in out
+    segments = Segments.load(project.root / "segments.npz")
+    index = {int(v): i for i, v in enumerate(segments.ids)}
+    for membership in segments.membership:
+        assert all(membership[index[a]] == membership[index[b]] for a, b in confirmed)
+        assert all(membership[index[a]] != membership[index[b]] for a, b in separated)
+
+
+def test_divided_supervoxels_stay_divided_through_reagglomeration(fresh_copy, capsys):
+    config_path, project = fresh_copy
+    session = open_session(project)
+    labels = session.supervoxels.read(slice(None), slice(None), slice(None))
+    live = session.segment != 0
+    big = int(session.graph.ids[live][np.argmax(session.graph.size[live])])
+    voxels = np.argwhere(labels == big)
+    first = tuple(int(v) for v in voxels[0])
+    second = tuple(int(v) for v in voxels[np.argmax(np.abs(voxels - voxels[0]).sum(1))])
+    result = session.split_supervoxel("dave", [first], [second])
+    pieces = sorted(result.created)
+    divided = session.supervoxels.read(slice(None), slice(None), slice(None))
+    session.log.close()
+    assert main(["agglomerate", "--config", str(config_path)]) == 0
+    assert "1 divided supervoxel(s) kept" in capsys.readouterr().out
+    again = open_session(Project.open(project.root))
+    np.testing.assert_array_equal(
+        again.supervoxels.read(slice(None), slice(None), slice(None)), divided)
+    ids, _ = again.membership()
+    assert set(pieces) <= set(ids.tolist()) and big not in ids.tolist()
+    assert len(again.log) == 0  # the division is part of the project now, not an edit
+    segments = Segments.load(project.root / "segments.npz")
+    assert set(pieces) <= set(segments.ids.tolist())
+    # and the evaluation reads the divided supervoxels
+    config = load_config(config_path)
+    assert main(["evaluate", "--config", str(config_path), "--quiet", "--ground-truth",
+                 str(DEMO_H5), "--key", "labels"]) == 0
+    assert (config.project_dir / "evaluation").is_dir()
