@@ -27,6 +27,8 @@ from segmentation.models.precision import bf16_supported
 from segmentation.models.sam2_prompt import Sam2Prompter, build_model, pick_device
 from segmentation.models.training import (TrainSettings, agglomerate_affinities,
                                           best_threshold_scores, score_affinities)
+from segmentation.pipeline import calibration_samples
+from segmentation.volume import ArrayVolume
 
 VALIDATION_SLICES = 40
 GALA_H5 = SHARED_DATA / "gala_train.h5"
@@ -122,6 +124,9 @@ def quality(student: StudentAffinities) -> dict:
             ("gala_train_unseen", GALA_H5, *read(GALA_H5, "raw", "labels", "supervoxels"))):
         baseline = IntensityBaseline(voxel_size=(10.0, 10.0, 10.0))
         baseline.fit([image])
+        # as the pipeline predicts: normalisation fitted on crops of the volume, the same for
+        # every block (blockwise equals this whole-volume prediction, see tests/test_seams.py)
+        student.fit(calibration_samples(ArrayVolume(image)))
         fragments, ids, result = agglomerate_affinities(student.predict(image), (10, 10, 10),
                                                         TrainSettings.thresholds)
         ours = best_threshold_scores(truth, fragments, ids, result)

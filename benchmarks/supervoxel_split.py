@@ -21,19 +21,9 @@ from segmentation.editlog import EditLog
 from segmentation.rag import block_contacts, block_node_stats, build_rag
 from segmentation.session import ProofreadingSession
 from segmentation.supervoxel_split import LiveSupervoxels
+from segmentation.volume import ArrayVolume
 
 SHELL = 8
-
-
-class ArrayVolume:
-    """In-memory supervoxels with the little of the Volume interface a session reads."""
-
-    def __init__(self, labels: np.ndarray):
-        self.labels, self.shape = labels, labels.shape
-        self.voxel_size, self.location = (10.0, 10.0, 10.0), "memory"
-
-    def read(self, z, y, x) -> np.ndarray:
-        return self.labels[z, y, x].copy()
 
 
 def scene(n: int):

@@ -211,22 +211,34 @@ class ProofreadingSession:
         return [(p, 1) for pos, _ in kept for p in pos] + [(p, -1) for _, neg in kept
                                                            for p in neg]
 
-    def constraints_of(self, segment: int) -> tuple[list[Point], list[Point]]:
-        """Prompt points that earlier cuts left on ``segment``: (positives, negatives)."""
-        positives, negatives = [], []
+    def constraints_of(self, segment: int) -> tuple[list[Point], list[Point], list[int]]:
+        """What earlier prompt cuts left on ``segment``: their positive and negative points,
+        and the supervoxels they cut off it (the far ends of the edges they separated), which
+        later cuts keep out. A point or supervoxel that a later merge brought into the
+        segment no longer counts: the merge was the proofreader's later word."""
+        positives, negatives, cut_off = [], [], []
         for operation in sorted(self._prompts):
             pos, neg = self._prompts[operation]
-            if any(self._segment_at(p) == segment for p in pos):
-                positives += [p for p in pos if self._segment_at(p) == segment]
-                negatives += [p for p in neg if self._segment_at(p) not in (segment, 0)]
-        return positives, negatives
+            if not any(self._segment_at(p) == segment for p in pos):
+                continue
+            positives += [p for p in pos if self._segment_at(p) == segment]
+            negatives += [p for p in neg if self._segment_at(p) not in (segment, 0)]
+            for pair in self._decided.get(operation, {}).get("separated", ()):
+                owners = self.segments_of(np.array(pair, np.uint64))
+                if (owners == segment).sum() == 1 and (owners != 0).all():
+                    cut_off.append(int(pair[0] if owners[1] == segment else pair[1]))
+        return positives, negatives, cut_off
 
-    def _segment_at(self, point: Point) -> int:
-        """Segment at a point; the supervoxel found there is remembered until it is divided."""
+    def _supervoxel_of(self, point: Point) -> int:
+        """The supervoxel at a prompt point, remembered until that supervoxel is divided."""
         point = tuple(int(v) for v in point)
         supervoxel = self._located.get(point)
         if supervoxel is None or self.segments_of(np.array([supervoxel]))[0] == 0:
             supervoxel = self._located[point] = int(self.locate(point))
+        return supervoxel
+
+    def _segment_at(self, point: Point) -> int:
+        supervoxel = self._supervoxel_of(point)
         return int(self.segments_of(np.array([supervoxel]))[0]) if supervoxel else 0
 
     # -- operations -----------------------------------------------------------------------------
@@ -379,18 +391,18 @@ class ProofreadingSession:
         negative_svs = [self.supervoxel_at(p, "negative point") for p in negatives]
         segment = self.segment_of(positive_svs[0])
         decided = {self.segment_of(s) for s in positive_svs}
-        # what earlier cuts left on these segments holds too, unless the point now lies in
-        # the segment it was meant to keep out (a later merge overrides it)
-        kept_pos, kept_neg = [], []
+        # what earlier cuts left on these segments holds too (see constraints_of)
+        kept_pos, kept_neg, kept_out = [], [], []
         for seg in sorted(decided):
-            pos, neg = self.constraints_of(seg)
+            pos, neg, out = self.constraints_of(seg)
             kept_pos += pos
             kept_neg += neg
-        all_pos = list(positives) + [p for p in kept_pos if p not in positives]
-        all_neg = list(negatives) + [p for p in kept_neg if p not in negatives and
-                                     self._segment_at(p) not in decided]
-        pos_svs = positive_svs + [self.supervoxel_at(p) for p in all_pos[len(positives):]]
-        neg_svs = negative_svs + [self.supervoxel_at(p) for p in all_neg[len(negatives):]]
+            kept_out += out
+        all_pos = list(dict.fromkeys(positives + kept_pos))
+        all_neg = list(dict.fromkeys(negatives + kept_neg))
+        all_neg = [p for p in all_neg if p not in all_pos]
+        pos_svs = positive_svs + [self._supervoxel_of(p) for p in all_pos[len(positives):]]
+        neg_svs = negative_svs + [self._supervoxel_of(p) for p in all_neg[len(negatives):]]
         division, pos_svs, neg_svs = self._divide_shared(all_pos, all_neg, pos_svs, neg_svs)
         named = decided | {self.segment_of(s) for s in neg_svs if s not in
                            (division.split.pieces.tolist() if division else ())}
@@ -430,6 +442,8 @@ class ProofreadingSession:
         kept = connect_terminals(problem, positive_local)
         problem.to_source[positive_local] = HARD
         problem.to_sink[negative_local] = HARD
+        out = np.isin(self.graph.ids[region], np.asarray(kept_out, np.uint64)) & ~inside
+        problem.to_sink[out] = HARD  # what earlier cuts took off stays off
         side = self._cut(problem, positive_local, negative_local, np.zeros(0, np.int64))
         # what the cut strands on the far side away from every negative point (a part a
         # merge joined without contact, say) is not cut off: it stays with the prompted
@@ -667,10 +681,10 @@ class ProofreadingSession:
         its supervoxels except those the cut gave to the source side; if it gave some, it is
         regrouped by connectivity over its whole remaining membership.
         """
-        if not side.any() or (side.all() and len(decided) == 1):
-            # (positive points in several segments join them even when nothing is cut off)
-            raise EditError("the cut would leave one side empty: nothing changes")
         decided_mask = np.isin(current, np.fromiter(decided, np.uint64, len(decided)))
+        if not side.any() or (side.all() and len(decided) == 1 and decided_mask.all()):
+            # (a cut that joins prompted segments, or takes in neighbours, cuts nothing off)
+            raise EditError("the cut would leave one side empty: nothing changes")
         groups: list[np.ndarray] = [region[side]]
         prefer: list[Optional[int]] = [preferred]
         off = np.flatnonzero(~side & decided_mask)
@@ -783,12 +797,9 @@ class ProofreadingSession:
                 self._decided[entry.id] = decisions
             else:
                 self._decided.pop(entry.id, None)
-        if entry.kind == "prompt-cut":
-            points = entry.inputs
-            both = ([tuple(p) for p in points["positives"]] + [tuple(p) for p in points.get(
-                "constraints", {}).get("positives", [])],
-                [tuple(p) for p in points["negatives"]] + [tuple(p) for p in points.get(
-                    "constraints", {}).get("negatives", [])])
+        if entry.kind == "prompt-cut":  # its own points; the constraints it used are kept
+            both = ([tuple(p) for p in entry.inputs["positives"]],  # by the cuts that made them
+                    [tuple(p) for p in entry.inputs["negatives"]])
             if active:
                 self._prompts[entry.id] = both
             else:

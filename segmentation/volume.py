@@ -56,6 +56,24 @@ class Volume:
         return self.array[z, y, x].read().result().item()
 
 
+class ArrayVolume:
+    """A NumPy array (z, y, x) behind the part of the Volume interface that readers use: for
+    in-memory work (model calibration on a loaded volume, tests, benchmarks)."""
+
+    def __init__(self, array: np.ndarray, voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
+                 location: str = "memory"):
+        self.array = array
+        self.voxel_size = tuple(float(v) for v in voxel_size)
+        self.location = location
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.array.shape)
+
+    def read(self, z: slice, y: slice, x: slice) -> np.ndarray:
+        return np.array(self.array[z, y, x], copy=True)
+
+
 def split_location(location: str) -> tuple[Optional[str], str]:
     """('zarr', 'gs://b/p') for 'zarr://gs://b/p'; (None, location) when no prefix names a format.
 

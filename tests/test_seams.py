@@ -15,18 +15,9 @@ from segmentation.metrics import scores
 from segmentation.models.learned import StudentAffinities
 from segmentation.models.training import agglomerate_affinities
 from segmentation.pipeline import block_affinities, calibration_samples
+from segmentation.volume import ArrayVolume
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
-
-
-class InMemory:
-    """The little of the Volume interface that calibration reads."""
-
-    def __init__(self, array: np.ndarray):
-        self.array, self.shape = array, array.shape
-
-    def read(self, *region) -> np.ndarray:
-        return self.array[region]
 
 
 def near_faces(shape, blocks, width: int = 8) -> np.ndarray:
@@ -47,7 +38,7 @@ def test_blockwise_affinities_and_segmentation_match_whole_volume_prediction(dem
     with h5py.File(demo_h5, "r") as f:
         raw = f["raw"][:]
     model = StudentAffinities(config.resolve(config.segment.checkpoint), "cpu")
-    model.fit(calibration_samples(InMemory(raw)))
+    model.fit(calibration_samples(ArrayVolume(raw)))
     whole = (model.predict(raw) * 255).round().astype(np.int16)
     blocks = make_blocks(raw.shape, config.segment.block_shape)
     assert len(blocks) == 8

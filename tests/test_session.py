@@ -246,3 +246,31 @@ def test_undo_after_redo_and_redo_after_undo_alternate_freely(tmp_path):
         result = (session.undo if step % 2 == 0 else session.redo)("alice")
         assert result.kind == ("undo" if step % 2 == 0 else "redo")
         assert (session.segment_of(1) == session.segment_of(2)) == (step % 2 == 1)
+
+
+def test_a_later_prompt_cut_keeps_what_an_earlier_one_cut_off_until_cleared(tmp_path):
+    """Cut 1 takes the right half off the segment. Cut 2, with a mask that says the right half
+    belongs, still leaves it out: what cut 1 took off is a constraint of the segment. After
+    Shift+Q (clear_prompts) the same cut takes the neighbouring column back."""
+    labels, rag = grid()
+    session = make(tmp_path, all_one(rag.ids))
+    halves = {sv: (0.95 if sv in LEFT else 0.05) for sv in rag.ids.tolist()}
+    session.prompt_cut("alice", [centre(1)], [centre(4)], halves)
+    left = session.segment_of(1)
+    right_before = {sv: session.segment_of(sv) for sv in RIGHT}
+    assert all(seg != left for seg in right_before.values())
+    positives, negatives, cut_off = session.constraints_of(left)
+    assert (positives, negatives) == ([centre(1)], [centre(4)]) and set(cut_off) == {3, 7, 11, 15}
+    everything = {sv: 0.9 for sv in rag.ids.tolist()}
+    with pytest.raises(EditError, match="leaves every segment as it is"):
+        session.prompt_cut("alice", [centre(2)], [], everything)
+    assert {sv: session.segment_of(sv) for sv in RIGHT} == right_before
+    cleared = session.clear_prompts("alice", centre(5))
+    assert cleared.kind == "clear-prompts" and session.constraints_of(left) == ([], [], [])
+    session.prompt_cut("alice", [centre(2)], [], everything)
+    # the mask takes in the neighbouring column (a cut reaches only the segment's neighbours)
+    assert {session.segment_of(sv) for sv in LEFT + [3, 7, 11, 15]} == {session.segment_of(2)}
+    # both are logged, and undoing the clear brings the constraint back
+    session.undo("alice")
+    session.undo("alice")
+    assert session.constraints_of(session.segment_of(1))[1] == [centre(4)]

@@ -17,20 +17,10 @@ from segmentation.export import export_segmentation
 from segmentation.rag import block_contacts, block_node_stats, build_rag
 from segmentation.session import ProofreadingSession
 from segmentation.supervoxel_split import LiveSupervoxels, VoxelSplit
+from segmentation.volume import ArrayVolume
 
 SHAPE = (6, 20, 30)
 LEFT, RIGHT = (3, 5, 5), (3, 5, 25)  # both in supervoxel 1, one in each neuron
-
-
-class ArrayVolume:
-    """An in-memory stand-in for a project's supervoxel volume."""
-
-    def __init__(self, labels: np.ndarray):
-        self.labels, self.shape = labels, labels.shape
-        self.voxel_size, self.location = (10.0, 10.0, 10.0), "memory"
-
-    def read(self, z, y, x) -> np.ndarray:
-        return self.labels[z, y, x].copy()
 
 
 def scene():
