@@ -91,14 +91,12 @@ def measure(side: int, cube: int, repeats: int, folder: Path) -> dict:
         session.undo("bench")
     results["split"] = percentiles(samples)
     samples = []
-    negative = voxel(side, min(cube, side - 1), 0, 0) if cube < side else right
     for _ in range(repeats):
         result = session.prompt_cut("bench", [left], [right])
         samples.append(result.milliseconds)
         session.undo("bench")
     results["prompt_cut"] = percentiles(samples)
     session.log.close()
-    del negative
     return {"supervoxels": rag.num_nodes, "edges": rag.num_edges, "segment_size": cube ** 3,
             **results}
 

@@ -8,6 +8,7 @@ proofreading session's own operations (see segmentation/oracle.py). Policies:
 - ``split``: merge + plain min-cut split (positive point = source, negative point = sink);
 - ``prompt-cut``: merge + prompt cut (the same points as prompts).
 
+Each starts twice, at the demo's agglomeration threshold (0.7) and at a more merged one (0.9).
 Both divide a supervoxel at voxel level where both points fall in it. Reported: VOI split /
 merge and ARAND after 0, 10, 25, 50, 100 and 200 edits, the floors (best merge of the
 supervoxels; the ground truth against its own connected pieces), edits refused, edits that made
@@ -20,8 +21,8 @@ that keeps the segmented volumes between runs (a new checkout of the model: empt
 from __future__ import annotations
 
 import os
-from collections import Counter
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -36,6 +37,11 @@ from segmentation.oracle import (POLICIES, GroundTruthOracle, PlannedEdit, Simul
 
 CHECKPOINTS = (0, 10, 25, 50, 100, 200)
 USER = "oracle"
+# Where the oracle starts: the demo's agglomeration threshold, and a more merged one (more
+# neurons glued together, so cuts matter: at 0.7, gala_train has no merge error a cut between
+# whole supervoxels could fix).
+STARTS = {"threshold 0.7 (demo)": 0.7, "threshold 0.9 (merged)": 0.9}
+THRESHOLDS = [0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9]
 VOLUMES = {
     "neuroproof_validation": (DEMO_H5, (slice(120, 160), slice(None), slice(None))),
     "gala_train": (SHARED_DATA / "gala_train.h5", (slice(None),) * 3),
@@ -55,7 +61,9 @@ def segmented_project(name: str, h5: Path, region, folder: Path):
         f["raw"], f["labels"] = raw, truth
     demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     segment = {**demo["segment"], "checkpoint": str(REPO / "configs" / demo["segment"][
-        "checkpoint"]), "workers": 0, "meshes": False}
+        "checkpoint"]), "workers": 0, "meshes": False,
+        "agglomeration": {**demo["segment"].get("agglomeration", {}),
+                          "thresholds": THRESHOLDS}}
     config = {"name": name, "project": str(folder / "project"),
               "dataset": {"name": name, "voxel_size": [10, 10, 10]},
               "image": {"path": str(source), "key": "raw"}, "segment": segment}
@@ -76,14 +84,15 @@ def operations(session) -> dict[str, Callable[[PlannedEdit], object]]:
     }
 
 
-def run_policy(config, truth: np.ndarray, policy: str, edits: int) -> Simulation:
+def run_policy(config, truth: np.ndarray, policy: str, edits: int, threshold: float
+               ) -> Simulation:
     from segmentation.proofread import LOG_NAME, open_session
     from segmentation.project import Project
 
     project = Project.open(config.project_dir)
     for suffix in ("", "-wal", "-shm"):
         (project.root / (LOG_NAME + suffix)).unlink(missing_ok=True)
-    session = open_session(project)
+    session = open_session(project, threshold)
     volume = session.supervoxels
     try:
         oracle = GroundTruthOracle(truth, lambda: volume.read(*(slice(None),) * 3),
@@ -121,10 +130,14 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.2), squeeze=False)
+    panels = [(f"{name}, {start}", result, started) for name, result in results.items()
+              for start, started in result["starts"].items()]
+    fig, axes = plt.subplots(len(results), len(STARTS), figsize=(6 * len(STARTS),
+                                                                 4.2 * len(results)),
+                             squeeze=False)
     colours = {"split": "#2d6cdf", "prompt-cut": "#e07b39"}
-    for ax, (name, result) in zip(axes[0], results.items()):
-        for policy, curve in result["curves"].items():
+    for ax, (name, result, started) in zip(axes.ravel(), panels):
+        for policy, curve in started["curves"].items():
             ax.plot(range(len(curve)), curve, color=colours[policy],
                     label=f"merge + {policy}")
         ax.axhline(result["floors"]["best_merge"]["voi"], color="#777", linestyle="--",
@@ -159,14 +172,17 @@ def run() -> dict:
             table = Contingency.of(truth, supervoxels)
             floors = {"best_merge": table.best_merge().scores().as_dict(),
                       "connected_pieces": connected_pieces_floor(truth).as_dict()}
-            result = {"floors": floors, "policies": {}, "curves": {}}
-            for policy in POLICIES:
-                simulation = run_policy(config, truth, policy, edits)
-                result["policies"][policy] = summary(simulation)
-                result["curves"][policy] = [round(s.voi, 4) for s in simulation.scores]
-                print(f"{name} merge + {policy}: " + ", ".join(
-                    f"{n}: {row['voi']:.3f}" for n, row in
-                    result["policies"][policy]["after_edits"].items()))
+            result = {"floors": floors, "starts": {}}
+            for start, threshold in STARTS.items():
+                started = result["starts"][start] = {"threshold": threshold, "policies": {},
+                                                     "curves": {}}
+                for policy in POLICIES:
+                    simulation = run_policy(config, truth, policy, edits, threshold)
+                    started["policies"][policy] = summary(simulation)
+                    started["curves"][policy] = [round(s.voi, 4) for s in simulation.scores]
+                    print(f"{name}, {start}, merge + {policy}: " + ", ".join(
+                        f"{n}: {row['voi']:.3f}" for n, row in
+                        started["policies"][policy]["after_edits"].items()))
             results[name] = result
     RESULTS.mkdir(parents=True, exist_ok=True)
     figure = RESULTS / "proofreading.png"
@@ -176,19 +192,20 @@ def run() -> dict:
 
 
 def table_text(results: dict) -> str:
-    lines = ["| volume | policy | " + " | ".join(f"VOI after {n}" for n in CHECKPOINTS) +
-             " | split / merge / ARAND at 100 | edits | refused | worse | divided | "
-             "p50 / p95 ms |", "|---" * (len(CHECKPOINTS) + 8) + "|"]
+    lines = ["| volume | start | policy | " + " | ".join(f"VOI after {n}" for n in CHECKPOINTS)
+             + " | split / merge / ARAND at 100 | edits | refused | worse | divided | "
+             "p50 / p95 ms |", "|---" * (len(CHECKPOINTS) + 9) + "|"]
     for name, result in results.items():
-        for policy, row in result["policies"].items():
-            cells = [f"{row['after_edits'][str(n)]['voi']:.3f}" for n in CHECKPOINTS]
-            at = row["after_edits"]["100"]
-            latency = row["latency"]
-            lines.append(f"| {name} | merge + {policy} | " + " | ".join(cells) +
-                         f" | {at['voi_split']:.3f} / {at['voi_merge']:.3f} / {at['arand']:.3f}"
-                         f" | {row['edits']} | {row['refused']} | {row['worse']} | "
-                         f"{row['divided']} | {latency.get('p50_ms', 0):.1f} / "
-                         f"{latency.get('p95_ms', 0):.1f} |")
+        for start, started in result["starts"].items():
+            for policy, row in started["policies"].items():
+                cells = [f"{row['after_edits'][str(n)]['voi']:.3f}" for n in CHECKPOINTS]
+                at = row["after_edits"]["100"]
+                latency = row["latency"]
+                lines.append(
+                    f"| {name} | {start} | merge + {policy} | " + " | ".join(cells) +
+                    f" | {at['voi_split']:.3f} / {at['voi_merge']:.3f} / {at['arand']:.3f} | "
+                    f"{row['edits']} | {row['refused']} | {row['worse']} | {row['divided']} | "
+                    f"{latency.get('p50_ms', 0):.1f} / {latency.get('p95_ms', 0):.1f} |")
         floors = result["floors"]
         lines.append(f"| {name} | floors | best merge of the supervoxels "
                      f"{floors['best_merge']['voi']:.3f}, ground truth vs its connected pieces "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -23,16 +23,17 @@ from segmentation.volume import open_zarr
 LOG_NAME = "edit_log.sqlite"
 
 
-def open_session(project: Project) -> ProofreadingSession:
-    """The live session: the graph, the agglomeration at its default threshold, then the log.
-    Its supervoxels are the project's with every division in the log applied."""
+def open_session(project: Project, threshold: Optional[float] = None) -> ProofreadingSession:
+    """The live session: the graph, the agglomeration at ``threshold`` (its default when
+    None), then the log. Its supervoxels are the project's with every division in the log
+    applied."""
     rag_path = project.root / "rag.npz"
     if not rag_path.is_file() or not project.has("segmentation"):
         raise InputError(f"{project.root} has no region adjacency graph: run `promptcut "
                          f"segment` first")
     rag = Rag.load(rag_path, histograms=False)
     segments = Segments.load(project.root / "segments.npz")
-    base = segments.at() if segments is not None else rag.ids
+    base = segments.at(threshold) if segments is not None else rag.ids
     return ProofreadingSession(rag, base, EditLog(project.root / LOG_NAME),
                                supervoxels=project_supervoxels(project),
                                affinities=affinity_reader(project))

@@ -68,12 +68,10 @@ class OperationResult:
 
 @dataclass
 class PromptWeights:
-    """How prompts become unary terms of the prompt cut."""
+    """How prompts become unary terms of the prompt cut (see _plan_prompt_cut), each in units
+    of a supervoxel's total bond (sum of its edge capacities) to the region."""
 
-    # each in units of a supervoxel's total bond (sum of its edge capacities) to the region
-    keep: float = 0.6  # preference to stay where it is
-    distance_scale: float = 30.0  # voxels: how far a prompt's pull reaches
-    pull: float = 0.5  # pull of the nearest prompt, at the prompt
+    keep: float = 0.6  # with a mask: preference to stay where it is
     mask: float = 2.0  # weight of a mask probability
     mask_edge: float = 0.9  # how much a mask boundary lowers the cost of cutting an edge
 
@@ -404,11 +402,11 @@ class ProofreadingSession:
         pos_svs = positive_svs + [self._supervoxel_of(p) for p in all_pos[len(positives):]]
         neg_svs = negative_svs + [self._supervoxel_of(p) for p in all_neg[len(negatives):]]
         division, pos_svs, neg_svs = self._divide_shared(all_pos, all_neg, pos_svs, neg_svs)
-        named = decided | {self.segment_of(s) for s in neg_svs if s not in
-                           (division.split.pieces.tolist() if division else ())}
-        # a neighbour takes part only on evidence about it (a mask that covers it): never
-        # because its strongest contact happens to be with the prompted segment
-        rows = np.concatenate([self._rows(s) for s in sorted(named)])
+        # the cut decides the prompted segments. A neighbour (even one a negative point lies
+        # on: that point says it is not this segment, which it is not) takes part only on
+        # evidence about it, a mask that covers it; never because its strongest contact
+        # happens to be with the prompted segment
+        rows = np.concatenate([self._rows(s) for s in sorted(decided)])
         if mask:
             ring = self.graph.neighbours(np.concatenate([self._rows(s) for s in
                                                          sorted(decided)]))
@@ -423,22 +421,23 @@ class ProofreadingSession:
         strength = np.bincount(problem.a, problem.capacity, len(region)) + \
             np.bincount(problem.b, problem.capacity, len(region)) + 1e-6
         inside = np.isin(current, list(decided))
-        problem.to_source += strength * np.where(inside, w.keep, 0.0)
-        problem.to_sink += strength * np.where(inside, 0.0, w.keep)
-        centroids = self.graph.centroid[region].astype(np.float64)
-        for points, terms in ((all_pos, problem.to_source), (all_neg, problem.to_sink)):
-            if len(points):
-                gap = np.min(np.linalg.norm(centroids[:, None, :] - np.asarray(
-                    points, np.float64)[None], axis=2), axis=1)
-                terms += strength * w.pull * np.exp(-gap / w.distance_scale)
+        positive_local = local(self._nodes(pos_svs))
+        taking_part = np.isin(self._nodes(neg_svs), region)
+        negative_local = local(self._nodes(neg_svs)[taking_part])
         if mask:
+            # a mask's evidence is weighed against staying put. Without one, the points alone
+            # decide (hard terms): a hold on every supervoxel made cuts as small as they could
+            # be (one supervoxel where whole neurons were merged: on the simulated proofreader,
+            # gala_train from threshold 0.9 stayed at VOI 0.53 where the plain cut reached
+            # 0.23), and other node weights tried (distance to the prompts, a random walk)
+            # did no better than none (see the benchmark's notes)
+            problem.to_source += strength * np.where(inside, w.keep, 0.0)
+            problem.to_sink += strength * np.where(inside, 0.0, w.keep)
             probability = np.array([mask.get(int(s), 0.0) for s in self.graph.ids[region]])
             problem.to_source += strength * w.mask * probability
             problem.to_sink += strength * w.mask * (1.0 - probability)
             crossing = np.abs(probability[problem.a] - probability[problem.b])
             problem.capacity *= 1.0 - w.mask_edge * crossing
-        positive_local = local(self._nodes(pos_svs))
-        negative_local = local(self._nodes(neg_svs))
         kept = connect_terminals(problem, positive_local)
         problem.to_source[positive_local] = HARD
         problem.to_sink[negative_local] = HARD

@@ -4,6 +4,7 @@ segmented demo, checked against the server's membership and edit log."""
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -13,25 +14,37 @@ from tests.browser_util import Driver, coloured_fraction, inside, wait_for_panel
 pytestmark = pytest.mark.browser
 
 
-def test_merge_undo_split_and_prompt_cut_from_the_keyboard(browser, segmented_session):
-    session = segmented_session
-    proof = session.proofreading
-    labels = session.project.volume("segmentation").read(slice(None), slice(None), slice(None))
+@contextmanager
+def proofreading_page(browser, session):
+    """The session's viewer in a page, xy layout zoomed in, segments drawn: (page, driver)."""
     with session.viewer.txn() as s:
         s.layout = "xy"
         s.cross_section_scale = 0.5
     page = browser.new_page()
-    driver = Driver(page, session)
     try:
         page.goto(session.viewer_url)
         wait_for_panel(page, lambda p: coloured_fraction(p) > 0.3)
-        # two touching supervoxels of different segments, both large
-        graph = proof.graph
-        a, b = graph.edge_a, graph.edge_b
-        big = (graph.size[a] > 2000) & (graph.size[b] > 2000) & \
-            (proof.segment[a] != proof.segment[b])
-        edge = int(np.flatnonzero(big)[0])
-        sv_a, sv_b = int(graph.ids[a[edge]]), int(graph.ids[b[edge]])
+        yield page, Driver(page, session)
+    finally:
+        page.close()
+
+
+def touching_pair(proof, which: int) -> tuple[int, int]:
+    """Two touching supervoxels of different segments, both large (the first or last such)."""
+    graph = proof.graph
+    a, b = graph.edge_a, graph.edge_b
+    big = (graph.size[a] > 2000) & (graph.size[b] > 2000) & (proof.segment[a] != proof.segment[b])
+    edge = int(np.flatnonzero(big)[which])
+    return int(graph.ids[a[edge]]), int(graph.ids[b[edge]])
+
+
+def test_merge_undo_split_and_prompt_cut_from_the_keyboard(browser, segmented_session):
+    session = segmented_session
+    proof = session.proofreading
+    labels = proof.supervoxels.read(slice(None), slice(None), slice(None))
+    graph = proof.graph
+    with proofreading_page(browser, session) as (page, driver):
+        sv_a, sv_b = touching_pair(proof, 0)
         at_a, at_b = inside(labels, sv_a), inside(labels, sv_b)
         seg_a, seg_b = proof.segment_of(sv_a), proof.segment_of(sv_b)
         operations = len(proof.log)
@@ -84,8 +97,6 @@ def test_merge_undo_split_and_prompt_cut_from_the_keyboard(browser, segmented_se
         for entry in proof.log.entries():
             replayed[graph.node_index(entry.delta[:, 0])] = entry.delta[:, 2]
         np.testing.assert_array_equal(replayed, proof.segment)
-    finally:
-        page.close()
         session.reset_view()
 
 
@@ -96,20 +107,8 @@ def test_keys_pressed_without_moving_the_mouse_all_arrive(browser, segmented_ses
     session = segmented_session
     proof = session.proofreading
     labels = proof.supervoxels.read(slice(None), slice(None), slice(None))
-    with session.viewer.txn() as s:
-        s.layout = "xy"
-        s.cross_section_scale = 0.5
-    page = browser.new_page()
-    driver = Driver(page, session)
-    try:
-        page.goto(session.viewer_url)
-        wait_for_panel(page, lambda p: coloured_fraction(p) > 0.3)
-        graph = proof.graph
-        a, b = graph.edge_a, graph.edge_b
-        big = (graph.size[a] > 2000) & (graph.size[b] > 2000) & \
-            (proof.segment[a] != proof.segment[b])
-        edge = int(np.flatnonzero(big)[-1])
-        sv_a, sv_b = int(graph.ids[a[edge]]), int(graph.ids[b[edge]])
+    with proofreading_page(browser, session) as (page, driver):
+        sv_a, sv_b = touching_pair(proof, -1)
         at_a, at_b = inside(labels, sv_a), inside(labels, sv_b)
         assert driver.press("m", at_a).ok
         merged = driver.press("m", at_b)  # the one mouse move; from here on it rests
@@ -128,8 +127,6 @@ def test_keys_pressed_without_moving_the_mouse_all_arrive(browser, segmented_ses
         assert [e.kind for e in proof.log.entries()][operation:] == \
             ["undo", "redo", "undo", "redo"]
         assert proof.segment_of(sv_a) == proof.segment_of(sv_b)
-    finally:
-        page.close()
 
 
 def test_dividing_a_supervoxel_from_the_keyboard_redraws_it(browser, segmented_session):
@@ -147,14 +144,7 @@ def test_dividing_a_supervoxel_from_the_keyboard_redraws_it(browser, segmented_s
     first = (z,) + tuple(int(v) for v in voxels[0])
     second = (z,) + tuple(int(v) for v in voxels[np.argmax(np.abs(voxels - voxels[0]).sum(1))])
     before = proof.segment_of(big)
-    with session.viewer.txn() as s:
-        s.layout = "xy"
-        s.cross_section_scale = 0.5
-    page = browser.new_page()
-    driver = Driver(page, session)
-    try:
-        page.goto(session.viewer_url)
-        wait_for_panel(page, lambda p: coloured_fraction(p) > 0.3)
+    with proofreading_page(browser, session) as (page, driver):
         assert driver.press("p", first).ok
         assert driver.press("Shift+P", second).ok
         report = driver.press("Shift+K")
@@ -167,5 +157,3 @@ def test_dividing_a_supervoxel_from_the_keyboard_redraws_it(browser, segmented_s
         assert report.ok and "undid split-supervoxel" in report.message, report.message
         assert int(proof.locate(second)) == big
         assert driver.segment_seen_at(second, before) == before
-    finally:
-        page.close()
