@@ -443,7 +443,14 @@ class ProofreadingSession:
         problem.to_sink[negative_local] = HARD
         out = np.isin(self.graph.ids[region], np.asarray(kept_out, np.uint64)) & ~inside
         problem.to_sink[out] = HARD  # what earlier cuts took off stays off
-        side = self._cut(problem, positive_local, negative_local, np.zeros(0, np.int64))
+        try:
+            side = self._cut(problem, positive_local, negative_local, np.zeros(0, np.int64))
+        except EditError as refused:
+            remembered = len(all_pos) + len(all_neg) - len(positives) - len(negatives)
+            if remembered or kept_out:
+                raise EditError(f"{refused} (with the {remembered} point(s) earlier cuts of "
+                                f"this segment keep; Shift+Q forgets them)") from None
+            raise
         # what the cut strands on the far side away from every negative point (a part a
         # merge joined without contact, say) is not cut off: it stays with the prompted
         # segment, as a split keeps it; other segments' supervoxels stay where they are

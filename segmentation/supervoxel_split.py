@@ -109,6 +109,10 @@ def divide(labels: np.ndarray, affinities: np.ndarray, supervoxel: int,
                                  "the division would be empty")
             markers[tuple(point)] = value
     flooded = compact_flood(boundary_from_affinities(affinities), markers, mask)
+    unreached = mask & (flooded == 0)
+    if unreached.any():  # parts of the supervoxel apart from both points: the nearer side's
+        _, nearest = ndimage.distance_transform_edt(flooded == 0, return_indices=True)
+        flooded[unreached] = flooded[tuple(index[unreached] for index in nearest)]
     pieces = np.zeros(labels.shape, np.uint8)
     count = 0
     for value in (1, 2):

@@ -16,7 +16,7 @@ from segmentation.errors import InputError, PromptcutError
 from segmentation.export import export_segmentation
 from segmentation.rag import block_contacts, block_node_stats, build_rag
 from segmentation.session import ProofreadingSession
-from segmentation.supervoxel_split import LiveSupervoxels, VoxelSplit
+from segmentation.supervoxel_split import LiveSupervoxels, VoxelSplit, divide
 from segmentation.volume import ArrayVolume
 
 SHAPE = (6, 20, 30)
@@ -150,3 +150,18 @@ def test_export_holds_the_divided_supervoxels(tmp_path):
     assert int(exported[LEFT]) == 2 and int(exported[RIGHT]) == 5
     assert (exported[:, :12, 17:] == 5).all() and (exported[:, 12:, :15] == 2).all()
     assert "1,0" not in (folder / "membership.csv").read_text()
+
+
+def test_division_takes_every_voxel_also_those_apart_from_the_rest():
+    """A supervoxel need not be connected (a voxel cut off by a block face, say); a flood from
+    the points never reaches such voxels, and one left out kept the old id in the volume
+    while the graph no longer had it: the next edit at that voxel was refused."""
+    labels, affinities, _ = scene()
+    labels[0, 0, 0] = 2  # cut supervoxel 1's corner voxel (0, 0, 1) off from the rest
+    labels[1, 0, 1] = labels[0, 1, 1] = labels[0, 0, 2] = 2
+    assert labels[0, 0, 1] == 1
+    pieces = divide(labels, affinities, 1, [LEFT], [RIGHT])
+    assert ((pieces > 0) == (labels == 1)).all()
+    # the nearer side (source pieces are numbered first) takes it, as a piece of its own
+    assert pieces[0, 0, 1] not in (pieces[LEFT], pieces[RIGHT])
+    assert pieces[0, 0, 1] < pieces[RIGHT]
