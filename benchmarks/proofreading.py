@@ -24,7 +24,6 @@ import os
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Callable
 
 import h5py
 import numpy as np
@@ -32,8 +31,8 @@ import yaml
 
 from benchmarks.common import DEMO_H5, REPO, RESULTS, SHARED_DATA, percentiles
 from segmentation.metrics import Contingency
-from segmentation.oracle import (POLICIES, GroundTruthOracle, PlannedEdit, Simulation,
-                                 connected_pieces_floor, simulate)
+from segmentation.oracle import (POLICIES, GroundTruthOracle, Simulation,
+                                 connected_pieces_floor, session_operations, simulate)
 
 CHECKPOINTS = (0, 10, 25, 50, 100, 200)
 USER = "oracle"
@@ -75,15 +74,6 @@ def segmented_project(name: str, h5: Path, region, folder: Path):
     return loaded, truth
 
 
-def operations(session) -> dict[str, Callable[[PlannedEdit], object]]:
-    """What each key does, called as the keys call it."""
-    return {
-        "merge": lambda e: session.merge(USER, e.first[0], e.second[0]),
-        "split": lambda e: session.split(USER, e.first, e.second),
-        "prompt-cut": lambda e: session.prompt_cut(USER, e.first, e.second),
-    }
-
-
 def run_policy(config, truth: np.ndarray, policy: str, edits: int, threshold: float
                ) -> Simulation:
     from segmentation.proofread import LOG_NAME, open_session
@@ -96,10 +86,10 @@ def run_policy(config, truth: np.ndarray, policy: str, edits: int, threshold: fl
     volume = session.supervoxels
     try:
         oracle = GroundTruthOracle(truth, lambda: volume.read(*(slice(None),) * 3),
-                                   session.segments_of,
-                                   volume.voxel_size)
-        return simulate(oracle, operations(session), policy, edits, lambda n, scores: print(
-            f"  {policy}: edit {n}, VOI {scores.voi:.3f}", flush=True) if n % 25 == 0 else None)
+                                   session.segments_of, volume.voxel_size)
+        return simulate(oracle, session_operations(session, USER), policy, edits,
+                        lambda n, scores: print(f"  {policy}: edit {n}, VOI {scores.voi:.3f}",
+                                                flush=True) if n % 25 == 0 else None)
     finally:
         session.log.close()
 

@@ -221,6 +221,15 @@ def _majority(table: Contingency) -> dict[int, int]:
     return dict(zip(table.seg[winners].tolist(), table.gt[winners].tolist()))
 
 
+def session_operations(session, user: str) -> dict[str, Callable[[PlannedEdit], object]]:
+    """What each key does, called as the keys call it on a ProofreadingSession."""
+    return {
+        "merge": lambda e: session.merge(user, e.first[0], e.second[0]),
+        "split": lambda e: session.split(user, e.first, e.second),
+        "prompt-cut": lambda e: session.prompt_cut(user, e.first, e.second),
+    }
+
+
 def simulate(oracle: GroundTruthOracle, operations: dict[str, Callable[[PlannedEdit], object]],
              policy: str, edits: int, progress: Optional[Callable[[int, Scores], None]] = None
              ) -> Simulation:
