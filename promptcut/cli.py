@@ -201,6 +201,8 @@ def _config_only(p: argparse.ArgumentParser) -> None:
 def _export_arguments(p: argparse.ArgumentParser) -> None:
     _config_only(p)
     p.add_argument("--output", help="export folder (default: PROJECT/exports/<time>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the output if it is an earlier promptcut export")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -239,7 +241,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         project.root / "exports" / time.strftime("%Y%m%d-%H%M%S")
     ids, segments = session.membership()
     folder = export_segmentation(session.supervoxels, ids, segments, session.log, output,
-                                 progress=not args.quiet)
+                                 progress=not args.quiet, overwrite=args.overwrite)
     print(f"exported {len(np.unique(segments))} segments to {folder}")
     return 0
 

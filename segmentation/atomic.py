@@ -1,7 +1,10 @@
 """Atomic output folders: write aside, rename into place at the end.
 
-An interrupted import or export leaves at most a ``<name>.partial-<pid>`` folder, never a half
-volume under the real name; stale partial folders are removed by the next run.
+An interrupted import or export leaves at most a ``<name>.partial-<pid>`` (or, between the two
+renames, ``<name>.old-<pid>``) folder, never a half volume under the real name; such leftovers
+of processes that no longer run are removed by the next run. An existing folder is replaced
+only when asked to and only when it is one promptcut wrote (``replaceable``): a mistyped
+``--output`` must never delete someone's data.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
 from segmentation.errors import InputError
 
@@ -21,14 +24,15 @@ def partial_name(final: Path) -> Path:
 
 
 def remove_stale_partials(final: Path) -> None:
-    """Drop partial folders whose writing process no longer runs."""
+    """Drop partial and retired folders whose writing process no longer runs."""
     if not final.parent.exists():
         return
-    for candidate in final.parent.glob(f"{final.name}.partial-*"):
-        pid = candidate.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
-            continue
-        shutil.rmtree(candidate, ignore_errors=True)
+    for pattern in (f"{final.name}.partial-*", f"{final.name}.old-*"):
+        for candidate in final.parent.glob(pattern):
+            pid = candidate.name.rsplit("-", 1)[-1]
+            if not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
+                continue
+            shutil.rmtree(candidate, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
@@ -51,11 +55,22 @@ def _remove(folder: Path, attempts: int = 50) -> None:
 
 
 @contextmanager
-def atomic_directory(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a scratch folder that becomes ``final`` only if the block completes."""
+def atomic_directory(final: str | os.PathLike, overwrite: bool = False,
+                     replaceable: Optional[Callable[[Path], bool]] = None,
+                     what: str = "output") -> Iterator[Path]:
+    """Yield a scratch folder that becomes ``final`` only if the block completes.
+
+    An existing ``final`` is replaced only with ``overwrite`` and, where ``replaceable`` is
+    given, only if it says the folder is an earlier ``what`` of promptcut's."""
     final = Path(final)
-    if final.exists() and not overwrite:
-        raise InputError(f"{final} already exists (pass --overwrite to replace it)")
+    if final.exists() or final.is_symlink():
+        if not final.is_dir() or final.is_symlink():
+            raise InputError(f"{final} exists and is not a folder: choose another output")
+        if not overwrite:
+            raise InputError(f"{final} already exists (pass --overwrite to replace it)")
+        if replaceable is not None and not replaceable(final):
+            raise InputError(f"{final} exists and is not a promptcut {what}: refusing to "
+                             f"replace it; choose another output")
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(final)
     scratch = partial_name(final)

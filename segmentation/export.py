@@ -27,6 +27,15 @@ from segmentation.volume import (Volume, create_precomputed_scale, create_zarr_s
                                  write_ome_zarr_group)
 
 CHUNK = (64, 64, 64)
+MARK = "promptcut export"  # export.json's "format": what --overwrite may replace
+
+
+def is_export(folder: Path) -> bool:
+    """Whether ``folder`` is one that export_segmentation wrote."""
+    try:
+        return json.loads((Path(folder) / "export.json").read_text()).get("format") == MARK
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def apply_membership(block: np.ndarray, ids: np.ndarray, segments: np.ndarray) -> np.ndarray:
@@ -40,12 +49,14 @@ def apply_membership(block: np.ndarray, ids: np.ndarray, segments: np.ndarray) -
 
 def export_segmentation(supervoxels: Volume, ids: np.ndarray, segments: np.ndarray,
                         log: Optional[EditLog], output: Path, block=(128, 128, 128),
-                        progress: bool = False) -> Path:
+                        progress: bool = False, overwrite: bool = False) -> Path:
+    """Write the export to ``output``; an existing folder is replaced only with ``overwrite``
+    and only if it is an earlier export."""
     order = np.argsort(ids)
     ids, segments = np.asarray(ids, np.uint64)[order], np.asarray(segments, np.uint64)[order]
     shape, voxel_size = supervoxels.shape, supervoxels.voxel_size
     plan = scale_plan(shape, voxel_size, CHUNK, 3)
-    with atomic_directory(output, overwrite=True) as scratch:
+    with atomic_directory(output, overwrite, replaceable=is_export, what="export") as scratch:
         precomputed = scratch / "segmentation"
         zarr = scratch / "segmentation.zarr"
         base = create_precomputed_scale(precomputed, "segmentation", np.uint64, shape,
@@ -66,7 +77,7 @@ def export_segmentation(supervoxels: Volume, ids: np.ndarray, segments: np.ndarr
                 table.write(f"{sv},{seg}\n")
         operations = log.export_jsonl(scratch / "edit_log.jsonl") if log is not None else 0
         (scratch / "export.json").write_text(json.dumps({
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "supervoxels": len(ids),
+            "format": MARK, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "supervoxels": len(ids),
             "segments": int(len(np.unique(segments))), "operations": operations,
             "shape_zyx": list(shape), "voxel_size_nm_zyx": list(voxel_size)}, indent=2))
     return Path(output)

@@ -61,6 +61,13 @@ def scale_plan(shape: Sequence[int], voxel_size: Sequence[float], chunk: Sequenc
     return plan
 
 
+def is_volume_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a volume (precomputed info or zarr metadata at its top), the
+    only kind of folder an import may replace."""
+    return any((Path(folder) / name).is_file() for name in ("info", ".zarray", ".zgroup",
+                                                              "zarr.json"))
+
+
 def import_volume(source: Source, output: Path, kind: Kind,
                   voxel_size: Optional[Sequence[float]] = None,
                   fmt: Literal["precomputed", "zarr"] = "precomputed",
@@ -78,7 +85,8 @@ def import_volume(source: Source, output: Path, kind: Kind,
     total = sum(int(np.prod(s)) for s, _, _ in plan) * dtype.itemsize
     started = time.perf_counter()
     output = Path(output)
-    with atomic_directory(output, overwrite=overwrite) as scratch, \
+    with atomic_directory(output, overwrite, replaceable=is_volume_folder,
+                          what="volume") as scratch, \
             tqdm(total=total, unit="B", unit_scale=True, desc=f"import {output.name}",
                  disable=not progress, leave=False) as bar:
         if fmt == "precomputed":

@@ -108,3 +108,19 @@ def test_port_already_in_use(tmp_path, demo_h5):
 
 def test_unknown_benchmark():
     assert_one_line_error(promptcut("bench", "nope"), "unknown benchmark(s) nope", "rag_load")
+
+
+def test_import_overwrite_replaces_only_a_volume(small_h5, tmp_path):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    assert_one_line_error(promptcut("import", small_h5, theirs, "--key", "raw",
+                                    "--voxel-size", "1", "1", "1", "--overwrite"),
+                          "is not a promptcut volume")
+    assert (theirs / "notes.txt").read_text() == "mine"
+    out = tmp_path / "volume"
+    for _ in range(2):  # an earlier import is a volume: --overwrite replaces it
+        result = promptcut("import", small_h5, out, "--key", "raw", "--voxel-size", "1", "1",
+                           "1", "--overwrite", "--quiet")
+        assert result.returncode == 0, result.stderr
+    assert (out / "info").is_file()

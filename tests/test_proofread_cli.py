@@ -159,3 +159,48 @@ def test_divided_supervoxels_stay_divided_through_reagglomeration(fresh_copy, ca
     assert main(["evaluate", "--config", str(config_path), "--quiet", "--ground-truth",
                  str(DEMO_H5), "--key", "labels"]) == 0
     assert (config.project_dir / "evaluation").is_dir()
+
+
+def _export(config_path, out, *extra) -> int:
+    return main(["export", "--config", str(config_path), "--output", str(out), "--quiet",
+                 *map(str, extra)])
+
+
+def test_export_never_replaces_a_folder_it_did_not_write(edited, tmp_path, capsys):
+    config_path, project = edited[0], edited[1]
+    def listing():  # (sqlite's -wal / -shm files come and go with an open log)
+        return sorted(p.name for p in project.root.iterdir() if not p.name.endswith(
+            ("-wal", "-shm")))
+
+    before = listing()
+    for extra in ((), ("--overwrite",)):  # the project itself: refused, nothing touched
+        assert _export(config_path, project.root, *extra) == 2
+        assert "refusing" in capsys.readouterr().err or not extra
+    assert listing() == before
+    assert Project.open(project.root).volume("segmentation").shape
+    theirs = tmp_path / "results"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    assert _export(config_path, theirs, "--overwrite") == 2
+    assert "is not a promptcut export" in capsys.readouterr().err
+    assert (theirs / "notes.txt").read_text() == "mine"
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert _export(config_path, a_file, "--overwrite") == 2
+    assert a_file.read_text() == "x"
+
+
+def test_export_replaces_an_earlier_export_only_when_asked(edited, tmp_path, capsys):
+    config_path = edited[0]
+    out = tmp_path / "export"
+    assert _export(config_path, out) == 0
+    (out / "marker").write_text("old")
+    assert _export(config_path, out) == 2
+    assert "--overwrite" in capsys.readouterr().err and (out / "marker").exists()
+    # leftovers of a killed export (its process is gone) are cleaned up by the next one
+    (tmp_path / "export.partial-999999999").mkdir()
+    (tmp_path / "export.old-999999999").mkdir()
+    assert _export(config_path, out, "--overwrite") == 0
+    assert not (out / "marker").exists() and (out / "export.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("export")) == [
+        "export"]
