@@ -11,6 +11,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from segmentation.errors import InputError, PromptcutError
+from segmentation.project_lock import project_lock
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -90,7 +91,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     if args.config:
         if args.input or args.output:
             raise InputError("give either --config or INPUT OUTPUT, not both")
-        project = prepare_project(load_config(args.config), args.overwrite, not args.quiet)
+        config = load_config(args.config)
+        with project_lock(config.project_dir, "import"):
+            project = prepare_project(config, args.overwrite, not args.quiet)
         print(f"project ready: {project.root}")
         return 0
     if not (args.input and args.output):
@@ -138,6 +141,9 @@ def _segment_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep the project's affinities, redo everything after them")
     p.add_argument("--if-needed", action="store_true",
                    help="do nothing when the project is already segmented")
+    p.add_argument("--archive-log", action="store_true",
+                   help="the project has proofreading edits: keep their log aside and start "
+                        "a fresh one (without this, segment refuses)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -150,8 +156,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
         overrides["segment.workers"] = args.workers
     if args.scheduler:
         overrides["segment.scheduler"] = args.scheduler
-    report = run_segment(load_config(args.config, overrides), args.reuse_affinities,
-                         args.if_needed, not args.quiet)
+    config = load_config(args.config, overrides)
+    with project_lock(config.project_dir, "segment"):
+        report = run_segment(config, args.reuse_affinities, args.if_needed, not args.quiet,
+                             args.archive_log)
     if report is None:
         print("already segmented (use without --if-needed to redo)")
         return 0
@@ -211,22 +219,23 @@ def _log_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", help="file to write (default: standard output)")
 
 
-def _open_session(config_path: str):
-    from promptcut.config import load_config
+def _open_session(config):
     from segmentation.proofread import open_session
     from segmentation.project import Project
 
-    config = load_config(config_path)
-    return config, Project.open(config.project_dir), open_session(
-        Project.open(config.project_dir))
+    project = Project.open(config.project_dir)
+    return project, open_session(project)
 
 
 def cmd_agglomerate(args: argparse.Namespace) -> int:
+    from promptcut.config import load_config
     from segmentation.proofread import reagglomerate
 
-    config, project, session = _open_session(args.config)
-    a = config.segment.agglomeration
-    result = reagglomerate(project, session, a.thresholds, a.quantile, a.default_threshold)
+    config = load_config(args.config)
+    with project_lock(config.project_dir, "agglomerate"):
+        project, session = _open_session(config)
+        a = config.segment.agglomeration
+        result = reagglomerate(project, session, a.thresholds, a.quantile, a.default_threshold)
     print(result)
     return 0
 
@@ -234,14 +243,21 @@ def cmd_agglomerate(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     import time
 
+    from promptcut.config import load_config
     from segmentation.export import export_segmentation
 
-    config, project, session = _open_session(args.config)
-    output = Path(args.output) if args.output else \
-        project.root / "exports" / time.strftime("%Y%m%d-%H%M%S")
-    ids, segments = session.membership()
-    folder = export_segmentation(session.supervoxels, ids, segments, session.log, output,
-                                 progress=not args.quiet, overwrite=args.overwrite)
+    config = load_config(args.config)
+    with project_lock(config.project_dir, "export"):
+        project, session = _open_session(config)
+        output = Path(args.output) if args.output else \
+            project.root / "exports" / time.strftime("%Y%m%d-%H%M%S")
+        ids, segments = session.membership()
+        try:
+            folder = export_segmentation(session.supervoxels, ids, segments, session.log,
+                                         output, progress=not args.quiet,
+                                         overwrite=args.overwrite)
+        finally:
+            session.log.close()
     print(f"exported {len(np.unique(segments))} segments to {folder}")
     return 0
 
@@ -249,7 +265,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_log(args: argparse.Namespace) -> int:
     import json
 
-    _, _, session = _open_session(args.config)
+    from promptcut.config import load_config
+
+    _, session = _open_session(load_config(args.config))
     if args.output:
         count = session.log.export_jsonl(Path(args.output))
         print(f"wrote {count} operations to {args.output}", file=sys.stderr)
@@ -354,7 +372,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         overrides["server.host"] = args.host
     if args.port is not None:
         overrides["server.port"] = args.port
-    run_server(load_config(args.config, overrides), open_browser=args.open)
+    config = load_config(args.config, overrides)
+    with project_lock(config.project_dir, "serve"):
+        run_server(config, open_browser=args.open)
     return 0
 
 

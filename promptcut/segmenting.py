@@ -8,7 +8,10 @@ from promptcut.config import Config
 from promptcut.setup_project import prepare_project
 from segmentation.affinities import make_model
 from segmentation.blockwise import Runner, default_workers
+from segmentation.errors import InputError
 from segmentation.pipeline import PipelineParams, PipelineReport, segment
+from segmentation.proofread import LOG_NAME, edit_count
+from segmentation.proofread import archive_log as archive_log_file
 from segmentation.supervoxels import SupervoxelParams
 
 
@@ -23,10 +26,18 @@ def pipeline_params(config: Config) -> PipelineParams:
 
 
 def run_segment(config: Config, reuse_affinities: bool = False, if_needed: bool = False,
-                progress: bool = True) -> Optional[PipelineReport]:
+                progress: bool = True, archive_log: bool = False) -> Optional[PipelineReport]:
     project = prepare_project(config, progress=progress)
     if if_needed and (project.root / "segments.npz").exists() and project.has("segmentation"):
         return None
+    edits = edit_count(project)
+    if edits and not archive_log:  # they would be replayed onto supervoxels they never saw
+        raise InputError(f"the project has {edits} proofreading edit(s) in {LOG_NAME}, made on "
+                         f"the segmentation this run replaces: pass --archive-log to keep them "
+                         f"aside and start a fresh log")
+    if edits:
+        moved = archive_log_file(project)
+        print(f"the edit log so far is kept as {moved.name}", flush=True)
     image = project.volume("image")
     checkpoint = config.segment.checkpoint
     model = None if reuse_affinities else make_model(

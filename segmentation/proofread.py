@@ -91,6 +91,29 @@ def affinity_reader(project: Project) -> Callable[[tuple], np.ndarray]:
     return read
 
 
+def edit_count(project: Project) -> int:
+    """Operations in the project's edit log (0 when it has none)."""
+    if not (project.root / LOG_NAME).exists():
+        return 0
+    log = EditLog(project.root / LOG_NAME)
+    try:
+        return len(log)
+    finally:
+        log.close()
+
+
+def archive_log(project: Project) -> Path:
+    """Move the edit log (closed) aside as edit_log.<time>.sqlite, so the next session starts
+    a fresh one; returns where it went."""
+    log = project.root / LOG_NAME
+    archived = log.with_name(f"edit_log.{time.strftime('%Y%m%d-%H%M%S')}.sqlite")
+    for suffix in ("", "-wal", "-shm"):
+        source = log.with_name(log.name + suffix)
+        if source.exists():
+            shutil.move(source, archived.with_name(archived.name + suffix))
+    return archived
+
+
 def reagglomerate(project: Project, session: ProofreadingSession, thresholds: list[float],
                   quantile: float, default_threshold: float) -> str:
     """Agglomerate again with the confirmed edges merged first and the separated ones never
@@ -109,12 +132,7 @@ def reagglomerate(project: Project, session: ProofreadingSession, thresholds: li
         rag.save(project.root / "rag.npz")
     save_segments(project.root / "segments.npz", rag.ids, result, default_threshold)
     session.log.close()
-    log = project.root / LOG_NAME
-    archived = log.with_name(f"edit_log.{time.strftime('%Y%m%d-%H%M%S')}.sqlite")
-    for suffix in ("", "-wal", "-shm"):
-        source = log.with_name(log.name + suffix)
-        if source.exists():
-            shutil.move(source, archived.with_name(archived.name + suffix))
+    archived = archive_log(project)
     kept = f", {len(divisions)} divided supervoxel(s) kept" if divisions else ""
     return (f"agglomerated with {len(confirmed)} confirmed and {len(separated)} separated "
             f"edges{kept}; the edit log so far is kept as {archived.name}")
