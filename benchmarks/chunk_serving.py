@@ -41,7 +41,8 @@ def run() -> dict:
     figures = {}
     with tempfile.TemporaryDirectory() as scratch:
         config = load_config(write_config(Path(scratch), DEMO_H5))
-        session = ServerSession(config, prepare_project(config, progress=False))
+        session = ServerSession(config.serve_settings(),
+                                prepare_project(config, progress=False))
         session.start()
         try:
             for mount, folder in (("image", "image"), ("segmentation", "supervoxels")):

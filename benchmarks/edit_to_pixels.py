@@ -169,7 +169,7 @@ def run(repeats: int = 8) -> dict:
                 figures["tiled_supervoxels"] = tile(project, 1_000_000)
             for name in ("edit_log.sqlite", "edit_log.sqlite-wal", "edit_log.sqlite-shm"):
                 (project.root / name).unlink(missing_ok=True)
-            session = ServerSession(config, project)
+            session = ServerSession(config.serve_settings(), project)
             session.start()
             try:
                 figures[variant] = measure(session, labels, repeats)

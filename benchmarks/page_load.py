@@ -19,7 +19,8 @@ def run(repeats: int = 5) -> dict:
     samples = []
     with tempfile.TemporaryDirectory() as scratch:
         config = load_config(write_config(Path(scratch), DEMO_H5, viewer={"layout": "xy"}))
-        session = ServerSession(config, prepare_project(config, progress=False))
+        session = ServerSession(config.serve_settings(),
+                                prepare_project(config, progress=False))
         session.start()
         with session.viewer.txn() as s:
             s.layers["supervoxels"].visible = False  # time the EM itself

@@ -365,7 +365,7 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from promptcut.config import load_config
-    from server.app import run_server
+    from promptcut.serving import run_server
 
     overrides = {}
     if args.host:

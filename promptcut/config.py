@@ -17,6 +17,8 @@ from typing import Any, Literal, Optional
 import yaml
 
 from segmentation.errors import ConfigError
+from server.settings import (ModelFiles, ModelsConfig, ServerConfig, ServeSettings,
+                             ViewerConfig)
 
 URL_SCHEMES = ("gs://", "s3://", "http://", "https://", "file://", "precomputed://", "zarr://",
                "zarr2://", "zarr3://", "n5://", "memory://")
@@ -101,40 +103,6 @@ class ImportConfig:
 
 
 @dataclass
-class Sam2Config:
-    config: str = "sam2.1_hiera_t"  # a package config name or a YAML file
-    checkpoint: Optional[str] = None  # official {"model": state_dict} file; none: no SAM2
-    propagate: int = 8  # slices each way a mask may propagate
-    score_threshold: float = 0.5  # stop propagating below this predicted IoU
-    overlap_threshold: float = 0.5  # or below this IoU with the previous slice's mask
-    cache_slices: int = 32
-
-
-@dataclass
-class ModelsConfig:
-    device: str = "auto"  # auto: CUDA when there is one, else the CPU
-    sam2: Sam2Config = field(default_factory=Sam2Config)
-    fgnet: Optional[str] = None  # an FGNet checkpoint: re-predict affinities around prompts
-    fgnet_window: int = 128  # voxels (y and x) around a prompt that FGNet re-predicts
-
-
-@dataclass
-class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    viewer_port: int = 0  # 0 picks a free port
-    public_url: Optional[str] = None  # how browsers reach this server, when not http://host:port
-
-
-@dataclass
-class ViewerConfig:
-    layout: Literal["4panel", "xy", "xz", "yz", "3d", "xy-3d"] = "4panel"
-    position: Optional[list[float]] = None  # voxel, z, y, x; the volume centre by default
-    cross_section_scale: Optional[float] = None  # voxels per screen pixel; None fits the volume
-    show_layer_panel: bool = False
-
-
-@dataclass
 class Config:
     project: str  # folder that holds the imported volumes and everything computed from them
     image: SourceConfig
@@ -165,6 +133,15 @@ class Config:
         if config.endswith((".yaml", ".yml")) and self.resolve(config).is_file():
             config = str(self.resolve(config))
         return config, self.resolve(sam2.checkpoint) if sam2.checkpoint else None
+
+    def serve_settings(self) -> ServeSettings:
+        """What the server is told, paths resolved."""
+        sam2_config, checkpoint = self.sam2_model()
+        fgnet = self.resolve(self.models.fgnet) if self.models.fgnet else None
+        return ServeSettings(self.name, self.dataset.name, self.dataset.credits, self.server,
+                             self.viewer, self.models,
+                             ModelFiles(sam2_config, checkpoint, fgnet),
+                             self.segment.mesh_reduction)
 
     def source_location(self, source: SourceConfig) -> str:
         """URLs stay as written; local paths become absolute."""

@@ -6,9 +6,9 @@ from typing import Optional
 
 from promptcut.config import Config
 from promptcut.setup_project import prepare_project
-from segmentation.affinities import make_model
 from segmentation.blockwise import Runner, default_workers
 from segmentation.errors import InputError
+from segmentation.models.learned import make_model
 from segmentation.pipeline import PipelineParams, PipelineReport, segment
 from segmentation.proofread import LOG_NAME, edit_count
 from segmentation.proofread import archive_log as archive_log_file

@@ -169,18 +169,3 @@ def largest_eigenvalue(a, b, c, d, e, f) -> np.ndarray:
     det = ba * (bb * bc - bf * bf) - bd * (bd * bc - bf * be) + be * (bd * bf - bb * be)
     phi = np.arccos(np.clip(det / 2.0, -1.0, 1.0)) / 3.0
     return (q + 2.0 * p * np.cos(phi)).astype(np.float32)
-
-
-def make_model(name: str, voxel_size: Sequence[float], checkpoint: Optional[str] = None,
-               device: str = "auto") -> AffinityModel:
-    """The affinity model a config names: the baseline, the 3D U-Net student or FGNet."""
-    if name in ("baseline", "intensity-baseline"):
-        return IntensityBaseline(voxel_size=tuple(voxel_size))
-    if name in ("unet3d", "fgnet"):
-        if checkpoint is None:
-            raise InputError(f"segment.model {name} needs segment.checkpoint (a file written "
-                             f"by `promptcut train`)")
-        from segmentation.models.learned import FGNetAffinities, StudentAffinities
-
-        return (StudentAffinities if name == "unet3d" else FGNetAffinities)(checkpoint, device)
-    raise InputError(f"unknown affinity model '{name}' (available: baseline, unet3d, fgnet)")

@@ -86,12 +86,14 @@ class EditLog:
                 raise
             return Entry(operation, user, now, kind, inputs, target, delta, division)
 
-    def entries(self) -> Iterator[Entry]:
+    def entries(self, after: int = 0, limit: Optional[int] = None) -> Iterator[Entry]:
+        """Operations after id ``after``, oldest first, at most ``limit`` of them."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, user, time, kind, inputs, target, delta, payload FROM operations "
-                "LEFT JOIN divisions ON divisions.operation = operations.id "
-                "ORDER BY id").fetchall()
+                "LEFT JOIN divisions ON divisions.operation = operations.id WHERE id > ? "
+                "ORDER BY id LIMIT ?", (int(after), -1 if limit is None else int(limit))
+            ).fetchall()
         for id_, user, when, kind, inputs, target, delta, division in rows:
             yield Entry(id_, user, when, kind, json.loads(inputs), target,
                         np.frombuffer(delta, np.uint64).reshape(-1, 3), division)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np

@@ -51,6 +51,10 @@ class EditError(PromptcutError):
     """An edit that cannot be done as asked; the state and the log are left unchanged."""
 
 
+class SegmentBusy(EditError):
+    """Another user holds the segment for a long edit (a model prompt); try again later."""
+
+
 @dataclass
 class OperationResult:
     operation: int
@@ -127,7 +131,12 @@ class ProofreadingSession:
         self._entries: dict[int, Entry] = {}
         self._undo: dict[str, list[int]] = {}
         self._redo: dict[str, list[int]] = {}
-        self._last_change: dict[int, int] = {}  # segment -> last operation that changed it
+        # each segment's version: the operation whose application left it as it is. An edit
+        # remembers the versions before and after it; undo needs the "after" ones (nothing
+        # changed since), redo the "before" ones, and each puts the other back, so edits undo
+        # and redo in order to any depth while anyone else's change in between blocks them
+        self._version: dict[int, int] = {}
+        self._versions: dict[int, tuple[dict[int, int], dict[int, int]]] = {}
         self._applied_by: dict[int, int] = {}  # operation -> the entry that last applied it
         self._undone_by: dict[int, int] = {}  # operation -> the undo that reversed it
         self._decided: dict[int, dict] = {}  # operation in effect -> its decisions
@@ -303,7 +312,7 @@ class ProofreadingSession:
                 with session._lock:
                     taken = [s for s in segments if s in session._busy]
                     if taken:
-                        raise EditError(f"segment {taken[0]} is being edited by "
+                        raise SegmentBusy(f"segment {taken[0]} is being edited by "
                                         f"{session._busy[taken[0]]}; try again in a moment")
                     for s in segments:
                         session._busy[int(s)] = user
@@ -512,11 +521,11 @@ class ProofreadingSession:
         sv, old, new = target.delta[:, 0], target.delta[:, 1], target.delta[:, 2]
         expected, wanted = (new, old) if undo else (old, new)
         current = self.segments_of(sv)
-        since = self._applied_by[target.id] if undo else self._undone_by[target.id]
-        later = [self._last_change.get(seg, 0) for seg in _distinct(np.concatenate([old, new]))
-                 if seg != 0]
+        before, after = self._versions[target.id]
+        needed = after if undo else before
         word = "undo" if undo else "redo"
-        if not np.array_equal(current, expected) or max(later, default=0) > since:
+        if not np.array_equal(current, expected) or any(
+                self._version.get(seg, 0) != version for seg, version in needed.items()):
             raise EditError(f"cannot {word} operation {target.id}: its supervoxels have been "
                             f"edited since")
         division = self._divisions.get(target.id)
@@ -772,9 +781,14 @@ class ProofreadingSession:
                 self.members.setdefault(seg, set()).update(rows(arriving, new, seg))
         self.segment[nodes] = new
         self._entries[entry.id] = entry
-        for seg in set(leaving) | set(arriving):
-            if seg != 0:
-                self._last_change[seg] = entry.id
+        if entry.kind in ("undo", "redo"):
+            before, after = self._versions[entry.target]
+            self._version.update(before if entry.kind == "undo" else after)
+        else:
+            touched = [seg for seg in set(leaving) | set(arriving) if seg != 0]
+            self._versions[entry.id] = ({seg: self._version.get(seg, 0) for seg in touched},
+                                        {seg: entry.id for seg in touched})
+            self._version.update(self._versions[entry.id][1])
         user = entry.user
         if entry.kind in ("undo", "redo"):
             target = self._entries[entry.target]

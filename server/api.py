@@ -1,78 +1,297 @@
-"""JSON handlers: thin wrappers that delegate to the running ServerSession."""
+"""The HTTP API, version 1 (``/api/v1/…``): JSON in and out, every request with the token.
+
+Edits (merge, split, prompt cut, supervoxel split, undo, redo, export) go to the edit service,
+questions (the segment at a point, a segment's members and size, the operation history) too.
+Points name their axes, ``{"x": 1, "y": 2, "z": 3}``, in voxels or, with ``"unit": "nm"``, in
+nanometres. Every edit answers with its operation id, the segments it changed, a message and
+milliseconds; bad input is a 4xx with a one-line ``{"error": …}`` and changes nothing.
+The description of all of it is served at ``/api/v1/openapi.json``.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Optional, Sequence
 
 import tornado.web
 
 from segmentation.errors import PromptcutError
-from server.data import CorsMixin
+from segmentation.session import OperationResult, SegmentBusy
+from server.access import Access, require_token
+from server.api_schema import openapi
+from server.edit_service import EditService
 
-if TYPE_CHECKING:
-    from server.app import ServerSession
+USER_HELP = "a user name is 1 to 64 letters, digits, '-', '_' or '.'"
+DEFAULT_USER = "proofreader"
 
 
-class JsonHandler(CorsMixin, tornado.web.RequestHandler):
-    def initialize(self, session: "ServerSession") -> None:
-        self.session = session
+def valid_user(user: str) -> bool:
+    return 0 < len(user) <= 64 and all(c.isalnum() or c in "-_." for c in user)
 
-    def send(self, payload: Any) -> None:
+
+@dataclass
+class ApiContext:
+    """What the handlers may reach: the access rules, the edit service (None for a project
+    without a segmentation graph) and the server's own answers."""
+
+    access: Access
+    service: Optional[EditService]
+    shape: Sequence[int]  # z, y, x voxels
+    voxel_size: Sequence[float]  # z, y, x nm
+    info: Callable[[], dict]
+    describe: Callable[[tuple[int, int, int]], Any]  # -> SegmentDescription
+    viewer_url: Callable[[str], str]  # user -> their viewer URL (made on first use)
+    reports: Callable[[str, int], list]  # user, after -> action reports
+
+
+class JsonHandler(tornado.web.RequestHandler):
+    def initialize(self, api: ApiContext, **_) -> None:
+        self.api = api
+
+    def prepare(self) -> None:
+        require_token(self, self.api.access)
+
+    def send(self, payload: Any, status: int = 200) -> None:
+        self.set_status(status)
         self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
         self.finish(json.dumps(payload))
 
     def write_error(self, status_code: int, **kwargs) -> None:
         exc = kwargs.get("exc_info", (None, None))[1]
         message = exc.log_message if isinstance(exc, tornado.web.HTTPError) and exc.log_message \
             else self._reason
-        self.send({"error": message})
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": " ".join(str(message).split())}))
 
-    def int_argument(self, name: str) -> int:
-        raw = self.get_query_argument(name, None)
+    # -- reading input --------------------------------------------------------------------------
+    def body(self) -> dict:
         try:
-            return int(raw)
+            data = json.loads(self.request.body or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise tornado.web.HTTPError(400, "the body is not JSON") from None
+        if not isinstance(data, dict):
+            raise tornado.web.HTTPError(400, "the body must be a JSON object")
+        return data
+
+    def user(self, data: Optional[dict] = None) -> str:
+        user = (data or {}).get("user") if data is not None else \
+            self.get_query_argument("user", None)
+        user = DEFAULT_USER if user in (None, "") else user
+        if not isinstance(user, str) or not valid_user(user):
+            raise tornado.web.HTTPError(400, USER_HELP)
+        return user
+
+    def point(self, value: Any, what: str) -> tuple[int, int, int]:
+        """A {"x", "y", "z"[, "unit"]} point as the z, y, x voxel that holds it."""
+        if not isinstance(value, dict) or any(axis not in value for axis in "xyz"):
+            raise tornado.web.HTTPError(400, f"{what} must be an object with x, y and z")
+        unit = value.get("unit", "voxel")
+        if unit not in ("voxel", "nm"):
+            raise tornado.web.HTTPError(400, f"{what}: unit must be 'voxel' or 'nm'")
+        extra = set(value) - {"x", "y", "z", "unit"}
+        if extra:
+            raise tornado.web.HTTPError(400, f"{what}: unknown key {sorted(extra)[0]!r}")
+        zyx = []
+        for axis, size, nm in zip("zyx", self.api.shape, self.api.voxel_size):
+            v = value[axis]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise tornado.web.HTTPError(400, f"{what}: {axis} must be a number")
+            voxel = math.floor(v / nm) if unit == "nm" else math.floor(v)
+            if not 0 <= voxel < size:
+                raise tornado.web.HTTPError(400, f"{what}: {axis} {v} {unit} is outside the "
+                                                 f"volume (0 to {size - 1} voxels)")
+            zyx.append(int(voxel))
+        return tuple(zyx)
+
+    def points(self, data: dict, key: str, required: bool = True) -> list[tuple[int, int, int]]:
+        values = data.get(key, [])
+        if not isinstance(values, list) or (required and not values):
+            raise tornado.web.HTTPError(400, f"{key} must be a non-empty list of points")
+        if len(values) > 1000:
+            raise tornado.web.HTTPError(400, f"{key}: at most 1000 points")
+        return [self.point(v, f"{key}[{i}]") for i, v in enumerate(values)]
+
+    def int_argument(self, name: str, default: Optional[int] = None, low: int = 0) -> int:
+        raw = self.get_query_argument(name, None)
+        if raw is None and default is not None:
+            return default
+        try:
+            value = int(raw)
         except (TypeError, ValueError):
             raise tornado.web.HTTPError(400, f"query argument {name!r} must be an integer") \
                 from None
+        if value < low:
+            raise tornado.web.HTTPError(400, f"query argument {name!r} must be at least {low}")
+        return value
+
+    def number_argument(self, name: str) -> float:
+        raw = self.get_query_argument(name, None)
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise tornado.web.HTTPError(400, f"query argument {name!r} must be a number") \
+                from None
+        return value
+
+    @property
+    def service(self) -> EditService:
+        if self.api.service is None:
+            raise tornado.web.HTTPError(409, "this project has no segmentation graph to edit: "
+                                             "run `promptcut segment` first")
+        return self.api.service
+
+
+def edit_answer(result: OperationResult) -> dict:
+    return {"operation": result.operation, "type": result.kind, "user": result.user,
+            "segments": [int(s) for s in result.segments],
+            "removed": [int(s) for s in result.removed], "message": result.message,
+            "milliseconds": round(result.milliseconds, 2)}
+
+
+class EditHandler(JsonHandler):
+    """POST /api/v1/<edit>: one edit through the edit service."""
+
+    def initialize(self, api: ApiContext, kind: str) -> None:
+        super().initialize(api)
+        self.kind = kind
+
+    def post(self) -> None:
+        data = self.body()
+        user = self.user(data)
+        service = self.service
+        run: Callable[[], OperationResult]
+        if self.kind == "merge":
+            first, second = self.point(data.get("first"), "first"), \
+                self.point(data.get("second"), "second")
+            run = lambda: service.merge(user, first, second)  # noqa: E731
+        elif self.kind in ("split", "split_supervoxel"):
+            sources, sinks = self.points(data, "sources"), self.points(data, "sinks")
+            method = service.split if self.kind == "split" else service.split_supervoxel
+            run = lambda: method(user, sources, sinks)  # noqa: E731
+        elif self.kind == "prompt_cut":
+            positives = self.points(data, "positives")
+            negatives = self.points(data, "negatives", required=False)
+            run = lambda: service.prompt_cut(user, positives, negatives)  # noqa: E731
+        elif self.kind == "undo":
+            run = lambda: service.undo(user)  # noqa: E731
+        else:
+            run = lambda: service.redo(user)  # noqa: E731
+        try:
+            result = run()
+        except SegmentBusy as exc:
+            raise tornado.web.HTTPError(409, str(exc)) from None
+        except PromptcutError as exc:
+            raise tornado.web.HTTPError(400, str(exc)) from None
+        self.send(edit_answer(result))
+
+
+class ExportHandler(JsonHandler):
+    """POST /api/v1/export: the corrected segmentation into PROJECT/exports/<time>/."""
+
+    def post(self) -> None:
+        self.body()
+        try:
+            folder = self.service.export()
+        except PromptcutError as exc:
+            raise tornado.web.HTTPError(400, str(exc)) from None
+        self.send({"folder": str(folder)})
+
+
+class OperationsHandler(JsonHandler):
+    """GET /api/v1/operations?after=N&limit=M: the operation history, oldest first."""
+
+    def get(self) -> None:
+        after = self.int_argument("after", 0)
+        limit = min(self.int_argument("limit", 100, low=1), 1000)
+        self.send({"operations": self.service.operations(after, limit)})
+
+
+class SegmentAtHandler(JsonHandler):
+    """GET /api/v1/segment_at?x=&y=&z=[&unit=nm]: the segment at a point."""
+
+    def get(self) -> None:
+        point = {axis: self.number_argument(axis) for axis in "xyz"}
+        point["unit"] = self.get_query_argument("unit", "voxel")
+        zyx = self.point(point, "the point")
+        try:
+            described = self.api.describe(zyx)
+        except PromptcutError as exc:
+            raise tornado.web.HTTPError(404, str(exc)) from None
+        answer = asdict(described)
+        z, y, x = answer.pop("voxel")
+        self.send({**answer, "voxel": {"x": x, "y": y, "z": z}})
+
+
+class SegmentHandler(JsonHandler):
+    """GET /api/v1/segments/<id>: size, supervoxel count and bounding box;
+    GET /api/v1/segments/<id>/members: its supervoxel ids."""
+
+    def get(self, segment: str, members: Optional[str]) -> None:
+        try:
+            if members:
+                ids = self.service.members(int(segment))
+                self.send({"segment": int(segment), "supervoxels": ids.astype(int).tolist()})
+            else:
+                summary = self.service.summary(int(segment))
+                box = summary.pop("bbox_zyx")
+                corner = {k: dict(zip("zyx", box[k])) for k in ("start", "stop")}
+                self.send({**summary, "bbox": corner})
+        except PromptcutError as exc:
+            raise tornado.web.HTTPError(404, str(exc)) from None
 
 
 class InfoHandler(JsonHandler):
-    def get(self) -> None:
-        self.send(self.session.info())
-
-
-class SegmentInfoHandler(JsonHandler):
-    """GET /api/segment?z=&y=&x= : the segment at a voxel, as the `i` key reports it."""
+    """GET /api/v1/info: the project, its layers and keys, and the viewer URL."""
 
     def get(self) -> None:
-        zyx = tuple(self.int_argument(axis) for axis in "zyx")
-        try:
-            self.send(asdict(self.session.describe_segment(zyx)))
-        except PromptcutError as exc:
-            raise tornado.web.HTTPError(400, str(exc)) from None
+        self.send(self.api.info())
 
 
 class ReportsHandler(JsonHandler):
-    """GET /api/reports?after=N : outcomes of keyboard actions, oldest first."""
+    """GET /api/v1/reports?user=NAME&after=N: outcomes of that user's key actions."""
 
     def get(self) -> None:
-        after = int(self.get_query_argument("after", "0") or 0)
-        reports = [asdict(r) for r in self.session.router.reports if r.sequence > after]
-        self.send({"reports": reports})
+        user = self.user()
+        after = self.int_argument("after", 0)
+        self.send({"reports": self.api.reports(user, after)})
 
 
 class ViewerHandler(JsonHandler):
-    """GET /api/viewer?user=NAME : that proofreader's own viewer (made on first use)."""
+    """GET /api/v1/viewer?user=NAME: that proofreader's own viewer URL (made on first use)."""
 
     def get(self) -> None:
-        user = self.get_query_argument("user", "") or self.session.default_user
+        user = self.user()
         try:
-            viewer = self.session.viewer_for(user)
+            url = self.api.viewer_url(user)
         except PromptcutError as exc:
             raise tornado.web.HTTPError(400, str(exc)) from None
-        if self.get_query_argument("redirect", "1") == "1":
-            self.redirect(viewer.get_viewer_url())
-        else:
-            self.send({"user": user, "viewer_url": viewer.get_viewer_url()})
+        self.send({"user": user, "viewer_url": url})
+
+
+class SchemaHandler(JsonHandler):
+    """GET /api/v1/openapi.json: this API described (no token needed to read it)."""
+
+    def prepare(self) -> None:
+        pass
+
+    def get(self) -> None:
+        self.send(openapi())
+
+
+def routes(api: ApiContext) -> list:
+    context = {"api": api}
+    edits = [(rf"/api/v1/{kind}", EditHandler, {**context, "kind": kind}) for kind in
+             ("merge", "split", "prompt_cut", "split_supervoxel", "undo", "redo")]
+    return edits + [
+        (r"/api/v1/export", ExportHandler, context),
+        (r"/api/v1/operations", OperationsHandler, context),
+        (r"/api/v1/segment_at", SegmentAtHandler, context),
+        (r"/api/v1/segments/(\d+)(/members)?", SegmentHandler, context),
+        (r"/api/v1/info", InfoHandler, context),
+        (r"/api/v1/reports", ReportsHandler, context),
+        (r"/api/v1/viewer", ViewerHandler, context),
+        (r"/api/v1/openapi.json", SchemaHandler, context),
+    ]

@@ -1,4 +1,4 @@
-"""Start-up: the tornado application, the neuroglancer viewer and the running session object.
+"""The running server: the tornado application, the neuroglancer viewers and the edit service.
 
 Two HTTP servers run in one process: neuroglancer's own (its client and state sync, on its
 IOLoop thread) and promptcut's (data, landing page and API, on a second IOLoop thread).
@@ -11,10 +11,8 @@ import errno
 import logging
 import socket
 import threading
-import time
-import webbrowser
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -25,21 +23,22 @@ import tornado.netutil
 import tornado.web
 from tornado.ioloop import IOLoop
 
-from promptcut.config import Config
 from segmentation.errors import InputError
-from segmentation.export import export_segmentation
 from segmentation.meshes import mesh_block
 from segmentation.proofread import open_session
 from segmentation.session import OperationResult, ProofreadingSession
 from segmentation.project import Project
 from segmentation.stats import VoxelCounts
 from server import viewer as ngview
+from server.access import MAX_BODY, Access, HostCheckedApplication
 from server.actions import Action, ActionRouter
-from server.api import InfoHandler, ReportsHandler, SegmentInfoHandler, ViewerHandler
+from server.api import ApiContext, routes, valid_user, USER_HELP
 from server.data import DataHandler
+from server.edit_service import EditService, SegmentDescription
 from server.model_worker import ModelWorker
 from server.proofreading import PROMPT_LAYER, Proofreading, prompt_layer
 from server.segments import MembershipView, SegmentChunkHandler, SegmentSource
+from server.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 STATIC_DIR = ngview.STATIC_DIR
@@ -47,26 +46,14 @@ MOUNTS = {"image": ngview.IMAGE_LAYER, "segmentation": ngview.SEGMENTATION_LAYER
 PROTOCOL = {"precomputed": "precomputed", "zarr": "zarr2", "n5": "n5"}
 
 
-@dataclass
-class SegmentDescription:
-    segment: int
-    supervoxel: int
-    voxels: int
-    supervoxels: int
-    voxel: tuple[int, int, int]  # z, y, x
-
-    def message(self) -> str:
-        z, y, x = self.voxel
-        return (f"segment {self.segment}: {self.voxels:,} voxels, {self.supervoxels} supervoxel"
-                f"{'s' if self.supervoxels != 1 else ''} (at z {z}, y {y}, x {x})")
-
-
 class ServerSession:
     """Everything a running server holds: the one piece of state beyond the request handlers."""
 
-    def __init__(self, config: Config, project: Project):
-        self.config = config
+    def __init__(self, settings: ServeSettings, project: Project):
+        self.settings = settings
         self.project = project
+        server = settings.server
+        self.access = Access.for_server(server.host, server.token, server.public_url)
         self.viewers: dict[str, neuroglancer.Viewer] = {}
         self.routers: dict[str, ActionRouter] = {}
         self.users: dict[str, Proofreading] = {}
@@ -79,6 +66,7 @@ class ServerSession:
         self._initial_view: tuple = ()
         self._users_lock = threading.Lock()
         self.proofreading: Optional[ProofreadingSession] = None
+        self.service: Optional[EditService] = None
         self.membership_view: Optional[MembershipView] = None
         self.segment_source: Optional[SegmentSource] = None
         self.models: Optional[ModelWorker] = None
@@ -91,8 +79,12 @@ class ServerSession:
         volume = self.project.volume("segmentation")
         self.membership_view = MembershipView(*session.membership())
         self.membership_view.apply(np.zeros((0, 3), np.uint64), session.successors())
-        self.models = ModelWorker(self.config, self.project.volume("image"),
-                                  session.supervoxels, self._model_status)
+        self.models = ModelWorker(self.settings.models, self.settings.model_files,
+                                  self.project.volume("image"), session.supervoxels,
+                                  self._model_status)
+        self.service = EditService(session, self.models, self.membership_view,
+                                   self.project.root / "exports")
+        self.service.subscribe(self._redraw)
         self.segment_source = SegmentSource(Path(volume.location), self.membership_view,
                                             self.proofreading.members_of, session.supervoxels,
                                             self._mesh_supervoxel)
@@ -111,7 +103,7 @@ class ServerSession:
         block[block != np.uint64(supervoxel)] = 0
         folder = Path(self.project.volume("segmentation").location) / "mesh"
         written = mesh_block(block, [s.start for s in region], labels.voxel_size, folder,
-                             "divided", self.config.segment.mesh_reduction)
+                             "divided", self.settings.mesh_reduction)
         return written.get(supervoxel, [])
 
     @property
@@ -128,7 +120,7 @@ class ServerSession:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
-        server = self.config.server
+        server = self.settings.server
         sockets = bind(server.host, server.port, "server.port")
         self.port = sockets[0].getsockname()[1]
         ready = threading.Event()
@@ -141,26 +133,27 @@ class ServerSession:
         neuroglancer.set_server_bind_address(server.host, server.viewer_port)
         ngview.use_key_relay()
         self.viewer_for(self.default_user)
+        ngview.cap_request_bodies(MAX_BODY * 16)  # state sync and actions: small JSON
 
     def _serve(self, sockets: list[socket.socket], ready: threading.Event) -> None:
         asyncio.set_event_loop(asyncio.new_event_loop())
         self.loop = IOLoop.current()
-        self._http = tornado.httpserver.HTTPServer(make_app(self))
+        self._http = tornado.httpserver.HTTPServer(make_app(self), max_body_size=MAX_BODY)
         self._http.add_sockets(sockets)
         ready.set()
         self.loop.start()
 
     def viewer_for(self, user: str) -> neuroglancer.Viewer:
         """Each proofreader gets a viewer of their own: their own URL, prompts and undo."""
-        if not user or len(user) > 64 or not all(c.isalnum() or c in "-_." for c in user):
-            raise InputError("a user name is 1 to 64 letters, digits, '-', '_' or '.'")
+        if not valid_user(user):
+            raise InputError(USER_HELP)
         with self._users_lock:
             if user in self.viewers:
                 return self.viewers[user]
             try:
-                viewer = ngview.Viewer()
+                viewer = ngview.Viewer(token=self.access.viewer_token(user))
             except OSError as exc:
-                server = self.config.server
+                server = self.settings.server
                 raise _port_error(exc, server.host, server.viewer_port,
                                   "server.viewer_port") from None
             if not self._initial_view:
@@ -169,9 +162,10 @@ class ServerSession:
             router = ActionRouter(viewer)
             actions = [Action("promptcut-info", "keyi", "show the segment under the mouse",
                               lambda pointer: self.describe_segment(
-                                  self.require_voxel(pointer)).message())]
-            if self.proofreading is not None:
-                self.users[user] = Proofreading(self, user)
+                                  ngview.require_voxel(pointer)).message())]
+            if self.service is not None:
+                self.users[user] = Proofreading(self.service, user, viewer,
+                                                router.key_reference)
                 actions += self.users[user].actions()
                 with viewer.txn() as state:
                     state.layers[PROMPT_LAYER] = prompt_layer(state.dimensions)
@@ -183,11 +177,11 @@ class ServerSession:
     def _view_settings(self) -> tuple:
         volumes = {kind: self.project.volume(kind) for kind in MOUNTS if self.project.has(kind)}
         sources = {MOUNTS[kind]: self.source_url(kind) for kind in volumes}
-        camera = ngview.default_camera(volumes["image"].shape, self.config.viewer.layout,
-                                       self.config.viewer.position,
-                                       self.config.viewer.cross_section_scale)
-        return (volumes["image"].voxel_size, sources, camera,
-                self.config.viewer.show_layer_panel, self._segments_at(camera.position))
+        view = self.settings.viewer
+        camera = ngview.default_camera(volumes["image"].shape, view.layout, view.position,
+                                       view.cross_section_scale)
+        return (volumes["image"].voxel_size, sources, camera, view.show_layer_panel,
+                self._segments_at(camera.position))
 
     def reset_view(self) -> None:
         """Layers, camera and layout of every viewer back to how the session started."""
@@ -220,9 +214,9 @@ class ServerSession:
     # -- addresses ------------------------------------------------------------------------------
     @property
     def base_url(self) -> str:
-        if self.config.server.public_url:
-            return self.config.server.public_url.rstrip("/")
-        host = self.config.server.host
+        if self.settings.server.public_url:
+            return self.settings.server.public_url.rstrip("/")
+        host = self.settings.server.host
         if host in ("0.0.0.0", "::", ""):
             host = socket.getfqdn()
         return f"http://{host}:{self.port}"
@@ -230,6 +224,11 @@ class ServerSession:
     @property
     def viewer_url(self) -> str:
         return self.viewer.get_viewer_url() if self.viewer else ""
+
+    @property
+    def landing_url(self) -> str:
+        """The landing page, with the token in the fragment (never sent to a server)."""
+        return f"{self.base_url}/#token={self.access.token}"
 
     def source_url(self, kind: str) -> str:
         """The neuroglancer data source of a volume: served by us when local, else its URL.
@@ -247,96 +246,63 @@ class ServerSession:
         return {v.kind: Path(v.location) for v in volumes if v.is_local}
 
     # -- what the keys and the API do ------------------------------------------------------------
-    @staticmethod
-    def require_voxel(pointer: ngview.Pointer) -> tuple[int, int, int]:
-        if pointer.voxel is None:
-            raise InputError("move the mouse over the volume first")
-        return pointer.voxel
-
-    def segment_of(self, supervoxel: int) -> int:
-        return self.proofreading.segment_of(supervoxel) if self.proofreading else supervoxel
-
-    def supervoxel_at(self, zyx: Sequence[int]) -> int:
-        """The supervoxel at a voxel, divisions included (0: background)."""
-        if self.proofreading is not None:
-            return int(self.proofreading.locate(zyx))
-        return int(self.project.volume("segmentation").value_at(zyx))
-
     def _segments_at(self, zyx: Sequence[float]) -> list[int]:
         """The segment at a voxel, to show in 3D from the start (none on background)."""
         if not self.project.has("segmentation"):
             return []
-        supervoxel = self.supervoxel_at([int(v) for v in zyx])
-        return [self.segment_of(supervoxel)] if supervoxel else []
+        zyx = [int(v) for v in zyx]
+        if self.service is not None:
+            supervoxel = self.service.supervoxel_at(zyx)
+            return [self.service.segment_of(supervoxel)] if supervoxel else []
+        supervoxel = int(self.project.volume("segmentation").value_at(zyx))
+        return [supervoxel] if supervoxel else []
 
     def describe_segment(self, zyx: Sequence[int]) -> SegmentDescription:
         if not self.project.has("segmentation"):
             raise InputError("this project has no segmentation")
+        if self.service is not None:
+            return self.service.describe(zyx)
         zyx = tuple(int(v) for v in zyx)
-        supervoxel = self.supervoxel_at(zyx)
+        supervoxel = int(self.project.volume("segmentation").value_at(zyx))
         if supervoxel == 0:
             raise InputError(f"no segment at z {zyx[0]}, y {zyx[1]}, x {zyx[2]} (background)")
-        if self.proofreading is not None:
-            session = self.proofreading
-            segment = session.segment_of(supervoxel)
-            members = session.members_of(segment)
-            voxels = int(session.graph.size[session.graph.node_index(members)].sum())
-            return SegmentDescription(segment, supervoxel, voxels, len(members), zyx)
         if self._sizes is None:
             self._sizes = self._background.submit(self.project.supervoxel_sizes)
         sizes: VoxelCounts = self._sizes.result()
         return SegmentDescription(supervoxel, supervoxel, sizes.count(supervoxel), 1, zyx)
 
-    def prompt_cut(self, user: str, positives, negatives) -> OperationResult:
-        """The prompt cut, weighted by a SAM2 mask when a checkpoint is configured, on edge
-        weights that FGNet re-predicted around the click when it is. The segments involved are
-        held for the user while the models work."""
-        session = self.proofreading
-        held = sorted({session.segment_of(session.supervoxel_at(p, "positive point"))
-                       for p in positives})
-        with session.reserve(held, user):
-            evidence = self.models.prompt_evidence(positives, negatives)
-            if evidence.edges is not None:
-                session.reweight(evidence.edges.pairs, evidence.edges.faces,
-                                 evidence.edges.affinity)
-            result = session.prompt_cut(user, positives, negatives, evidence.mask)
-        result.message = f"{result.message} (from {evidence.used})"
-        return result
-
     def _model_status(self, message: Optional[str]) -> None:
         for viewer in list(self.viewers.values()):
             ngview.show_status(viewer, "promptcut-model", message)
 
-    def after_edit(self, result: OperationResult) -> None:
-        """Tell every viewer: a new generation of the segmentation, and which segments to show
-        in place of the ones the edit removed."""
-        self.membership_view.apply(result.delta, result.retired)
+    def _redraw(self, result: OperationResult) -> None:
+        """Tell every viewer, each on its own (one broken viewer must not stop the others): a
+        new generation of the segmentation, and which segments to show in place of the ones
+        the edit removed."""
         url = self.source_url("segmentation")
         for user, viewer in list(self.viewers.items()):
-            with viewer.txn() as s:
-                if user in self.users:  # kept prompt points change with cuts and undo
-                    self.users[user].draw_prompts(s)
-                layer = s.layers[ngview.SEGMENTATION_LAYER]
-                layer.source = url
-                shown = {int(v) for v in layer.segments}
-                if shown & set(result.removed + result.segments) or not shown:
-                    shown = (shown - set(result.removed)) | set(result.segments[:1])
-                layer.segments = shown
-
-    def export(self, output: Optional[Path] = None) -> Path:
-        if self.proofreading is None:
-            raise InputError("nothing to export: this project has no proofreading session")
-        session = self.proofreading
-        folder = output or self.project.root / "exports" / time.strftime("%Y%m%d-%H%M%S")
-        ids, segments = session.membership()
-        return export_segmentation(session.supervoxels, ids, segments, session.log, folder)
+            try:
+                with viewer.txn() as s:
+                    if user in self.users:  # kept prompt points change with cuts and undo
+                        self.users[user].draw_prompts(s)
+                    if ngview.SEGMENTATION_LAYER not in s.layers:
+                        continue  # the proofreader removed the layer from their view
+                    layer = s.layers[ngview.SEGMENTATION_LAYER]
+                    layer.source = url
+                    shown = {int(v) for v in layer.segments}
+                    if shown & set(result.removed + result.segments) or not shown:
+                        shown = (shown - set(result.removed)) | set(result.segments[:1])
+                    layer.segments = shown
+            except Exception:  # noqa: BLE001 - logged; the edit is saved either way
+                log.exception("could not update %s's viewer after operation %d", user,
+                              result.operation)
 
     def info(self) -> dict:
         image = self.project.volume("image")
         return {
-            "name": self.config.name,
-            "dataset": self.config.dataset.name,
-            "credits": self.config.dataset.credits,
+            "name": self.settings.name,
+            "dataset": self.settings.dataset,
+            "credits": self.settings.credits,
             "viewer_url": self.viewer_url,
             "shape_zyx": list(image.shape),
             "voxel_size_nm_zyx": list(image.voxel_size),
@@ -349,19 +315,21 @@ class ServerSession:
 
 
 def make_app(session: ServerSession) -> tornado.web.Application:
-    api = {"session": session}
+    image = session.project.volume("image")
+    api = ApiContext(
+        access=session.access, service=session.service, shape=image.shape,
+        voxel_size=image.voxel_size, info=session.info, describe=session.describe_segment,
+        viewer_url=lambda user: session.viewer_for(user).get_viewer_url(),
+        reports=lambda user, after: [asdict(r) for r in session.routers[user].reports
+                                     if r.sequence > after] if user in session.routers else [])
     live = [(r"/segments/g(\d+)/(.*)", SegmentChunkHandler, {"source": session.segment_source})
             ] if session.segment_source is not None else []
-    return tornado.web.Application(live + [
+    return HostCheckedApplication(routes(api) + live + [
         (r"/data/([^/]+)/(.*)", DataHandler, {"mounts": session.mounts()}),
-        (r"/api/info", InfoHandler, api),
-        (r"/api/segment", SegmentInfoHandler, api),
-        (r"/api/reports", ReportsHandler, api),
-        (r"/api/viewer", ViewerHandler, api),
         (r"/static/(.*)", tornado.web.StaticFileHandler, {"path": str(STATIC_DIR)}),
         (r"/()", tornado.web.StaticFileHandler,
          {"path": str(STATIC_DIR), "default_filename": "index.html"}),
-    ], log_function=_log_request)
+    ], session.access, log_function=_log_request)
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:
@@ -385,24 +353,3 @@ def _port_error(exc: OSError, host: str, port: int, key: str) -> InputError:
         return InputError(f"cannot bind to {host}: no such address on this machine "
                           f"(check server.host)")
     return InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
-
-
-def run_server(config: Config, open_browser: bool = False) -> None:
-    """Import what the config needs, start both servers, and serve until Ctrl-C."""
-    from promptcut.setup_project import prepare_project
-
-    project = prepare_project(config)
-    session = ServerSession(config, project)
-    session.start()
-    print(f"promptcut: {config.name} ({config.dataset.name})")
-    print(f"  viewer:       {session.viewer_url}")
-    print(f"  landing page: {session.base_url}/")
-    print("  press Ctrl-C to stop", flush=True)
-    if open_browser:
-        webbrowser.open(session.viewer_url)
-    stop = threading.Event()
-    try:
-        while not stop.wait(3600):
-            pass
-    finally:
-        session.stop()

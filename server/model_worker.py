@@ -18,7 +18,6 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from promptcut.config import Config
 from segmentation.affinities import quantize
 from segmentation.errors import InputError
 from segmentation.models.fgnet import FGNet, window_levels
@@ -27,6 +26,7 @@ from segmentation.models.sam2_prompt import Sam2Prompter, build_model, \
     supervoxel_probabilities
 from segmentation.rag import block_contacts
 from segmentation.volume import Volume
+from server.settings import ModelFiles, ModelsConfig
 
 Point = Sequence[int]
 
@@ -48,22 +48,20 @@ class PromptEvidence:
 
 
 class ModelWorker:
-    def __init__(self, config: Config, image: Volume, supervoxels: Volume,
-                 status: Callable[[Optional[str]], None]):
-        models = config.models
+    def __init__(self, models: ModelsConfig, files: ModelFiles, image: Volume,
+                 supervoxels: Volume, status: Callable[[Optional[str]], None]):
         self.settings = models.sam2
         self.window = models.fgnet_window
         self.image, self.supervoxels = image, supervoxels
         self.status = status
         self.prompter: Optional[Sam2Prompter] = None
         self.fgnet: Optional[FGNet] = None
-        sam2_config, checkpoint = config.sam2_model()
-        if checkpoint is not None:
-            model = build_model(sam2_config, checkpoint, models.device)  # fails at start-up
+        if files.sam2_checkpoint is not None:  # fails at start-up
+            model = build_model(files.sam2_config, files.sam2_checkpoint, models.device)
             self.prompter = Sam2Prompter(model, self.settings.cache_slices,
                                          keep_fpn=models.fgnet is not None)
-        if models.fgnet is not None:
-            self.fgnet = self._load_fgnet(config.resolve(models.fgnet), models.device)
+        if files.fgnet is not None:
+            self.fgnet = self._load_fgnet(files.fgnet, models.device)
         self._queue = ThreadPoolExecutor(max_workers=1, thread_name_prefix="promptcut-model")
         self._waiting = 0
         self._lock = threading.Lock()

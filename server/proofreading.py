@@ -1,25 +1,22 @@
 """Keyboard proofreading in the viewer: prompts, merge, split, prompt cut, undo, redo, export.
 
 Each proofreader has their own neuroglancer viewer (their own URL), prompt points and undo
-history; all of them edit the one ProofreadingSession. After every edit the segmentation layer's
-URL gets the new generation in every viewer, so each browser refetches only what it shows.
+history; all of them edit through the one edit service, which tells every viewer what changed.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
 import neuroglancer
 
 from segmentation.errors import InputError
 from segmentation.session import OperationResult
 from server.actions import Action
-from server.viewer import Pointer, to_viewer
-
-if TYPE_CHECKING:
-    from server.app import ServerSession
+from server.edit_service import EditService
+from server.viewer import Pointer, require_voxel, to_viewer
 
 PROMPT_LAYER = "prompts"
 PROMPT_SHADER = """
@@ -52,9 +49,12 @@ def prompt_layer(dimensions) -> neuroglancer.LocalAnnotationLayer:
 class Proofreading:
     """The keys of one proofreader, and what they do to the session and the viewers."""
 
-    def __init__(self, server: "ServerSession", user: str):
-        self.server = server
+    def __init__(self, service: EditService, user: str, viewer: neuroglancer.Viewer,
+                 key_reference: Callable[[], list[dict]]):
+        self.service = service
         self.user = user
+        self.viewer = viewer
+        self.key_reference = key_reference
         self.state = UserState()
         self._lock = threading.Lock()
 
@@ -89,13 +89,13 @@ class Proofreading:
         return self._add_prompt(pointer, -1)
 
     def _add_prompt(self, pointer: Pointer, sign: int) -> str:
-        voxel = self.server.require_voxel(pointer)
-        self.server.proofreading.supervoxel_at(voxel, "point")  # refuse background early
+        voxel = require_voxel(pointer)
+        self.service.session.supervoxel_at(voxel, "point")  # refuse background early
         with self._lock:
             (self.state.positives if sign > 0 else self.state.negatives).append(voxel)
             count = len(self.state.positives), len(self.state.negatives)
         self.show_prompts()
-        self.server.models.prefetch_around(voxel)  # the cut that follows finds them encoded
+        self.service.models.prefetch_around(voxel)  # the cut that follows finds them encoded
         word = "positive" if sign > 0 else "negative"
         return f"{word} point at z {voxel[0]}, y {voxel[1]}, x {voxel[2]} ({count[0]} +, " \
                f"{count[1]} -)"
@@ -107,7 +107,7 @@ class Proofreading:
         return "prompt points cleared"
 
     def show_prompts(self) -> None:
-        with self.server.viewers[self.user].txn() as s:
+        with self.viewer.txn() as s:
             self.draw_prompts(s)
 
     def draw_prompts(self, state) -> None:
@@ -116,7 +116,7 @@ class Proofreading:
         with self._lock:
             points = [(p, 1, 0) for p in self.state.positives] + \
                 [(p, -1, 0) for p in self.state.negatives]
-        points += [(p, sign, 1) for p, sign in self.server.proofreading.kept_prompts()]
+        points += [(p, sign, 1) for p, sign in self.service.session.kept_prompts()]
         state.layers[PROMPT_LAYER].annotations = [
             neuroglancer.PointAnnotation(id=f"prompt{i}", point=[v + 0.5 for v in to_viewer(p)],
                                          props=[sign, kept])
@@ -124,8 +124,8 @@ class Proofreading:
 
     # -- edits ----------------------------------------------------------------------------------
     def merge(self, pointer: Pointer) -> str:
-        voxel = self.server.require_voxel(pointer)
-        session = self.server.proofreading
+        voxel = require_voxel(pointer)
+        session = self.service.session
         with self._lock:
             first = self.state.merge_from
             if first is None:
@@ -133,14 +133,14 @@ class Proofreading:
                 self.state.merge_from = voxel
                 return f"merge: segment {segment} chosen; press M over the segment to join"
             self.state.merge_from = None
-        return self._report(session.merge(self.user, first, voxel))
+        return self._report(self.service.merge(self.user, first, voxel))
 
     def split(self, pointer: Pointer) -> str:
         with self._lock:
             sources, sinks = list(self.state.positives), list(self.state.negatives)
         if not sources or not sinks:
             raise InputError("a split needs positive (P) and negative (Shift+P) points")
-        result = self.server.proofreading.split(self.user, sources, sinks)
+        result = self.service.split(self.user, sources, sinks)
         self.clear(pointer)
         return self._report(result)
 
@@ -150,37 +150,35 @@ class Proofreading:
         if not sources or not sinks:
             raise InputError("dividing a supervoxel needs a positive (P) and a negative "
                              "(Shift+P) point in it")
-        result = self.server.proofreading.split_supervoxel(self.user, sources, sinks)
+        result = self.service.split_supervoxel(self.user, sources, sinks)
         self.clear(pointer)
         return self._report(result)
 
     def forget(self, pointer: Pointer) -> str:
-        voxel = self.server.require_voxel(pointer)
-        return self._report(self.server.proofreading.clear_prompts(self.user, voxel))
+        return self._report(self.service.forget_prompts(self.user, require_voxel(pointer)))
 
     def prompt_cut(self, pointer: Pointer) -> str:
         with self._lock:
             positives, negatives = list(self.state.positives), list(self.state.negatives)
         if not positives:
             raise InputError("add a positive point (P) over the segment first")
-        result = self.server.prompt_cut(self.user, positives, negatives)
+        result = self.service.prompt_cut(self.user, positives, negatives)
         self.clear(pointer)
         return self._report(result)
 
     def undo(self, pointer: Pointer) -> str:
-        return self._report(self.server.proofreading.undo(self.user))
+        return self._report(self.service.undo(self.user))
 
     def redo(self, pointer: Pointer) -> str:
-        return self._report(self.server.proofreading.redo(self.user))
+        return self._report(self.service.redo(self.user))
 
     def export(self, pointer: Pointer) -> str:
-        folder = self.server.export()
-        return f"exported to {folder}"
+        return f"exported to {self.service.export()}"
 
     def help(self, pointer: Pointer) -> str:
-        keys = self.server.routers[self.user].key_reference()
+        keys = self.key_reference()
         return "keys: " + "; ".join(f"{k['key']} {k['action']}" for k in keys)
 
-    def _report(self, result: OperationResult) -> str:
-        self.server.after_edit(result)
+    @staticmethod
+    def _report(result: OperationResult) -> str:
         return f"{result.message} [operation {result.operation}, {result.milliseconds:.0f} ms]"

@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import neuroglancer
+import neuroglancer.server
 import neuroglancer.static
+
+from segmentation.errors import InputError
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 KEY_RELAY = "promptcut_keys.js"
@@ -67,6 +70,15 @@ def use_key_relay() -> None:
     neuroglancer.set_static_content_source(source=ClientWithKeyRelay())
 
 
+def cap_request_bodies(limit: int) -> None:
+    """Cap the bodies neuroglancer's own server buffers (1 GiB by default, for screenshots
+    promptcut never takes): its state-sync and action posts are small JSON. Applies to
+    connections opened from now on."""
+    server = neuroglancer.server.global_server
+    if server is not None and getattr(server, "http_server", None) is not None:
+        server.http_server.max_buffer_size = limit
+
+
 def to_viewer(zyx: Sequence[float]) -> list[float]:
     """z, y, x to neuroglancer's x, y, z."""
     return [float(v) for v in zyx[::-1]]
@@ -93,6 +105,13 @@ class Pointer:
         for name, layer_value in (state.selected_values or {}).items():
             selected[name] = _segment_value(getattr(layer_value, "value", None))
         return cls(voxel, selected)
+
+
+def require_voxel(pointer: Pointer) -> tuple[int, int, int]:
+    """The voxel under the mouse, or a clear refusal when the key came from elsewhere."""
+    if pointer.voxel is None:
+        raise InputError("move the mouse over the volume first")
+    return pointer.voxel
 
 
 def _segment_value(value: Any) -> Optional[int]:

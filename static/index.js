@@ -1,7 +1,29 @@
-// Fills the landing page from /api/info: the server is the one source of names, URLs and keys.
+// Fills the landing page from /api/v1/info: the server is the one source of names, URLs and
+// keys. The API needs the token that `promptcut serve` printed in this page's address
+// (#token=…, a fragment: browsers never send it to any server); it is kept for this tab only.
+function token() {
+  const given = new URLSearchParams(location.hash.slice(1)).get('token');
+  if (given) {
+    sessionStorage.setItem('promptcut-token', given);
+    history.replaceState(null, '', location.pathname);  // out of the address bar and history
+  }
+  return sessionStorage.getItem('promptcut-token');
+}
+
+async function api(path) {
+  const secret = token();
+  if (!secret) {
+    throw new Error('open this page from the address `promptcut serve` printed ' +
+                    '(it carries the token)');
+  }
+  const response = await fetch(path, {headers: {Authorization: `Bearer ${secret}`}});
+  const answer = await response.json();
+  if (!response.ok) throw new Error(answer.error);
+  return answer;
+}
+
 async function load() {
-  const response = await fetch('/api/info');
-  const info = await response.json();
+  const info = await api('/api/v1/info');
   document.title = `promptcut: ${info.name}`;
   document.getElementById('project-name').textContent = info.name;
   document.getElementById('dataset').textContent = info.dataset;
@@ -19,6 +41,18 @@ async function load() {
     row.insertCell().textContent = key.action;
   }
 }
+
+document.getElementById('user-form').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  const user = document.getElementById('user').value;
+  try {
+    const answer = await api(`/api/v1/viewer?user=${encodeURIComponent(user)}`);
+    location.href = answer.viewer_url;
+  } catch (error) {
+    document.getElementById('user-error').textContent = error.message;
+  }
+});
+
 load().catch((error) => {
-  document.getElementById('dataset').textContent = `could not reach the server: ${error}`;
+  document.getElementById('dataset').textContent = `could not reach the server: ${error.message}`;
 });

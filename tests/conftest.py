@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -60,7 +62,7 @@ def demo_session(demo_project_dir, demo_h5):
     from server.app import ServerSession
 
     config = load_config(write_config(demo_project_dir, demo_h5, viewer={"layout": "xy"}))
-    session = ServerSession(config, prepare_project(config, progress=False))
+    session = ServerSession(config.serve_settings(), prepare_project(config, progress=False))
     session.start()
     yield session
     session.stop()
@@ -93,7 +95,8 @@ def segmented_session(segmented_config):
     from promptcut.setup_project import prepare_project
     from server.app import ServerSession
 
-    session = ServerSession(segmented_config, prepare_project(segmented_config, progress=False))
+    session = ServerSession(segmented_config.serve_settings(),
+                            prepare_project(segmented_config, progress=False))
     session.start()
     yield session
     session.stop()
@@ -116,3 +119,37 @@ def small_sam2(tmp_path_factory) -> tuple[Path, Path]:
     model = build_model(str(folder / "sam2_small.yaml"), None, "cpu")
     torch.save({"model": model.state_dict()}, folder / "sam2_small.pt")
     return folder / "sam2_small.yaml", folder / "sam2_small.pt"
+
+
+@pytest.fixture
+def edited(tmp_path, segmented_config):
+    """A private copy of the segmented demo with one merge and one split in its log."""
+    from segmentation.project import Project
+    from segmentation.proofread import open_session
+
+    shutil.copytree(segmented_config.project_dir, tmp_path / "project")
+    data = yaml.safe_load((segmented_config.base_dir / "config.yaml").read_text())
+    data["project"] = str(tmp_path / "project")
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(data))
+    for name in ("edit_log.sqlite", "edit_log.sqlite-wal", "edit_log.sqlite-shm"):
+        (tmp_path / "project" / name).unlink(missing_ok=True)
+    project = Project.open(tmp_path / "project")
+    session = open_session(project)
+    graph = session.graph
+    a, b = graph.edge_a, graph.edge_b
+    apart = np.flatnonzero(session.segment[a] != session.segment[b])
+    sv_a, sv_b = int(graph.ids[a[apart[0]]]), int(graph.ids[b[apart[0]]])
+    labels = project.volume("segmentation").read(slice(None), slice(None), slice(None))
+    point = {sv: tuple(int(v) for v in np.argwhere(labels == sv)[0]) for sv in (sv_a, sv_b)}
+    session.merge("alice", point[sv_a], point[sv_b])
+    big = max(session.members, key=lambda s: len(session.members[s]))
+    members = session.members_of(big)
+    first, last = int(members.min()), int(members.max())
+    for sv in (first, last):
+        point[sv] = tuple(int(v) for v in np.argwhere(labels == sv)[0])
+    session.split("bob", [point[first]], [point[last]])
+    expected = dict(zip(*(v.tolist() for v in session.membership())))
+    confirmed, separated = session.decisions()
+    session.log.close()
+    return config_path, project, labels, expected, confirmed, separated

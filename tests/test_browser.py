@@ -75,8 +75,9 @@ def test_key_over_a_segment_reports_the_id_the_volume_holds(page, demo_session):
 
 
 def test_landing_page_links_the_viewer_and_lists_keys(page, demo_session):
-    page.goto(demo_session.base_url + "/")
+    page.goto(demo_session.landing_url)
     page.wait_for_function("document.querySelector('#keys tbody').rows.length > 0")
+    assert "token" not in page.url  # the token leaves the address bar once read
     assert page.locator("#project-name").inner_text() == "test project"
     assert "Janelia" in page.locator("#credits").inner_text()
     assert page.locator("#viewer-link").get_attribute("href") == demo_session.viewer_url
@@ -91,7 +92,8 @@ def test_a_zarr_project_renders_too(browser, tmp_path, demo_h5):
 
     config = load_config(write_config(tmp_path, demo_h5, viewer={"layout": "xy"},
                                       **{"import": {"format": "zarr"}}))
-    session = ServerSession(config, prepare_project(config, progress=False))
+    session = ServerSession(config.serve_settings(),
+                            prepare_project(config, progress=False))
     session.start()
     page = browser.new_page()
     try:

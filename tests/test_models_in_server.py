@@ -37,7 +37,8 @@ def copy_with_models(base, folder, **sam2):
 def test_prompt_cut_uses_the_sam2_mask(segmented_config, tmp_path, tiny_checkpoint):
     config = copy_with_models(segmented_config, tmp_path, checkpoint=str(tiny_checkpoint),
                               propagate=1)
-    session = ServerSession(config, prepare_project(config, progress=False))
+    session = ServerSession(config.serve_settings(),
+                            prepare_project(config, progress=False))
     session.start()
     try:
         assert session.info()["models"] == "SAM2 mask + affinities"
@@ -63,11 +64,13 @@ def test_missing_or_mismatched_checkpoints_stop_start_up(segmented_config, tmp_p
                                                          tiny_checkpoint):
     config = copy_with_models(segmented_config, tmp_path / "a", checkpoint="missing.pt")
     with pytest.raises(InputError, match="missing.pt"):
-        ServerSession(config, prepare_project(config, progress=False))
+        ServerSession(config.serve_settings(),
+                      prepare_project(config, progress=False))
     config = copy_with_models(segmented_config, tmp_path / "b", config="sam2.1_hiera_s",
                               checkpoint=str(tiny_checkpoint))
     with pytest.raises(InputError, match="tiny.pt does not fit config sam2.1_hiera_s"):
-        ServerSession(config, prepare_project(config, progress=False))
+        ServerSession(config.serve_settings(),
+                      prepare_project(config, progress=False))
 
 
 def fgnet_checkpoint(folder, sam2_config, sam2_checkpoint):
@@ -88,7 +91,8 @@ def test_fgnet_reweights_the_graph_around_the_prompt_before_the_cut(segmented_co
                               checkpoint=str(sam2_checkpoint), propagate=1)
     config = dataclasses.replace(config, models=dataclasses.replace(
         config.models, fgnet=str(fgnet), fgnet_window=64))
-    session = ServerSession(config, prepare_project(config, progress=False))
+    session = ServerSession(config.serve_settings(),
+                            prepare_project(config, progress=False))
     session.start()
     try:
         assert session.info()["models"] == "SAM2 mask + FGNet affinities"
@@ -122,9 +126,11 @@ def test_fgnet_needs_the_sam2_it_was_trained_on(segmented_config, tmp_path, smal
     config = dataclasses.replace(config, models=dataclasses.replace(config.models,
                                                                     fgnet=str(fgnet)))
     with pytest.raises(InputError, match="models.sam2.checkpoint"):
-        ServerSession(config, prepare_project(config, progress=False))
+        ServerSession(config.serve_settings(),
+                      prepare_project(config, progress=False))
     config = copy_with_models(segmented_config, tmp_path / "b", checkpoint=str(tiny_checkpoint))
     config = dataclasses.replace(config, models=dataclasses.replace(config.models,
                                                                     fgnet=str(fgnet)))
     with pytest.raises(InputError, match="another SAM2 image encoder"):
-        ServerSession(config, prepare_project(config, progress=False))
+        ServerSession(config.serve_settings(),
+                      prepare_project(config, progress=False))

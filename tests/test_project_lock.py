@@ -15,7 +15,6 @@ from promptcut.cli import main
 from segmentation.errors import InputError
 from segmentation.project_lock import project_lock
 from tests.test_cli_errors import REPO, assert_one_line_error, promptcut
-from tests.test_proofread_cli import edited  # noqa: F401  (fixture)
 
 
 def test_a_second_holder_is_refused_with_the_first_ones_pid(tmp_path):
@@ -29,7 +28,7 @@ def test_a_second_holder_is_refused_with_the_first_ones_pid(tmp_path):
 
 @pytest.mark.parametrize("command", [["export", "--quiet"], ["agglomerate"],
                                      ["segment", "--quiet", "--reuse-affinities"]])
-def test_commands_refuse_a_project_in_use(edited, command, capsys):  # noqa: F811
+def test_commands_refuse_a_project_in_use(edited, command, capsys):
     config_path, project = edited[0], edited[1]
     before = (project.root / "segments.npz").stat().st_mtime_ns
     with project_lock(project.root, "serve"):
@@ -40,7 +39,7 @@ def test_commands_refuse_a_project_in_use(edited, command, capsys):  # noqa: F81
     assert not (project.root / "exports").exists()
 
 
-def test_segment_over_edits_refuses_unless_told_to_archive_the_log(edited, capsys):  # noqa: F811
+def test_segment_over_edits_refuses_unless_told_to_archive_the_log(edited, capsys):
     config_path, project = edited[0], edited[1]
     assert main(["segment", "--config", str(config_path), "--quiet",
                  "--reuse-affinities"]) == 2
@@ -52,7 +51,7 @@ def test_segment_over_edits_refuses_unless_told_to_archive_the_log(edited, capsy
     assert len(list(project.root.glob("edit_log.*.sqlite"))) == 1
 
 
-def test_agglomerate_refuses_while_a_server_runs(edited):  # noqa: F811
+def test_agglomerate_refuses_while_a_server_runs(edited):
     config_path = edited[0]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -18,37 +18,6 @@ from segmentation.volume import open_volume
 from tests.conftest import DEMO_H5
 
 
-@pytest.fixture
-def edited(tmp_path, segmented_config):
-    """A private copy of the segmented demo with one merge and one split in its log."""
-    shutil.copytree(segmented_config.project_dir, tmp_path / "project")
-    data = yaml.safe_load((segmented_config.base_dir / "config.yaml").read_text())
-    data["project"] = str(tmp_path / "project")
-    config_path = tmp_path / "config.yaml"
-    config_path.write_text(yaml.safe_dump(data))
-    for name in ("edit_log.sqlite", "edit_log.sqlite-wal", "edit_log.sqlite-shm"):
-        (tmp_path / "project" / name).unlink(missing_ok=True)
-    project = Project.open(tmp_path / "project")
-    session = open_session(project)
-    graph = session.graph
-    a, b = graph.edge_a, graph.edge_b
-    apart = np.flatnonzero(session.segment[a] != session.segment[b])
-    sv_a, sv_b = int(graph.ids[a[apart[0]]]), int(graph.ids[b[apart[0]]])
-    labels = project.volume("segmentation").read(slice(None), slice(None), slice(None))
-    point = {sv: tuple(int(v) for v in np.argwhere(labels == sv)[0]) for sv in (sv_a, sv_b)}
-    session.merge("alice", point[sv_a], point[sv_b])
-    big = max(session.members, key=lambda s: len(session.members[s]))
-    members = session.members_of(big)
-    first, last = int(members.min()), int(members.max())
-    for sv in (first, last):
-        point[sv] = tuple(int(v) for v in np.argwhere(labels == sv)[0])
-    session.split("bob", [point[first]], [point[last]])
-    expected = dict(zip(*(v.tolist() for v in session.membership())))
-    confirmed, separated = session.decisions()
-    session.log.close()
-    return config_path, project, labels, expected, confirmed, separated
-
-
 def test_export_writes_exactly_the_membership_applied(edited, tmp_path, capsys):
     config_path, project, labels, expected, _, _ = edited
     out = tmp_path / "export"
@@ -168,9 +137,9 @@ def _export(config_path, out, *extra) -> int:
 
 def test_export_never_replaces_a_folder_it_did_not_write(edited, tmp_path, capsys):
     config_path, project = edited[0], edited[1]
-    def listing():  # (sqlite's -wal / -shm files come and go with an open log)
+    def listing():  # (sqlite's -wal / -shm files come and go with an open log; .lock stays)
         return sorted(p.name for p in project.root.iterdir() if not p.name.endswith(
-            ("-wal", "-shm")))
+            ("-wal", "-shm", ".lock")))
 
     before = listing()
     for extra in ((), ("--overwrite",)):  # the project itself: refused, nothing touched

@@ -24,6 +24,18 @@ def request(session, path: str, method: str = "GET", headers: dict | None = None
     return response, body
 
 
+def api(session, path: str, method: str = "GET", body: dict | None = None):
+    """An API request with the session's token; returns (status, JSON answer)."""
+    headers = {"Authorization": f"Bearer {session.access.token}"}
+    connection = http.client.HTTPConnection("127.0.0.1", session.port, timeout=60)
+    connection.request(method, path, body=None if body is None else json.dumps(body),
+                       headers=headers)
+    response = connection.getresponse()
+    answer = json.loads(response.read() or b"null")
+    connection.close()
+    return response.status, answer
+
+
 def test_info_file_is_json_with_cors(demo_session):
     response, body = request(demo_session, "/data/image/info")
     assert response.status == 200
@@ -70,8 +82,8 @@ def test_cors_preflight(demo_session):
 def test_landing_page_and_info_api(demo_session):
     response, body = request(demo_session, "/")
     assert response.status == 200 and b"promptcut" in body
-    response, body = request(demo_session, "/api/info")
-    info = json.loads(body)
+    status, info = api(demo_session, "/api/v1/info")
+    assert status == 200
     assert info["viewer_url"].startswith("http://127.0.0.1:")
     assert info["credits"] == "Janelia FlyEM / neuroproof_examples"
     assert {"key": "I", "binding": "keyi", "action": "show the segment under the mouse"} \
@@ -81,15 +93,15 @@ def test_landing_page_and_info_api(demo_session):
 def test_segment_api_reports_the_volume_and_refuses_background(demo_session):
     volume = demo_session.project.volume("segmentation")
     sv = volume.read(slice(80, 81), slice(100, 101), slice(90, 91)).item()
-    response, body = request(demo_session, "/api/segment?z=80&y=100&x=90")
-    described = json.loads(body)
-    assert response.status == 200 and described["segment"] == sv
+    status, described = api(demo_session, "/api/v1/segment_at?z=80&y=100&x=90")
+    assert status == 200 and described["segment"] == sv
+    assert described["voxel"] == {"x": 90, "y": 100, "z": 80}
     all_voxels = volume.read(slice(None), slice(None), slice(None))
     assert described["voxels"] == int((all_voxels == sv).sum())
-    response, body = request(demo_session, "/api/segment?z=999&y=0&x=0")
-    assert response.status == 400 and "outside" in json.loads(body)["error"]
-    response, body = request(demo_session, "/api/segment?z=a&y=0&x=0")
-    assert response.status == 400
+    status, answer = api(demo_session, "/api/v1/segment_at?z=999&y=0&x=0")
+    assert status == 400 and "outside" in answer["error"]
+    status, _ = api(demo_session, "/api/v1/segment_at?z=a&y=0&x=0")
+    assert status == 400
 
 
 def test_viewer_state_is_set_explicitly(demo_session):
@@ -168,7 +180,8 @@ def test_describe_segment_counts_voxels_and_refuses_background(tmp_path):
     np.save(tmp_path / "image.npy", np.zeros(labels.shape, np.uint8))
     config = load_config(write_config(tmp_path, tmp_path / "x", image={"path": "image.npy"},
                                       segmentation={"path": "labels.npy"}))
-    session = ServerSession(config, prepare_project(config, progress=False))
+    session = ServerSession(config.serve_settings(),
+                            prepare_project(config, progress=False))
     described = session.describe_segment((3, 4, 0))
     assert (described.segment, described.voxels, described.supervoxels) == (9, 30, 1)
     assert session.describe_segment((0, 0, 0)).voxels == 60
@@ -215,12 +228,10 @@ def test_segment_chunks_are_served_with_the_membership_applied(segmented_session
 
 def test_each_proofreader_gets_a_viewer_of_their_own(segmented_session):
     session = segmented_session
-    response, body = request(session, "/api/viewer?user=alice&redirect=0")
-    answer = json.loads(body)
-    assert response.status == 200 and answer["user"] == "alice"
+    status, answer = api(session, "/api/v1/viewer?user=alice")
+    assert status == 200 and answer["user"] == "alice"
     assert answer["viewer_url"] != session.viewer_url and "alice" in session.viewers
     assert "promptcut-merge" in session.routers["alice"].actions  # alice's own keys
-    response, _ = request(session, "/api/viewer?user=alice")
-    assert response.status == 302 and response.getheader("Location") == answer["viewer_url"]
-    response, body = request(session, "/api/viewer?user=no%20spaces&redirect=0")
-    assert response.status == 400 and "user name" in json.loads(body)["error"]
+    assert api(session, "/api/v1/viewer?user=alice")[1] == answer  # the same viewer again
+    status, answer = api(session, "/api/v1/viewer?user=no%20spaces")
+    assert status == 400 and "user name" in answer["error"]

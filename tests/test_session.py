@@ -177,10 +177,11 @@ def test_restart_replays_the_log_to_the_identical_membership(tmp_path):
     again = make(tmp_path, all_one(rag.ids))
     assert membership(again) == expected
     assert again.decisions() == (confirmed, separated)
-    again.undo("alice")  # the undo stacks came back too
-    assert again.segment_of(7) != again.segment_of(5)
     with pytest.raises(EditError, match="edited since"):  # alice's cut came after bob's undo
         again.redo("bob")
+    again.undo("alice")  # the undo stacks came back too
+    assert again.segment_of(7) != again.segment_of(5)
+    again.redo("bob")  # with alice's cut undone, nothing stands between bob and his edit
 
 
 @pytest.mark.parametrize("operation, message", [
@@ -274,3 +275,25 @@ def test_a_later_prompt_cut_keeps_what_an_earlier_one_cut_off_until_cleared(tmp_
     session.undo("alice")
     session.undo("alice")
     assert session.constraints_of(session.segment_of(1))[1] == [centre(4)]
+
+
+def test_a_chain_of_edits_undoes_in_order_back_to_the_start(tmp_path):
+    """Undoing the last edit made the one before it look 'edited since' (the undo counted as
+    a later change of its segments): after merge, split, merge, prompt cut only the cut could
+    be undone."""
+    session = make(tmp_path)
+    start = membership(session)
+    session.merge("alice", centre(1), centre(2))
+    session.split("alice", [centre(1)], [centre(2)])
+    session.merge("alice", centre(1), centre(2))
+    session.prompt_cut("alice", [centre(1)], [centre(2)])
+    for _ in range(4):
+        session.undo("alice")
+    assert membership(session) == start
+    for _ in range(4):  # and forward again
+        session.redo("alice")
+    assert session.segment_of(1) != session.segment_of(2)
+    # an edit of someone else in between still blocks the undo of what it built on
+    session.merge("bob", centre(2), centre(3))
+    with pytest.raises(EditError, match="edited since"):
+        session.undo("alice")

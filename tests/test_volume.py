@@ -80,5 +80,5 @@ def test_a_project_opens_existing_volumes_in_place_and_serves_them(tmp_path, pre
     project = prepare_project(config, progress=False)
     assert not (project.root / "image").exists()  # nothing copied
     assert project.volume("image").location == str(precomputed)
-    session = ServerSession(config, project)
+    session = ServerSession(config.serve_settings(), project)
     assert session.mounts() == {"image": precomputed}

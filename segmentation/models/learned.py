@@ -8,14 +8,13 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from segmentation.affinities import NEAREST, AffinityModel
+from segmentation.affinities import NEAREST, AffinityModel, IntensityBaseline
 from segmentation.errors import InputError
 from segmentation.models.checkpoints import read_payload
 from segmentation.models.fgnet import FGNet, FGNetConfig, predict_sections
 from segmentation.models.precision import channels_last, use_bf16
 from segmentation.models.sam2_prompt import instantiate_model, pick_device
-from segmentation.models.training import predict_affinities
-from segmentation.models.unet3d import UNet3D, UNetConfig
+from segmentation.models.unet3d import UNet3D, UNetConfig, predict_affinities
 
 
 def read_checkpoint(path: Path, kind: str) -> dict:
@@ -167,3 +166,16 @@ class FGNetAffinities(LearnedAffinities):
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         return predict_sections(self.model, self.unit(image), self.device)
+
+
+def make_model(name: str, voxel_size: Sequence[float], checkpoint: Optional[str] = None,
+               device: str = "auto") -> AffinityModel:
+    """The affinity model a config names: the baseline, the 3D U-Net student or FGNet."""
+    if name in ("baseline", "intensity-baseline"):
+        return IntensityBaseline(voxel_size=tuple(voxel_size))
+    if name in ("unet3d", "fgnet"):
+        if checkpoint is None:
+            raise InputError(f"segment.model {name} needs segment.checkpoint (a file written "
+                             f"by `promptcut train`)")
+        return (StudentAffinities if name == "unet3d" else FGNetAffinities)(checkpoint, device)
+    raise InputError(f"unknown affinity model '{name}' (available: baseline, unet3d, fgnet)")

@@ -32,7 +32,7 @@ from segmentation.models.fgnet import FGNet, FGNetConfig, predict_sections, sect
     window_levels
 from segmentation.models.precision import autocast, channels_last, use_bf16
 from segmentation.models.sam2_prompt import build_model, model_config
-from segmentation.models.unet3d import UNet3D, UNetConfig
+from segmentation.models.unet3d import UNet3D, UNetConfig, predict_affinities
 from segmentation.rag import block_contacts, block_node_stats, build_rag
 from segmentation.supervoxels import SupervoxelParams, supervoxels
 
@@ -528,16 +528,3 @@ def check_patch(patch: Sequence[int], divisor: Sequence[int]) -> None:
         raise InputError(f"train.patch {list(patch)} is too small for this network: each axis "
                          f"needs at least {smallest} voxels (z, y, x) so that its coarsest "
                          f"level keeps {MIN_DEEPEST} voxels")
-
-
-def predict_affinities(model: UNet3D, image: np.ndarray, device: torch.device,
-                       bf16: bool = False) -> np.ndarray:
-    """Nearest-neighbour affinities of a whole array, padded to the network's divisor."""
-    divisor = model.divisor
-    pad = [(0, (-n) % d) for n, d in zip(image.shape, divisor)]
-    padded = np.pad(image.astype(np.float32), pad, mode="reflect")
-    tensor = channels_last(torch.from_numpy(padded)[None, None].to(device), bf16)
-    with autocast(device, bf16):
-        logits = model(tensor)["affinities"][0]
-    result = torch.sigmoid(logits.float()).contiguous().cpu().numpy()
-    return result[(slice(None),) + tuple(slice(0, n) for n in image.shape)]

@@ -12,9 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from segmentation.models.precision import autocast, channels_last
 
 
 @dataclass
@@ -190,3 +193,16 @@ def balanced_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     positive = target.mean(dim=dims, keepdim=True).clamp(0.01, 0.99)
     weight = torch.where(target > 0.5, 0.5 / positive, 0.5 / (1 - positive))
     return F.binary_cross_entropy_with_logits(logits.float(), target, weight=weight)
+
+
+def predict_affinities(model: UNet3D, image: np.ndarray, device: torch.device,
+                       bf16: bool = False) -> np.ndarray:
+    """Nearest-neighbour affinities of a whole array, padded to the network's divisor."""
+    divisor = model.divisor
+    pad = [(0, (-n) % d) for n, d in zip(image.shape, divisor)]
+    padded = np.pad(image.astype(np.float32), pad, mode="reflect")
+    tensor = channels_last(torch.from_numpy(padded)[None, None].to(device), bf16)
+    with autocast(device, bf16):
+        logits = model(tensor)["affinities"][0]
+    result = torch.sigmoid(logits.float()).contiguous().cpu().numpy()
+    return result[(slice(None),) + tuple(slice(0, n) for n in image.shape)]

@@ -1,0 +1,165 @@
+"""The one edit service: every edit of a project, from keys or the HTTP API, goes through here.
+
+It owns the proofreading session (and with it the edit log), the model worker that a prompt
+cut consults, the membership the served chunks apply, and the list of those who want to know
+about a change (the viewers). Nothing else writes the log.
+
+A listener that fails (a viewer whose layers a proofreader removed, say) is logged and
+skipped: the edit is saved and acknowledged whatever a viewer does with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from segmentation.errors import InputError
+from segmentation.export import export_segmentation
+from segmentation.session import EditError, OperationResult, ProofreadingSession
+from server.model_worker import ModelWorker
+from server.segments import MembershipView
+
+log = logging.getLogger(__name__)
+Point = Sequence[int]  # z, y, x voxel
+Listener = Callable[[OperationResult], None]
+
+
+@dataclass
+class SegmentDescription:
+    segment: int
+    supervoxel: int
+    voxels: int
+    supervoxels: int
+    voxel: tuple[int, int, int]  # z, y, x
+
+    def message(self) -> str:
+        z, y, x = self.voxel
+        return (f"segment {self.segment}: {self.voxels:,} voxels, {self.supervoxels} supervoxel"
+                f"{'s' if self.supervoxels != 1 else ''} (at z {z}, y {y}, x {x})")
+
+
+class EditService:
+    def __init__(self, session: ProofreadingSession, models: ModelWorker,
+                 membership: MembershipView, exports: Path):
+        self.session = session
+        self.models = models
+        self.membership = membership
+        self.exports = exports  # where exports go by default
+        self._listeners: list[Listener] = []
+        self._lock = threading.Lock()
+
+    def subscribe(self, listener: Listener) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    # -- edits ----------------------------------------------------------------------------------
+    def merge(self, user: str, first: Point, second: Point) -> OperationResult:
+        return self._publish(self.session.merge(user, first, second))
+
+    def split(self, user: str, sources: Sequence[Point], sinks: Sequence[Point]
+              ) -> OperationResult:
+        return self._publish(self.session.split(user, sources, sinks))
+
+    def split_supervoxel(self, user: str, sources: Sequence[Point], sinks: Sequence[Point]
+                         ) -> OperationResult:
+        return self._publish(self.session.split_supervoxel(user, sources, sinks))
+
+    def prompt_cut(self, user: str, positives: Sequence[Point],
+                   negatives: Sequence[Point] = ()) -> OperationResult:
+        """The prompt cut, weighted by a SAM2 mask when a checkpoint is configured, on edge
+        weights that FGNet re-predicted around the click when it is. The segments involved are
+        held for the user while the models work."""
+        session = self.session
+        if not positives:
+            raise EditError("a prompt cut needs at least one positive point")
+        held = sorted({session.segment_of(session.supervoxel_at(p, "positive point"))
+                       for p in positives})
+        with session.reserve(held, user):
+            evidence = self.models.prompt_evidence(positives, negatives)
+            if evidence.edges is not None:
+                session.reweight(evidence.edges.pairs, evidence.edges.faces,
+                                 evidence.edges.affinity)
+            result = session.prompt_cut(user, positives, negatives, evidence.mask)
+        result.message = f"{result.message} (from {evidence.used})"
+        return self._publish(result)
+
+    def forget_prompts(self, user: str, point: Point) -> OperationResult:
+        return self._publish(self.session.clear_prompts(user, point))
+
+    def undo(self, user: str) -> OperationResult:
+        return self._publish(self.session.undo(user))
+
+    def redo(self, user: str) -> OperationResult:
+        return self._publish(self.session.redo(user))
+
+    def export(self, output: Optional[Path] = None, overwrite: bool = False) -> Path:
+        folder = output or self.exports / time.strftime("%Y%m%d-%H%M%S")
+        ids, segments = self.session.membership()
+        return export_segmentation(self.session.supervoxels, ids, segments, self.session.log,
+                                   folder, overwrite=overwrite)
+
+    def _publish(self, result: OperationResult) -> OperationResult:
+        self.membership.apply(result.delta, result.retired)
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(result)
+            except Exception:  # noqa: BLE001 - a viewer's trouble must not unsave an edit
+                log.exception("a listener failed after operation %d (the edit is saved)",
+                              result.operation)
+        return result
+
+    # -- questions ------------------------------------------------------------------------------
+    def supervoxel_at(self, zyx: Point) -> int:
+        """The supervoxel at a voxel, divisions included (0: background)."""
+        return int(self.session.locate(zyx))
+
+    def segment_of(self, supervoxel: int) -> int:
+        return self.session.segment_of(supervoxel)
+
+    def members(self, segment: int) -> np.ndarray:
+        members = self.session.members_of(segment)
+        if len(members) == 0:
+            raise InputError(f"there is no segment {segment}")
+        return members
+
+    def describe(self, zyx: Point) -> SegmentDescription:
+        """The segment at a voxel: its id, size and supervoxels."""
+        zyx = tuple(int(v) for v in zyx)
+        supervoxel = self.supervoxel_at(zyx)
+        if supervoxel == 0:
+            raise InputError(f"no segment at z {zyx[0]}, y {zyx[1]}, x {zyx[2]} (background)")
+        segment = self.session.segment_of(supervoxel)
+        members = self.session.members_of(segment)
+        voxels = int(self.session.graph.size[self.session.graph.node_index(members)].sum())
+        return SegmentDescription(segment, supervoxel, voxels, len(members), zyx)
+
+    def summary(self, segment: int) -> dict:
+        """Size, supervoxel count and bounding box (z, y, x, end exclusive) of a segment."""
+        members = self.members(segment)
+        graph = self.session.graph
+        rows = graph.node_index(members)
+        box = graph.bbox[rows]
+        return {"segment": int(segment), "supervoxels": int(len(members)),
+                "voxels": int(graph.size[rows].sum()),
+                "bbox_zyx": {"start": box[:, :3].min(axis=0).astype(int).tolist(),
+                             "stop": box[:, 3:].max(axis=0).astype(int).tolist()}}
+
+    def operations(self, after: int = 0, limit: int = 100) -> list[dict]:
+        """The operation history after operation ``after``, oldest first."""
+        rows = []
+        for entry in self.session.log.entries(after, limit):
+            delta = entry.delta
+            changed = np.unique(delta[:, 1:][delta[:, 1:] != 0]).astype(np.int64).tolist() \
+                if len(delta) else []
+            rows.append({"id": entry.id, "user": entry.user, "time": entry.time,
+                         "type": entry.kind, "inputs": entry.inputs, "target": entry.target,
+                         "segments": changed})
+        return rows

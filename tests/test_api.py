@@ -1,0 +1,260 @@
+"""The HTTP API (/api/v1) and the Python client against a running server on a private copy of
+the segmented demo: edits, questions, bad input, and who may do what."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import socket
+
+import numpy as np
+import pytest
+
+from promptcut.client import ApiError, Client
+from promptcut.setup_project import prepare_project
+from segmentation.errors import InputError
+from server.access import Access
+from server.app import ServerSession
+from tests.browser_util import inside
+from tests.test_browser_proofreading import touching_pair
+
+
+@pytest.fixture(scope="module")
+def served(segmented_config, tmp_path_factory):
+    """A server over its own copy of the segmented demo (fresh edit log)."""
+    import dataclasses
+
+    folder = tmp_path_factory.mktemp("api")
+    shutil.copytree(segmented_config.project_dir, folder / "project")
+    for name in ("edit_log.sqlite", "edit_log.sqlite-wal", "edit_log.sqlite-shm"):
+        (folder / "project" / name).unlink(missing_ok=True)
+    config = dataclasses.replace(segmented_config, project=str(folder / "project"))
+    session = ServerSession(config.serve_settings(), prepare_project(config, progress=False))
+    session.start()
+    labels = session.proofreading.supervoxels.read(slice(None), slice(None), slice(None))
+    yield session, labels
+    session.stop()
+
+
+@pytest.fixture
+def client(served) -> Client:
+    session, _ = served
+    return Client(session.base_url, session.access.token, user="alice")
+
+
+def xyz(zyx) -> dict:
+    z, y, x = (int(v) for v in zyx)
+    return {"x": x, "y": y, "z": z}
+
+
+def raw(session, path: str, method: str = "GET", body: bytes | None = None,
+        headers: dict | None = None):
+    connection = http.client.HTTPConnection("127.0.0.1", session.port, timeout=30)
+    connection.request(method, path, body=body, headers=headers or {})
+    response = connection.getresponse()
+    answer = response.read()
+    connection.close()
+    return response.status, answer
+
+
+def test_merge_undo_redo_and_history_through_the_client(served, client):
+    session, labels = served
+    proof = session.proofreading
+    sv_a, sv_b = touching_pair(proof, 0)
+    at_a, at_b = xyz(inside(labels, sv_a)), xyz(inside(labels, sv_b))
+    seg_a, seg_b = client.segment_at(**at_a)["segment"], client.segment_at(**at_b)["segment"]
+    assert seg_a != seg_b and seg_a == proof.segment_of(sv_a)
+    before = len(client.operations(limit=1000))
+
+    merged = client.merge(at_a, at_b)
+    assert merged["type"] == "merge" and merged["user"] == "alice"
+    assert merged["operation"] > 0 and merged["milliseconds"] >= 0
+    assert "merged" in merged["message"] and set(merged["removed"]) < {seg_a, seg_b}
+    joined = client.segment_at(**at_a)["segment"]
+    assert client.segment_at(**at_b)["segment"] == joined
+    members = client.members(joined)
+    assert {sv_a, sv_b} <= set(members)
+    summary = client.segment(joined)
+    assert summary["supervoxels"] == len(members) and summary["voxels"] > 0
+    assert all(summary["bbox"]["start"][a] <= at_a[a] < summary["bbox"]["stop"][a] for a in "xyz")
+
+    history = client.operations(after=before)
+    assert [(h["type"], h["user"]) for h in history] == [("merge", "alice")]
+    assert history[0]["id"] == merged["operation"] and joined in history[0]["segments"]
+
+    with pytest.raises(ApiError) as refused:  # bob has nothing to undo
+        client.undo(user="bob")
+    assert refused.value.status == 400
+    undone = client.undo()
+    assert undone["type"] == "undo"
+    assert client.segment_at(**at_a)["segment"] != client.segment_at(**at_b)["segment"]
+    redone = client.redo()
+    assert redone["type"] == "redo"
+    assert client.segment_at(**at_a)["segment"] == client.segment_at(**at_b)["segment"]
+    client.undo()
+    assert [h["type"] for h in client.operations(after=before)] == [
+        "merge", "undo", "redo", "undo"]
+
+
+def test_split_prompt_cut_and_supervoxel_split_through_the_client(served, client):
+    session, labels = served
+    proof = session.proofreading
+    sv_a, sv_b = touching_pair(proof, 1)
+    at_a, at_b = xyz(inside(labels, sv_a)), xyz(inside(labels, sv_b))
+    client.merge(at_a, at_b)
+    split = client.split([at_a], [at_b])
+    assert split["type"] == "split" and len(split["segments"]) == 2
+    assert client.segment_at(**at_a)["segment"] != client.segment_at(**at_b)["segment"]
+    client.merge(at_a, at_b)
+    cut = client.prompt_cut([at_a], [at_b])
+    assert cut["type"] == "prompt-cut"
+    assert client.segment_at(**at_a)["segment"] != client.segment_at(**at_b)["segment"]
+
+    big = int(proof.graph.ids[np.argmax(proof.graph.size)])
+    voxels = np.argwhere(labels == big)
+    first, last = xyz(voxels[0]), xyz(voxels[-1])
+    divided = client.split_supervoxel([first], [last])
+    assert divided["type"] == "split-supervoxel" and "divided" in divided["message"]
+    assert client.segment_at(**first)["supervoxel"] != client.segment_at(**last)["supervoxel"]
+    for _ in range(5):
+        client.undo()
+
+
+def test_points_in_nanometres_name_the_same_voxel(served, client):
+    session, labels = served
+    nm = session.project.volume("image").voxel_size  # z, y, x
+    voxel = {"x": 90, "y": 100, "z": 80}
+    in_nm = {a: (voxel[a] + 0.5) * nm["zyx".index(a)] for a in "xyz"}
+    assert client.segment_at(**in_nm, unit="nm") == client.segment_at(**voxel)
+
+
+@pytest.mark.parametrize("path, body, words", [
+    ("/api/v1/merge", b"not json", "not JSON"),
+    ("/api/v1/merge", b"[1, 2]", "JSON object"),
+    ("/api/v1/merge", json.dumps({"first": {"x": 1, "y": 2}, "second": {"x": 1, "y": 2,
+                                                                     "z": 3}}), "x, y and z"),
+    ("/api/v1/merge", json.dumps({"first": {"x": 1e9, "y": 2, "z": 3},
+                                  "second": {"x": 1, "y": 2, "z": 3}}), "outside the volume"),
+    ("/api/v1/merge", json.dumps({"first": {"x": "a", "y": 2, "z": 3},
+                                  "second": {"x": 1, "y": 2, "z": 3}}), "must be a number"),
+    ("/api/v1/merge", json.dumps({"first": {"x": 1, "y": 2, "z": 3, "unit": "mm"},
+                                  "second": {"x": 1, "y": 2, "z": 3}}), "unit"),
+    ("/api/v1/merge", json.dumps({"user": "no spaces", "first": {}, "second": {}}),
+     "user name"),
+    ("/api/v1/split", json.dumps({"sources": []}), "non-empty list"),
+    ("/api/v1/merge", json.dumps({"first": {"x": 90, "y": 100, "z": 80},
+                                  "second": {"x": 90, "y": 100, "z": 80}}), "nothing to merge"),
+    ("/api/v1/operations?after=abc", None, "integer"),
+    ("/api/v1/segments/999999999", None, "no segment"),
+])
+def test_bad_input_is_a_4xx_with_one_line_and_changes_nothing(served, path, body, words):
+    session, _ = served
+    operations = len(session.proofreading.log)
+    status, answer = raw(session, path, "POST" if body is not None else "GET",
+                         body.encode() if isinstance(body, str) else body,
+                         {"Authorization": f"Bearer {session.access.token}"})
+    assert 400 <= status < 500, answer
+    message = json.loads(answer)["error"]
+    assert words in message and "\n" not in message
+    assert len(session.proofreading.log) == operations
+
+
+def test_openapi_description_lists_every_route(served):
+    session, _ = served
+    status, answer = raw(session, "/api/v1/openapi.json")  # readable without the token
+    schema = json.loads(answer)
+    assert status == 200 and schema["openapi"].startswith("3.")
+    for route in ("merge", "split", "prompt_cut", "split_supervoxel", "undo", "redo",
+                  "operations", "segment_at", "segments/{segment}/members", "export"):
+        assert f"/api/v1/{route}" in schema["paths"]
+
+
+# -- access -------------------------------------------------------------------------------------
+def test_the_api_needs_the_token(served):
+    session, labels = served
+    operations = len(session.proofreading.log)
+    merge = json.dumps({"first": {"x": 90, "y": 100, "z": 80},
+                        "second": {"x": 10, "y": 10, "z": 10}}).encode()
+    for headers in ({}, {"Authorization": "Bearer wrong-token-of-some-length"},
+                    {"Authorization": session.access.token}):
+        for path, body in (("/api/v1/info", None), ("/api/v1/viewer?user=eve", None),
+                           ("/api/v1/merge", merge), ("/api/v1/export", b"{}")):
+            status, answer = raw(session, path, "POST" if body else "GET", body,
+                                 {**headers, "Content-Type": "text/plain"})
+            assert status == 401, (path, headers)
+            assert b"viewer" not in answer and session.access.token.encode() not in answer
+    assert len(session.proofreading.log) == operations
+    assert "eve" not in session.viewers
+
+
+def test_the_api_sends_no_cors_headers_but_data_stays_readable(served):
+    session, _ = served
+    status, _ = raw(session, "/api/v1/merge", "OPTIONS",
+                    headers={"Origin": "http://evil.example", "Access-Control-Request-Method":
+                             "POST", "Access-Control-Request-Headers": "authorization"})
+    assert status in (401, 405)
+    connection = http.client.HTTPConnection("127.0.0.1", session.port, timeout=30)
+    connection.request("GET", "/api/v1/info", headers={"Origin": "http://evil.example"})
+    response = connection.getresponse()
+    response.read()
+    assert response.getheader("Access-Control-Allow-Origin") is None
+    connection.request("GET", "/data/image/info", headers={"Origin": "http://evil.example"})
+    response = connection.getresponse()
+    response.read()
+    assert response.status == 200 and response.getheader("Access-Control-Allow-Origin") == "*"
+    connection.close()
+
+
+def test_requests_for_another_host_name_are_refused(served):
+    session, _ = served
+    token = {"Authorization": f"Bearer {session.access.token}"}
+    for path in ("/api/v1/info", "/data/image/info", "/"):
+        status, _ = raw(session, path, headers={**token, "Host": f"evil.example:{session.port}"})
+        assert status == 403, path
+        status, _ = raw(session, path, headers={**token, "Host": f"localhost:{session.port}"})
+        assert status == 200, path
+
+
+def test_large_bodies_are_refused_and_the_server_goes_on(served):
+    session, _ = served
+    token = {"Authorization": f"Bearer {session.access.token}"}
+    try:
+        status, _ = raw(session, "/api/v1/merge", "POST", b"x" * (4 << 20), token)
+    except (ConnectionError, http.client.HTTPException, socket.timeout):
+        status = None  # tornado may close the connection instead of answering
+    assert status in (None, 400, 413)
+    assert raw(session, "/api/v1/info", headers=token)[0] == 200
+
+
+def test_a_non_loopback_address_needs_a_configured_token(monkeypatch):
+    monkeypatch.delenv("PROMPTCUT_TOKEN", raising=False)
+    with pytest.raises(InputError, match="server.token"):
+        Access.for_server("0.0.0.0", None, None)
+    with pytest.raises(InputError, match="at least 16"):
+        Access.for_server("0.0.0.0", "short", None)
+    assert Access.for_server("0.0.0.0", "a-long-enough-secret", None).token == \
+        "a-long-enough-secret"
+    monkeypatch.setenv("PROMPTCUT_TOKEN", "from-the-environment-1")
+    assert Access.for_server("127.0.0.1", None, None).token == "from-the-environment-1"
+    monkeypatch.delenv("PROMPTCUT_TOKEN")
+    first, second = Access.for_server("127.0.0.1", None, None), \
+        Access.for_server("127.0.0.1", None, None)
+    assert first.token != second.token and len(first.token) >= 24  # random per start
+    assert first.viewer_token("alice") != first.viewer_token("bob")
+    assert first.viewer_token("alice") != second.viewer_token("alice")
+
+
+def test_a_viewer_without_its_segmentation_layer_does_not_turn_edits_into_errors(served,
+                                                                                  client):
+    session, labels = served
+    viewer = session.viewer_for("mallory")
+    with viewer.txn() as s:
+        del s.layers["supervoxels"]
+    sv_a, sv_b = touching_pair(session.proofreading, 2)
+    at_a, at_b = xyz(inside(labels, sv_a)), xyz(inside(labels, sv_b))
+    merged = client.merge(at_a, at_b)
+    assert "merged" in merged["message"]
+    assert client.undo()["type"] == "undo"  # and the next edit too
+    other = session.viewer.state.layers["supervoxels"].source
+    assert f"g{session.membership_view.generation}" in str(other)  # others were updated
