@@ -9,7 +9,9 @@ proofreading session's own operations (see segmentation/oracle.py). Policies:
 - ``prompt-cut``: merge + prompt cut (the same points as prompts).
 
 Each starts twice, at the demo's agglomeration threshold (0.7) and at a more merged one (0.9).
-Both divide a supervoxel at voxel level where both points fall in it. Reported: VOI split /
+Both divide a supervoxel at voxel level where both points fall in it. From the demo's threshold
+the split policy also runs through a running server's HTTP API (``promptcut.client``), so the
+real path's latency is measured and its curve checked against the direct one. Reported: VOI split /
 merge and ARAND after 0, 10, 25, 50, 100 and 200 edits, the floors (best merge of the
 supervoxels; the ground truth against its own connected pieces), edits refused, edits that made
 VOI worse, per-edit latency, a PNG of the curves and the JSON.
@@ -24,14 +26,17 @@ import os
 import tempfile
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
 
 import h5py
 import numpy as np
 import yaml
 
 from benchmarks.common import DEMO_H5, REPO, RESULTS, SHARED_DATA, percentiles
+from segmentation.errors import PromptcutError
 from segmentation.metrics import Contingency
-from segmentation.oracle import (POLICIES, GroundTruthOracle, Simulation,
+from segmentation.oracle import (POLICIES, GroundTruthOracle, PlannedEdit, Simulation,
                                  connected_pieces_floor, session_operations, simulate)
 
 CHECKPOINTS = (0, 10, 25, 50, 100, 200)
@@ -39,7 +44,9 @@ USER = "oracle"
 # Where the oracle starts: the demo's agglomeration threshold, and a more merged one (more
 # neurons glued together, so cuts matter: at 0.7, gala_train has no merge error a cut between
 # whole supervoxels could fix).
-STARTS = {"threshold 0.7 (demo)": 0.7, "threshold 0.9 (merged)": 0.9}
+DEMO_THRESHOLD = 0.7  # the demo config's default_threshold: what a served project opens at
+STARTS = {"threshold 0.7 (demo)": DEMO_THRESHOLD, "threshold 0.9 (merged)": 0.9}
+VIA_API = " via HTTP API"
 THRESHOLDS = [0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9]
 VOLUMES = {
     "neuroproof_validation": (DEMO_H5, (slice(120, 160), slice(None), slice(None))),
@@ -65,7 +72,8 @@ def segmented_project(name: str, h5: Path, region, folder: Path):
                           "thresholds": THRESHOLDS}}
     config = {"name": name, "project": str(folder / "project"),
               "dataset": {"name": name, "voxel_size": [10, 10, 10]},
-              "image": {"path": str(source), "key": "raw"}, "segment": segment}
+              "image": {"path": str(source), "key": "raw"}, "segment": segment,
+              "server": {"port": 0}}
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     loaded = load_config(path)
@@ -74,15 +82,64 @@ def segmented_project(name: str, h5: Path, region, folder: Path):
     return loaded, truth
 
 
-def run_policy(config, truth: np.ndarray, policy: str, edits: int, threshold: float
-               ) -> Simulation:
-    from segmentation.proofread import LOG_NAME, open_session
+def client_operations(client) -> dict[str, Callable[[PlannedEdit], object]]:
+    """The oracle's edits through the HTTP API: z, y, x points as x, y, z; a refusal (4xx)
+    as the PromptcutError the session would raise."""
+    from promptcut.client import ApiError
+
+    def xyz(points):
+        return [(p[2], p[1], p[0]) for p in points]
+
+    def call(run):
+        try:
+            answer = run()
+        except ApiError as exc:
+            raise PromptcutError(exc.message) from None
+        return SimpleNamespace(message=answer["message"],
+                               created=answer["supervoxels_created"],
+                               retired=answer["supervoxels_retired"])
+
+    return {
+        "merge": lambda e: call(lambda: client.merge(*xyz([e.first[0], e.second[0]]))),
+        "split": lambda e: call(lambda: client.split(xyz(e.first), xyz(e.second))),
+        "prompt-cut": lambda e: call(lambda: client.prompt_cut(xyz(e.first), xyz(e.second))),
+    }
+
+
+def fresh_log(config):
+    from segmentation.proofread import LOG_NAME
     from segmentation.project import Project
 
     project = Project.open(config.project_dir)
     for suffix in ("", "-wal", "-shm"):
         (project.root / (LOG_NAME + suffix)).unlink(missing_ok=True)
-    session = open_session(project, threshold)
+    return project
+
+
+def run_through_api(config, truth: np.ndarray, policy: str, edits: int) -> Simulation:
+    """The oracle against a running server (the project's default threshold), every edit an
+    HTTP request through promptcut.client; the oracle reads the state it scores directly."""
+    from promptcut.client import Client
+    from server.app import ServerSession
+
+    server = ServerSession(config.serve_settings(), fresh_log(config))
+    server.start()
+    try:
+        proofreading = server.proofreading
+        volume = proofreading.supervoxels
+        oracle = GroundTruthOracle(truth, lambda: volume.read(*(slice(None),) * 3),
+                                   proofreading.segments_of, volume.voxel_size)
+        client = Client(server.base_url, server.access.token, user=USER)
+        return simulate(oracle, client_operations(client), policy, edits)
+    finally:
+        server.stop()
+
+
+def run_policy(config, truth: np.ndarray, policy: str, edits: int, threshold: float
+               ) -> Simulation:
+    from segmentation.proofread import open_session
+
+    session = open_session(fresh_log(config), threshold)
     volume = session.supervoxels
     try:
         oracle = GroundTruthOracle(truth, lambda: volume.read(*(slice(None),) * 3),
@@ -125,11 +182,11 @@ def plot(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(len(results), len(STARTS), figsize=(6 * len(STARTS),
                                                                  4.2 * len(results)),
                              squeeze=False)
-    colours = {"split": "#2d6cdf", "prompt-cut": "#e07b39"}
+    colours = {"split": "#2d6cdf", "prompt-cut": "#e07b39", f"split{VIA_API}": "#111111"}
     for ax, (name, result, started) in zip(axes.ravel(), panels):
         for policy, curve in started["curves"].items():
             ax.plot(range(len(curve)), curve, color=colours[policy],
-                    label=f"merge + {policy}")
+                    linestyle=":" if VIA_API in policy else "-", label=f"merge + {policy}")
         ax.axhline(result["floors"]["best_merge"]["voi"], color="#777", linestyle="--",
                    label="best merge of the supervoxels")
         ax.axhline(result["floors"]["connected_pieces"]["voi"], color="#aaa", linestyle=":",
@@ -166,13 +223,21 @@ def run() -> dict:
             for start, threshold in STARTS.items():
                 started = result["starts"][start] = {"threshold": threshold, "policies": {},
                                                      "curves": {}}
-                for policy in POLICIES:
-                    simulation = run_policy(config, truth, policy, edits, threshold)
-                    started["policies"][policy] = summary(simulation)
-                    started["curves"][policy] = [round(s.voi, 4) for s in simulation.scores]
-                    print(f"{name}, {start}, merge + {policy}: " + ", ".join(
+                runs = [(policy, lambda p=policy: run_policy(config, truth, p, edits,
+                                                             threshold)) for policy in POLICIES]
+                if threshold == DEMO_THRESHOLD:
+                    runs.append((f"split{VIA_API}", lambda: run_through_api(config, truth,
+                                                                           "split", edits)))
+                for label, simulate_one in runs:
+                    simulation = simulate_one()
+                    started["policies"][label] = summary(simulation)
+                    started["curves"][label] = [round(s.voi, 4) for s in simulation.scores]
+                    print(f"{name}, {start}, merge + {label}: " + ", ".join(
                         f"{n}: {row['voi']:.3f}" for n, row in
-                        started["policies"][policy]["after_edits"].items()))
+                        started["policies"][label]["after_edits"].items()))
+                if f"split{VIA_API}" in started["curves"]:  # the real path edits the same way
+                    started["api_matches_direct"] = started["curves"]["split"] == \
+                        started["curves"][f"split{VIA_API}"]
             results[name] = result
     RESULTS.mkdir(parents=True, exist_ok=True)
     figure = RESULTS / "proofreading.png"

@@ -148,7 +148,10 @@ def edit_answer(result: OperationResult) -> dict:
     return {"operation": result.operation, "type": result.kind, "user": result.user,
             "segments": [int(s) for s in result.segments],
             "removed": [int(s) for s in result.removed], "message": result.message,
-            "milliseconds": round(result.milliseconds, 2)}
+            "milliseconds": round(result.milliseconds, 2),
+            # supervoxels a division (or its undo) made and retired: their ids changed
+            "supervoxels_created": [int(s) for s in result.created],
+            "supervoxels_retired": [int(s) for s in result.retired]}
 
 
 class EditHandler(JsonHandler):

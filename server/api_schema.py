@@ -18,7 +18,9 @@ EDIT_ANSWER = {
                    "segments": {"type": "array", "items": {"type": "integer"},
                                 "description": "segments that exist after the edit and changed"},
                    "removed": {"type": "array", "items": {"type": "integer"}},
-                   "message": {"type": "string"}, "milliseconds": {"type": "number"}},
+                   "message": {"type": "string"}, "milliseconds": {"type": "number"},
+                   "supervoxels_created": {"type": "array", "items": {"type": "integer"}},
+                   "supervoxels_retired": {"type": "array", "items": {"type": "integer"}}},
 }
 ERROR = {"type": "object", "properties": {"error": {"type": "string"}}}
 

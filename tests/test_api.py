@@ -258,3 +258,77 @@ def test_a_viewer_without_its_segmentation_layer_does_not_turn_edits_into_errors
     assert client.undo()["type"] == "undo"  # and the next edit too
     other = session.viewer.state.layers["supervoxels"].source
     assert f"g{session.membership_view.generation}" in str(other)  # others were updated
+
+
+EVIL_PAGE = """<!doctype html><html><body><script>
+const base = '%(base)s', viewer = '%(viewer_origin)s';
+const merge = JSON.stringify({first: {x: 90, y: 100, z: 80}, second: {x: 10, y: 10, z: 10}});
+const results = {};
+async function attempt(name, run) {
+  try { results[name] = String(await run()); } catch (e) { results[name] = 'blocked: ' + e; }
+}
+(async () => {
+  await attempt('info', async () => (await fetch(base + '/api/v1/info')).text());
+  await attempt('viewer', async () => (await fetch(base + '/api/v1/viewer?user=eve')).text());
+  await attempt('schema', async () => (await fetch(base + '/api/v1/openapi.json')).text());
+  await attempt('merge', async () => (await fetch(base + '/api/v1/merge',
+      {method: 'POST', body: merge, headers: {'Content-Type': 'text/plain'}})).status);
+  await attempt('merge-blind', async () => (await fetch(base + '/api/v1/merge',
+      {method: 'POST', body: merge, mode: 'no-cors'})).type);
+  await attempt('merge-guess', async () => (await fetch(base + '/api/v1/merge',
+      {method: 'POST', body: merge, headers: {Authorization: 'Bearer guess'}})).status);
+  await attempt('export', async () => (await fetch(base + '/api/v1/export',
+      {method: 'POST', body: '{}', mode: 'no-cors'})).type);
+  await attempt('landing', async () => (await fetch(base + '/')).text());
+  await attempt('neuroglancer', async () => (await fetch(viewer + '/')).text());
+  document.title = 'done';
+  window.results = results;
+})();
+</script></body></html>"""
+
+
+def test_a_page_from_another_origin_can_neither_edit_nor_read_a_token(served, browser):
+    """Headless Chromium on a page of another origin (another port) that tries what an
+    attacker would: read the API, ask for a viewer, post edits with and without CORS."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import urlsplit
+
+    session, _ = served
+    viewer_origin = "{0.scheme}://{0.netloc}".format(urlsplit(session.viewer_url))
+    page_html = EVIL_PAGE % {"base": session.base_url, "viewer_origin": viewer_origin}
+
+    class Evil(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = page_html.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    evil = ThreadingHTTPServer(("127.0.0.1", 0), Evil)
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    operations, viewers = len(session.proofreading.log), set(session.viewers)
+    page = browser.new_page()
+    try:
+        page.goto(f"http://127.0.0.1:{evil.server_address[1]}/")
+        page.wait_for_function("document.title === 'done'", timeout=30000)
+        results = page.evaluate("window.results")
+    finally:
+        page.close()
+        evil.shutdown()
+    secrets = [session.access.token, session.access.viewer_token("proofreader"),
+               session.viewer_url]
+    for name, outcome in results.items():
+        assert not any(secret in outcome for secret in secrets), (name, outcome)
+        assert "viewer_url" not in outcome, (name, outcome)
+    assert results["info"].startswith("blocked") and results["viewer"].startswith("blocked")
+    assert results["merge"].startswith("blocked") and results["merge-guess"].startswith(
+        "blocked")
+    assert results["merge-blind"] == "opaque"  # sent, unreadable, and refused (below)
+    assert len(session.proofreading.log) == operations and set(session.viewers) == viewers
+    assert not (session.project.root / "exports").exists()
