@@ -21,7 +21,9 @@ from promptcut.segmenting import run_segment
 from promptcut.setup_project import prepare_project
 from segmentation.pipeline import Segments, save_segments
 from segmentation.agglomerate import Agglomeration
+from segmentation.editlog import remove_log
 from segmentation.project import Project
+from segmentation.proofread import LOG_NAME
 from segmentation.rag import Rag
 from server.app import ServerSession
 from server.viewer import to_viewer
@@ -167,8 +169,7 @@ def run(repeats: int = 8) -> dict:
             project = prepare_project(config, progress=False)
             if variant == "tiled_10e6":
                 figures["tiled_supervoxels"] = tile(project, 1_000_000)
-            for name in ("edit_log.sqlite", "edit_log.sqlite-wal", "edit_log.sqlite-shm"):
-                (project.root / name).unlink(missing_ok=True)
+            remove_log(project.root / LOG_NAME)
             session = ServerSession(config.serve_settings(), project)
             session.start()
             try:

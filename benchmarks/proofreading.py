@@ -107,12 +107,12 @@ def client_operations(client) -> dict[str, Callable[[PlannedEdit], object]]:
 
 
 def fresh_log(config):
+    from segmentation.editlog import remove_log
     from segmentation.proofread import LOG_NAME
     from segmentation.project import Project
 
     project = Project.open(config.project_dir)
-    for suffix in ("", "-wal", "-shm"):
-        (project.root / (LOG_NAME + suffix)).unlink(missing_ok=True)
+    remove_log(project.root / LOG_NAME)
     return project
 
 

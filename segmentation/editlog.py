@@ -4,6 +4,14 @@ A row holds the operation id, user, time, type, its inputs (JSON) and the member
 every supervoxel that changed segment, (supervoxel, old segment, new segment). Replaying the
 deltas in id order rebuilds the membership exactly; undo and redo are operations of their own
 that name the operation they reverse or repeat.
+
+A log belongs to one segmentation: it stores a fingerprint of the supervoxels, graph and
+agglomeration its deltas apply to, and opening it for another is refused. It is checked when
+opened (``PRAGMA quick_check``), and a sidecar file ``<log>.acknowledged`` holds the id of the
+last operation acknowledged: a log that comes back with fewer (a torn WAL, a truncated or
+replaced file) is refused, never silently started short. Durability: ``synchronous`` NORMAL
+(the default) keeps every acknowledged edit across a crash of the server; FULL also across a
+power loss, at the price of an fsync per edit.
 """
 
 from __future__ import annotations
@@ -19,6 +27,9 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
+from segmentation.errors import InputError
+
+SYNCHRONOUS = ("NORMAL", "FULL")
 SCHEMA = ("""
 CREATE TABLE IF NOT EXISTS operations (
     id INTEGER PRIMARY KEY,
@@ -32,7 +43,30 @@ CREATE TABLE IF NOT EXISTS operations (
 CREATE TABLE IF NOT EXISTS divisions (
     operation INTEGER PRIMARY KEY REFERENCES operations(id),
     payload BLOB NOT NULL
+)""", """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 )""")
+
+
+def log_files(path: Path) -> list[Path]:
+    """The files that make up the log at ``path`` (those that exist)."""
+    path = Path(path)
+    return [path.with_name(path.name + suffix) for suffix in ("", "-wal", "-shm",
+                                                              ".acknowledged")
+            if path.with_name(path.name + suffix).exists()]
+
+
+def remove_log(path: Path) -> None:
+    """Delete a log with its sidecars (a fresh start: only for logs nobody needs)."""
+    for file in log_files(path):
+        file.unlink(missing_ok=True)
+
+
+class LogError(InputError):
+    """The edit log cannot be used as it is (damaged, short, or made for other supervoxels);
+    the message names the file and what to do."""
 
 
 @dataclass
@@ -54,15 +88,70 @@ class Entry:
 
 
 class EditLog:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, fingerprint: Optional[str] = None,
+                 synchronous: str = "NORMAL"):
+        """Open (or start) the log at ``path``. ``fingerprint`` names the segmentation its
+        deltas apply to: a log started for another one is refused."""
+        if synchronous not in SYNCHRONOUS:
+            raise InputError(f"log synchronous must be one of {SYNCHRONOUS}, got {synchronous!r}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a crash of the server
-        for statement in SCHEMA:
-            self._db.execute(statement)
+        self.acknowledged_path = self.path.with_name(self.path.name + ".acknowledged")
         self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            check = self._db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise LogError(f"edit log {self.path} is damaged (sqlite quick_check: "
+                               f"{check}); restore it from a backup or move it aside")
+            for statement in SCHEMA:
+                self._db.execute(statement)
+            last = self._db.execute("SELECT MAX(id) FROM operations").fetchone()[0] or 0
+            stored = self._meta("fingerprint")
+        except sqlite3.DatabaseError as exc:
+            raise LogError(f"edit log {self.path} cannot be read ({exc}); restore it from a "
+                           f"backup or move it aside") from None
+        acknowledged = self._acknowledged()
+        if last < acknowledged:
+            self._db.close()
+            raise LogError(f"edit log {self.path} ends at operation {last} but operation "
+                           f"{acknowledged} was acknowledged: {acknowledged - last} edit(s) are "
+                           f"missing (a torn or replaced file); restore it from a backup, or "
+                           f"move it and {self.acknowledged_path.name} aside to start afresh")
+        if fingerprint is not None:
+            if stored is None:
+                self._set_meta("fingerprint", fingerprint)
+            elif stored != fingerprint:
+                self._db.close()
+                raise LogError(f"edit log {self.path} was made on another segmentation than "
+                               f"the project's now (fingerprint {stored[:12]}, now "
+                               f"{fingerprint[:12]}): move it aside (`promptcut segment "
+                               f"--archive-log` does) to start a fresh one")
+        self.fingerprint = fingerprint or stored
+
+    def _meta(self, key: str) -> Optional[str]:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def _acknowledged(self) -> int:
+        try:
+            return int(self.acknowledged_path.read_text().strip() or 0)
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError):
+            raise LogError(f"{self.acknowledged_path} is not an operation number; move it "
+                           f"aside if the edit log is known to be whole") from None
+
+    def _acknowledge(self, operation: int) -> None:
+        """Note the last acknowledged operation (after its commit, before the answer)."""
+        scratch = self.acknowledged_path.with_name(self.acknowledged_path.name + ".tmp")
+        scratch.write_text(str(operation))
+        scratch.replace(self.acknowledged_path)
 
     def append(self, user: str, kind: str, inputs: dict, delta: np.ndarray,
                target: Optional[int] = None, division: Optional[bytes] = None) -> Entry:
@@ -84,6 +173,7 @@ class EditLog:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            self._acknowledge(operation)
             return Entry(operation, user, now, kind, inputs, target, delta, division)
 
     def entries(self, after: int = 0, limit: Optional[int] = None) -> Iterator[Entry]:

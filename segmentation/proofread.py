@@ -3,6 +3,7 @@ agglomeration."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 
 from segmentation.affinities import IntensityBaseline, quantize
 from segmentation.agglomerate import agglomerate
-from segmentation.editlog import EditLog
+from segmentation.editlog import EditLog, log_files
 from segmentation.errors import InputError
 from segmentation.pipeline import Segments, calibration_samples, save_segments
 from segmentation.project import DIVISIONS, Project
@@ -24,10 +25,11 @@ from segmentation.volume import open_zarr
 LOG_NAME = "edit_log.sqlite"
 
 
-def open_session(project: Project, threshold: Optional[float] = None) -> ProofreadingSession:
+def open_session(project: Project, threshold: Optional[float] = None,
+                 synchronous: str = "NORMAL") -> ProofreadingSession:
     """The live session: the graph, the agglomeration at ``threshold`` (its default when
-    None), then the log. Its supervoxels are the project's with every division in the log
-    applied."""
+    None), then the log, which must have been made on this graph and agglomeration. Its
+    supervoxels are the project's with every division in the log applied."""
     rag_path = project.root / "rag.npz"
     if not rag_path.is_file() or not project.has("segmentation"):
         raise InputError(f"{project.root} has no region adjacency graph: run `promptcut "
@@ -35,9 +37,22 @@ def open_session(project: Project, threshold: Optional[float] = None) -> Proofre
     rag = Rag.load(rag_path, histograms=False)
     segments = Segments.load(project.root / "segments.npz")
     base = segments.at(threshold) if segments is not None else rag.ids
-    return ProofreadingSession(rag, base, EditLog(project.root / LOG_NAME),
-                               supervoxels=project_supervoxels(project),
-                               affinities=affinity_reader(project))
+    log = EditLog(project.root / LOG_NAME, fingerprint(rag, base), synchronous)
+    try:
+        return ProofreadingSession(rag, base, log, supervoxels=project_supervoxels(project),
+                                   affinities=affinity_reader(project))
+    except BaseException:
+        log.close()
+        raise
+
+
+def fingerprint(rag: Rag, base: np.ndarray) -> str:
+    """What an edit log's deltas apply to: the supervoxels (ids and sizes), their graph and
+    the agglomeration the session starts from."""
+    digest = hashlib.sha256()
+    for array in (rag.ids, rag.size, rag.edges, np.asarray(base, np.uint64)):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def project_supervoxels(project: Project) -> LiveSupervoxels:
@@ -108,10 +123,8 @@ def archive_log(project: Project) -> Path:
     a fresh one; returns where it went."""
     log = project.root / LOG_NAME
     archived = log.with_name(f"edit_log.{time.strftime('%Y%m%d-%H%M%S')}.sqlite")
-    for suffix in ("", "-wal", "-shm"):
-        source = log.with_name(log.name + suffix)
-        if source.exists():
-            shutil.move(source, archived.with_name(archived.name + suffix))
+    for source in log_files(log):
+        shutil.move(source, archived.with_name(archived.name + source.name[len(log.name):]))
     return archived
 
 

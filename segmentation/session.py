@@ -36,7 +36,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from segmentation.editlog import EditLog, Entry
+from segmentation.editlog import EditLog, Entry, LogError
 from segmentation.errors import PromptcutError
 from segmentation.graphcut import HARD, CutProblem, connect_terminals, keep_connected, solve
 from segmentation.live_graph import Column, LiveGraph
@@ -524,10 +524,13 @@ class ProofreadingSession:
         before, after = self._versions[target.id]
         needed = after if undo else before
         word = "undo" if undo else "redo"
-        if not np.array_equal(current, expected) or any(
-                self._version.get(seg, 0) != version for seg, version in needed.items()):
+        changed = [self._version.get(seg, 0) for seg, version in needed.items()
+                   if self._version.get(seg, 0) != version]
+        if not np.array_equal(current, expected) or changed:
+            by = self._entries.get(max(changed, default=0))
+            who = f" (by {by.user}, operation {by.id})" if by is not None else ""
             raise EditError(f"cannot {word} operation {target.id}: its supervoxels have been "
-                            f"edited since")
+                            f"edited since{who}")
         division = self._divisions.get(target.id)
         if division is not None:
             edges = division.old_edges if undo else division.new_edges
@@ -852,9 +855,26 @@ class ProofreadingSession:
         return created, {sv: successor for sv in retired}
 
     def _replay(self, entry: Entry) -> None:
+        """Apply a logged operation at start-up, after checking that it fits: every delta row
+        names a supervoxel of the graph that is in the segment the row says it leaves."""
         division = None
-        if entry.division is not None:
-            division = self._divide_graph(VoxelSplit.from_bytes(entry.division))
+        try:
+            if entry.division is not None:
+                division = self._divide_graph(VoxelSplit.from_bytes(entry.division))
+            if entry.kind in ("undo", "redo") and entry.target not in self._entries:
+                raise EditError(f"it reverses operation {entry.target}, which is not before it")
+        except (EditError, ValueError) as exc:
+            raise LogError(f"edit log {self.log.path} does not fit this segmentation at "
+                           f"operation {entry.id} ({exc}); move it aside to start afresh") \
+                from None
+        rows = self.graph.node_index(entry.delta[:, 0])
+        unknown = rows < 0
+        if unknown.any() or not np.array_equal(self.segment[rows], entry.delta[:, 1]):
+            what = f"supervoxel {int(entry.delta[unknown][0, 0])} is not in the graph" \
+                if unknown.any() else "its supervoxels are not in the segments it moves " \
+                "them from"
+            raise LogError(f"edit log {self.log.path} does not fit this segmentation at "
+                           f"operation {entry.id} ({what}); move it aside to start afresh")
         self._apply(entry, division)
         self.graph.commit()
 

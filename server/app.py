@@ -75,7 +75,8 @@ class ServerSession:
 
     def _open_proofreading(self) -> None:
         """The live graph and membership: the agglomeration, then every logged edit."""
-        self.proofreading = session = open_session(self.project)
+        self.proofreading = session = open_session(
+            self.project, synchronous=self.settings.server.log_synchronous)
         volume = self.project.volume("segmentation")
         self.membership_view = MembershipView(*session.membership())
         self.membership_view.apply(np.zeros((0, 3), np.uint64), session.successors())

@@ -36,6 +36,9 @@ class ServerConfig:
     # the secret that writes need (HTTP API, keys, export); PROMPTCUT_TOKEN also sets it; none:
     # a random one per start. Required when host is not a loopback address.
     token: Optional[str] = None
+    # the edit log's durability: NORMAL keeps every acknowledged edit across a crash of the
+    # server, FULL also across a power loss (an fsync per edit)
+    log_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
 
 
 @dataclass

@@ -124,16 +124,16 @@ def small_sam2(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture
 def edited(tmp_path, segmented_config):
     """A private copy of the segmented demo with one merge and one split in its log."""
+    from segmentation.editlog import remove_log
     from segmentation.project import Project
-    from segmentation.proofread import open_session
+    from segmentation.proofread import LOG_NAME, open_session
 
     shutil.copytree(segmented_config.project_dir, tmp_path / "project")
     data = yaml.safe_load((segmented_config.base_dir / "config.yaml").read_text())
     data["project"] = str(tmp_path / "project")
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(data))
-    for name in ("edit_log.sqlite", "edit_log.sqlite-wal", "edit_log.sqlite-shm"):
-        (tmp_path / "project" / name).unlink(missing_ok=True)
+    remove_log(tmp_path / "project" / LOG_NAME)
     project = Project.open(tmp_path / "project")
     session = open_session(project)
     graph = session.graph

@@ -13,7 +13,9 @@ import pytest
 
 from promptcut.client import ApiError, Client
 from promptcut.setup_project import prepare_project
+from segmentation.editlog import remove_log
 from segmentation.errors import InputError
+from segmentation.proofread import LOG_NAME
 from server.access import Access
 from server.app import ServerSession
 from tests.browser_util import inside
@@ -27,8 +29,7 @@ def served(segmented_config, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("api")
     shutil.copytree(segmented_config.project_dir, folder / "project")
-    for name in ("edit_log.sqlite", "edit_log.sqlite-wal", "edit_log.sqlite-shm"):
-        (folder / "project" / name).unlink(missing_ok=True)
+    remove_log(folder / "project" / LOG_NAME)
     config = dataclasses.replace(segmented_config, project=str(folder / "project"))
     session = ServerSession(config.serve_settings(), prepare_project(config, progress=False))
     session.start()
@@ -332,3 +333,57 @@ def test_a_page_from_another_origin_can_neither_edit_nor_read_a_token(served, br
     assert results["merge-blind"] == "opaque"  # sent, unreadable, and refused (below)
     assert len(session.proofreading.log) == operations and set(session.viewers) == viewers
     assert not (session.project.root / "exports").exists()
+
+
+def test_two_clients_editing_one_segment_at_once_lose_no_update(served):
+    """alice and bob merge neighbours into the same segment from two threads at once; every
+    acknowledged merge holds afterwards, and an undo that would tear out the other's work is
+    refused naming them."""
+    import threading
+
+    session, labels = served
+    proof = session.proofreading
+    sv_a, sv_b = touching_pair(proof, 3)
+    segment = proof.segment_of(sv_a)
+    graph = proof.graph
+    # neighbours of the segment in other segments, to merge in one by one
+    rows = proof._nodes(proof.members_of(segment))
+    by_segment: dict[int, int] = {}  # one supervoxel of each neighbouring segment
+    for n in np.unique(graph.neighbours(rows)):
+        if proof.segment[n] not in (segment, 0) and graph.size[n] > 500:
+            by_segment.setdefault(int(proof.segment[n]), int(graph.ids[n]))
+    around = list(by_segment.values())[:12]
+    assert len(around) >= 4
+    anchor = xyz(inside(labels, sv_a))
+    answers: dict[str, list[dict]] = {"alice": [], "bob": []}
+
+    def work(user: str, targets: list[int]) -> None:
+        client = Client(session.base_url, session.access.token, user=user)
+        for sv in targets:
+            answers[user].append(client.merge(anchor, xyz(inside(labels, sv))))
+
+    threads = [threading.Thread(target=work, args=(user, around[i::2]))
+               for i, user in enumerate(("alice", "bob"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert len(answers["alice"]) + len(answers["bob"]) == len(around)
+    joined = proof.segment_of(sv_a)
+    assert all(proof.segment_of(sv) == joined for sv in around)  # no merge was lost
+    # alice's merge lies under bob's later one: her undo is refused, naming bob
+    alice = Client(session.base_url, session.access.token, user="alice")
+    bob = Client(session.base_url, session.access.token, user="bob")
+    outside = [int(graph.ids[n]) for n in np.flatnonzero(graph.size > 500)
+               if proof.segment[n] not in (0, joined)]
+    first = outside[0]
+    second = next(sv for sv in outside if proof.segment_of(sv) != proof.segment_of(first))
+    alice.merge(anchor, xyz(inside(labels, first)))
+    bob.merge(anchor, xyz(inside(labels, second)))
+    with pytest.raises(ApiError, match=r"edited since \(by bob, operation \d+\)"):
+        alice.undo()
+    for user in ("bob", "alice", "bob", "alice") * len(around):  # unwind, newest first
+        try:
+            Client(session.base_url, session.access.token, user=user).undo()
+        except ApiError:
+            pass

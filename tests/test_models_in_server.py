@@ -12,8 +12,10 @@ import torch
 
 from promptcut.setup_project import prepare_project
 from segmentation.errors import InputError
+from segmentation.editlog import remove_log
 from segmentation.models.sam2_prompt import build_model
 from segmentation.project import Project
+from segmentation.proofread import LOG_NAME
 from server.app import ServerSession
 from server.viewer import Pointer
 
@@ -28,8 +30,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 def copy_with_models(base, folder, **sam2):
     shutil.copytree(base.project_dir, folder / "project")
-    for name in ("edit_log.sqlite", "edit_log.sqlite-wal", "edit_log.sqlite-shm"):
-        (folder / "project" / name).unlink(missing_ok=True)
+    remove_log(folder / "project" / LOG_NAME)
     models = dataclasses.replace(base.models, sam2=dataclasses.replace(base.models.sam2, **sam2))
     return dataclasses.replace(base, project=str(folder / "project"), models=models)
 
