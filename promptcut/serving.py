@@ -7,12 +7,14 @@ import webbrowser
 
 from promptcut.config import Config
 from promptcut.setup_project import prepare_project
-from server.app import ServerSession
+from server.app import ServerSession, access_for
 
 
 def run_server(config: Config, open_browser: bool = False) -> None:
+    settings = config.serve_settings()
+    access = access_for(settings)  # an unsafe address is refused before anything is imported
     project = prepare_project(config)
-    session = ServerSession(config.serve_settings(), project)
+    session = ServerSession(settings, project, access)
     session.start()
     print(f"promptcut: {config.name} ({config.dataset.name})")
     print(f"  viewer:       {session.viewer_url}")

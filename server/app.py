@@ -49,11 +49,11 @@ PROTOCOL = {"precomputed": "precomputed", "zarr": "zarr2", "n5": "n5"}
 class ServerSession:
     """Everything a running server holds: the one piece of state beyond the request handlers."""
 
-    def __init__(self, settings: ServeSettings, project: Project):
+    def __init__(self, settings: ServeSettings, project: Project,
+                 access: Optional[Access] = None):
         self.settings = settings
         self.project = project
-        server = settings.server
-        self.access = Access.for_server(server.host, server.token, server.public_url)
+        self.access = access or access_for(settings)
         self.viewers: dict[str, neuroglancer.Viewer] = {}
         self.routers: dict[str, ActionRouter] = {}
         self.users: dict[str, Proofreading] = {}
@@ -313,6 +313,12 @@ class ServerSession:
             "models": self.models.description if self.models else "none",
             "users": sorted(self.viewers),
         }
+
+
+def access_for(settings: ServeSettings) -> Access:
+    """The access rules a server's settings ask for (refused at start-up when unsafe)."""
+    server = settings.server
+    return Access.for_server(server.host, server.token, server.public_url)
 
 
 def make_app(session: ServerSession) -> tornado.web.Application:

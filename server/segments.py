@@ -24,6 +24,11 @@ from segmentation.volume import open_precomputed_scale
 from server.data import CorsMixin, safe_relative
 
 CHUNK_NAME = re.compile(r"^(\d+)-(\d+)_(\d+)-(\d+)_(\d+)-(\d+)$")
+CACHE_BYTES = 256 << 20  # served chunks kept: their supervoxels and encoded segment ids
+
+
+class BadChunk(ValueError):
+    """A chunk name that is not one of the served grid's chunks."""
 
 
 class MembershipView:
@@ -85,7 +90,8 @@ class SegmentSource:
     supervoxel that a division made, the first time a manifest lists it."""
 
     def __init__(self, volume_dir: Path, view: MembershipView, members, labels=None,
-                 mesher: Optional[Callable[[int], list[str]]] = None, cache_chunks: int = 256):
+                 mesher: Optional[Callable[[int], list[str]]] = None,
+                 cache_bytes: int = CACHE_BYTES):
         self.root = Path(volume_dir)
         self.view = view
         self.members = members  # segment -> supervoxel ids (the session's members_of)
@@ -95,9 +101,14 @@ class SegmentSource:
         self._scales = {s["key"]: i for i, s in enumerate(self.info["scales"])}
         self._stores: dict[int, object] = {}
         self._cache: collections.OrderedDict = collections.OrderedDict()
-        self._capacity = cache_chunks
+        self._capacity = cache_bytes
+        self._cached_bytes = 0
         self._lock = threading.Lock()
         self._fragments = self._read_fragments()
+        # chunks one may ask for: the served thin ones, and the stored volume's own
+        self._grid = [(served["size"], served["chunk_sizes"] + stored["chunk_sizes"])
+                      for served, stored in zip(self.served_info()["scales"],
+                                                self.info["scales"])]
 
     def served_info(self) -> dict:
         info = json.loads(json.dumps(self.info))
@@ -114,12 +125,26 @@ class SegmentSource:
             info["mesh"] = "mesh"
         return info
 
+    def on_grid(self, index: int, bounds: tuple[int, ...]) -> bool:
+        """Whether x0-x1, y0-y1, z0-z1 is one chunk of the grid at scale ``index`` (a served
+        thin chunk in one of its three orientations, or a stored one): anything else would let a request read, and the
+        cache keep, any box up to the whole volume."""
+        size, shapes = self._grid[index]
+        starts, stops = bounds[0::2], bounds[1::2]
+        return any(all(lo % c == 0 and hi == min(lo + c, n) and lo < n
+                       for lo, hi, c, n in zip(starts, stops, shape, size))
+                   for shape in shapes)
+
     def chunk(self, scale_key: str, name: str) -> Optional[bytes]:
-        """Raw little-endian chunk (x fastest) of segment ids, or None if no such chunk."""
-        match = CHUNK_NAME.match(name)
+        """Raw little-endian chunk (x fastest) of segment ids, or None if no such scale;
+        BadChunk for a name that is not a chunk of the served grid."""
         index = self._scales.get(scale_key)
-        if match is None or index is None:
+        if index is None:
             return None
+        match = CHUNK_NAME.match(name)
+        if match is None or not self.on_grid(index, tuple(int(v) for v in match.groups())):
+            raise BadChunk(f"{name!r} is not a chunk of scale {scale_key} (x0-x1_y0-y1_z0-z1 "
+                           f"on the grid of its info file)")
         x0, x1, y0, y1, z0, z1 = (int(v) for v in match.groups())
         key = (index, name)
         generation = self.view.generation
@@ -144,11 +169,16 @@ class SegmentSource:
                 else self._store(index)[region].read().result()
             present = np.unique(supervoxels)
         encoded = np.ascontiguousarray(self.view.map(supervoxels)).tobytes()
+        entry = (supervoxels, present, encoded, generation)
         with self._lock:
-            self._cache[key] = (supervoxels, present, encoded, generation)
-            self._cache.move_to_end(key)
-            while len(self._cache) > self._capacity:
-                self._cache.popitem(last=False)
+            previous = self._cache.pop(key, None)
+            if previous is not None:
+                self._cached_bytes -= _nbytes(previous)
+            self._cache[key] = entry
+            self._cached_bytes += _nbytes(entry)
+            while self._cached_bytes > self._capacity and len(self._cache) > 1:
+                _, dropped = self._cache.popitem(last=False)
+                self._cached_bytes -= _nbytes(dropped)
         return encoded
 
     def manifest(self, segment: int) -> Optional[dict]:
@@ -188,11 +218,23 @@ class SegmentSource:
         return fragments
 
 
+def _nbytes(entry: tuple) -> int:
+    supervoxels, present, encoded, _ = entry
+    return supervoxels.nbytes + present.nbytes + len(encoded)
+
+
 class SegmentChunkHandler(CorsMixin, tornado.web.RequestHandler):
     """GET /segments/g<generation>/<path>: info, chunks, mesh info, manifests, fragments."""
 
     def initialize(self, source: SegmentSource) -> None:
         self.source = source
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        exc = kwargs.get("exc_info", (None, None))[1]
+        message = exc.log_message if isinstance(exc, tornado.web.HTTPError) and \
+            exc.log_message else self._reason
+        self.set_header("Content-Type", "text/plain")
+        self.finish(f"{status_code}: {message}\n")
 
     async def get(self, generation: str, path: str) -> None:
         source = self.source
@@ -213,8 +255,11 @@ class SegmentChunkHandler(CorsMixin, tornado.web.RequestHandler):
         elif len(parts) == 2 and parts[0] == "mesh":
             body = await IOLoop.current().run_in_executor(None, source.fragment, parts[1])
         elif len(parts) == 2:
-            body = await IOLoop.current().run_in_executor(None, source.chunk, parts[0],
-                                                          parts[1])
+            try:
+                body = await IOLoop.current().run_in_executor(None, source.chunk, parts[0],
+                                                              parts[1])
+            except BadChunk as exc:
+                raise tornado.web.HTTPError(400, str(exc)) from None
         else:
             body = None
         if body is None:

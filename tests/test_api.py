@@ -387,3 +387,23 @@ def test_two_clients_editing_one_segment_at_once_lose_no_update(served):
             Client(session.base_url, session.access.token, user=user).undo()
         except ApiError:
             pass
+
+
+def test_neuroglancer_s_own_server_refuses_huge_bodies(served):
+    """Its action and state posts are small JSON; it used to buffer up to 1 GiB."""
+    from urllib.parse import urlsplit
+
+    session, _ = served
+    viewer = urlsplit(session.viewer_url)
+    token = session.access.viewer_token(session.default_user)
+    connection = http.client.HTTPConnection(viewer.hostname, viewer.port, timeout=30)
+    try:
+        connection.request("POST", f"/action/{token}", body=b"x" * (40 << 20))
+        status = connection.getresponse().status
+    except (ConnectionError, http.client.HTTPException, socket.timeout):
+        status = None  # closed while we were still sending
+    finally:
+        connection.close()
+    assert status in (None, 400, 413)
+    assert raw(session, "/api/v1/info",
+               headers={"Authorization": f"Bearer {session.access.token}"})[0] == 200

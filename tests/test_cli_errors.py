@@ -124,3 +124,11 @@ def test_import_overwrite_replaces_only_a_volume(small_h5, tmp_path):
                            "1", "--overwrite", "--quiet")
         assert result.returncode == 0, result.stderr
     assert (out / "info").is_file()
+
+
+def test_serving_beyond_loopback_without_a_token_refuses_naming_the_key(small_h5, tmp_path,
+                                                                       monkeypatch):
+    monkeypatch.delenv("PROMPTCUT_TOKEN", raising=False)
+    path = write_config(tmp_path, small_h5, segmentation=None)
+    assert_one_line_error(promptcut("serve", "--config", path, "--host", "0.0.0.0",
+                                    "--port", "0"), "server.token")

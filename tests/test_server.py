@@ -235,3 +235,28 @@ def test_each_proofreader_gets_a_viewer_of_their_own(segmented_session):
     assert api(session, "/api/v1/viewer?user=alice")[1] == answer  # the same viewer again
     status, answer = api(session, "/api/v1/viewer?user=no%20spaces")
     assert status == 400 and "user name" in answer["error"]
+
+
+def test_only_chunks_of_the_served_grid_are_read_and_the_cache_stays_bounded(segmented_session):
+    from server.segments import SegmentSource
+
+    session = segmented_session
+    generation = session.membership_view.generation
+    info = json.loads(request(session, f"/segments/g{generation}/info")[1])
+    scale = info["scales"][0]
+    key, (x, y, z) = scale["key"], scale["size"]
+    cx, cy, cz = scale["chunk_sizes"][0]
+    for name in (f"0-{x}_0-{y}_0-{z}",  # the whole volume in one request
+                 f"1-{cx + 1}_0-{cy}_0-{cz}", f"0-{cx}_0-{cy}", "a-b_c-d_e-f"):
+        response, body = request(session, f"/segments/g{generation}/{key}/{name}")
+        assert response.status == 400, name
+        assert "not a chunk" in body.decode()
+    response, _ = request(session, f"/segments/g{generation}/{key}/0-{cx}_0-{cy}_0-{cz}")
+    assert response.status == 200
+    response, _ = request(session, f"/segments/g{generation}/nosuchscale/0-{cx}_0-{cy}_0-{cz}")
+    assert response.status == 404
+    source = SegmentSource(session.segment_source.root, session.membership_view,
+                           session.proofreading.members_of, cache_bytes=3 * cx * cy * cz * 8)
+    for i in range(6):
+        source.chunk(key, f"0-{cx}_0-{cy}_{i * cz}-{min((i + 1) * cz, z)}")
+    assert source._cached_bytes <= 3 * cx * cy * cz * 8 and len(source._cache) < 6
