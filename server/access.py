@@ -10,8 +10,8 @@ Any web page the proofreader visits runs in the same browser, and can send reque
   need it), and they are handed out only to requests with the token.
 - The volume data (``/data``, ``/segments``) stays readable from any origin, without
   credentials: neuroglancer's client runs on another port and reads it from there.
-- A request whose ``Host`` is not a name of this server is refused: a rebinding domain that
-  points at 127.0.0.1 still sends its own name.
+- A request whose ``Host`` is not a name of this server is refused, on promptcut's server and
+  on neuroglancer's: a rebinding domain that points at 127.0.0.1 still sends its own name.
 """
 
 from __future__ import annotations
@@ -91,17 +91,19 @@ def _addresses() -> set[str]:
         return set()
 
 
-class HostCheckedApplication(tornado.web.Application):
-    """tornado's Application that answers only to this server's own names (every route)."""
+def answer_only_own_names(app: tornado.web.Application, access: Access) -> None:
+    """Make ``app`` (ours, or neuroglancer's own) answer only to this server's names, on
+    every route: requests naming another Host get 403. Guarding an app again replaces the
+    rules instead of stacking checks."""
+    original = getattr(app, "_promptcut_find_handler", None) or app.find_handler
+    app._promptcut_find_handler = original
 
-    def __init__(self, handlers, access: Access, **settings):
-        super().__init__(handlers, **settings)
-        self.access = access
+    def find_handler(request, **kwargs):
+        if not access.host_allowed(request.host or ""):
+            return app.get_handler_delegate(request, _WrongHost)
+        return original(request, **kwargs)
 
-    def find_handler(self, request, **kwargs):
-        if not self.access.host_allowed(request.host or ""):
-            return self.get_handler_delegate(request, _WrongHost)
-        return super().find_handler(request, **kwargs)
+    app.find_handler = find_handler
 
 
 class _WrongHost(tornado.web.RequestHandler):

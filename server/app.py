@@ -30,7 +30,7 @@ from segmentation.session import OperationResult, ProofreadingSession
 from segmentation.project import Project
 from segmentation.stats import VoxelCounts
 from server import viewer as ngview
-from server.access import MAX_BODY, Access, HostCheckedApplication
+from server.access import MAX_BODY, Access, answer_only_own_names
 from server.actions import Action, ActionRouter
 from server.api import ApiContext, routes, valid_user, USER_HELP
 from server.data import DataHandler
@@ -134,7 +134,8 @@ class ServerSession:
         neuroglancer.set_server_bind_address(server.host, server.viewer_port)
         ngview.use_key_relay()
         self.viewer_for(self.default_user)
-        ngview.cap_request_bodies(MAX_BODY * 16)  # state sync and actions: small JSON
+        ngview.guard_neuroglancer(MAX_BODY * 16,  # state sync and actions: small JSON
+                                  lambda app: answer_only_own_names(app, self.access))
 
     def _serve(self, sockets: list[socket.socket], ready: threading.Event) -> None:
         asyncio.set_event_loop(asyncio.new_event_loop())
@@ -331,12 +332,14 @@ def make_app(session: ServerSession) -> tornado.web.Application:
                                      if r.sequence > after] if user in session.routers else [])
     live = [(r"/segments/g(\d+)/(.*)", SegmentChunkHandler, {"source": session.segment_source})
             ] if session.segment_source is not None else []
-    return HostCheckedApplication(routes(api) + live + [
+    app = tornado.web.Application(routes(api) + live + [
         (r"/data/([^/]+)/(.*)", DataHandler, {"mounts": session.mounts()}),
         (r"/static/(.*)", tornado.web.StaticFileHandler, {"path": str(STATIC_DIR)}),
         (r"/()", tornado.web.StaticFileHandler,
          {"path": str(STATIC_DIR), "default_filename": "index.html"}),
-    ], session.access, log_function=_log_request)
+    ], log_function=_log_request)
+    answer_only_own_names(app, session.access)
+    return app
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:

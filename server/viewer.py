@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import neuroglancer
 import neuroglancer.server
@@ -70,13 +70,15 @@ def use_key_relay() -> None:
     neuroglancer.set_static_content_source(source=ClientWithKeyRelay())
 
 
-def cap_request_bodies(limit: int) -> None:
-    """Cap the bodies neuroglancer's own server buffers (1 GiB by default, for screenshots
-    promptcut never takes): its state-sync and action posts are small JSON. Applies to
-    connections opened from now on."""
+def guard_neuroglancer(max_body: int, check_hosts: Callable[[Any], None]) -> None:
+    """neuroglancer's own server (process-wide, started with the first viewer): cap the bodies
+    it buffers (1 GiB by default, for screenshots promptcut never takes; its state-sync and
+    action posts are small JSON) and have ``check_hosts`` guard its application."""
     server = neuroglancer.server.global_server
-    if server is not None and getattr(server, "http_server", None) is not None:
-        server.http_server.max_buffer_size = limit
+    if server is None or getattr(server, "http_server", None) is None:
+        return
+    server.http_server.max_buffer_size = max_body  # for connections opened from now on
+    check_hosts(server.app)
 
 
 def to_viewer(zyx: Sequence[float]) -> list[float]:

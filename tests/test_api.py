@@ -215,6 +215,18 @@ def test_requests_for_another_host_name_are_refused(served):
         assert status == 403, path
         status, _ = raw(session, path, headers={**token, "Host": f"localhost:{session.port}"})
         assert status == 200, path
+    # neuroglancer's own server too (the viewer page, its state and actions)
+    from urllib.parse import urlsplit
+
+    viewer = urlsplit(session.viewer_url)
+    for host, expected in ((f"evil.example:{viewer.port}", 403),
+                           (f"127.0.0.1:{viewer.port}", 200)):
+        connection = http.client.HTTPConnection(viewer.hostname, viewer.port, timeout=30)
+        connection.request("GET", viewer.path, headers={"Host": host})
+        response = connection.getresponse()
+        response.read()
+        connection.close()
+        assert response.status == expected, host
 
 
 def test_large_bodies_are_refused_and_the_server_goes_on(served):
