@@ -26,7 +26,7 @@ from segmentation.project import Project
 from segmentation.proofread import LOG_NAME
 from segmentation.rag import Rag
 from server.app import ServerSession
-from server.viewer import to_viewer
+from server.viewer import SEGMENTATION_LAYER, to_viewer
 from tests.browser_util import chromium, coloured_fraction, wait_for_panel
 from tests.conftest import write_config
 
@@ -119,13 +119,13 @@ def measure(session: ServerSession, labels: np.ndarray, repeats: int) -> dict:
             before = region(page, clip)
             started = time.perf_counter()
             with session.viewer.txn() as s:
-                layer = s.layers["supervoxels"]
+                layer = s.layers[SEGMENTATION_LAYER]
                 layer.visible = not layer.visible
             changed = time_until_changed(page, clip, before)
             baseline.append(time.perf_counter() - started if changed == changed else changed)
             time.sleep(1.0)
         with session.viewer.txn() as s:
-            s.layers["supervoxels"].visible = True
+            s.layers[SEGMENTATION_LAYER].visible = True
         time.sleep(1.0)
         for _ in range(repeats):
             for samples, keys in ((merge, ("m", "m")), (undo, ("u",))):

@@ -11,6 +11,7 @@ from benchmarks.common import DEMO_H5, write_result
 from promptcut.config import load_config
 from promptcut.setup_project import prepare_project
 from server.app import ServerSession
+from server.viewer import SEGMENTATION_LAYER
 from tests.browser_util import chromium, grey_and_textured, wait_for_panel
 from tests.conftest import write_config
 
@@ -23,7 +24,7 @@ def run(repeats: int = 5) -> dict:
                                 prepare_project(config, progress=False))
         session.start()
         with session.viewer.txn() as s:
-            s.layers["supervoxels"].visible = False  # time the EM itself
+            s.layers[SEGMENTATION_LAYER].visible = False  # time the EM itself
         try:
             for _ in range(repeats):
                 with chromium() as browser:  # a fresh profile: nothing cached

@@ -26,10 +26,15 @@ STATUS_KEY = "promptcut"
 
 @dataclass(frozen=True)
 class Action:
-    name: str  # neuroglancer action id, e.g. "promptcut-info"
+    name: str  # promptcut's id for it, e.g. "promptcut-info"
     key: str  # neuroglancer key name, e.g. "keyi"
     label: str  # for the help and the README
     run: Callable[[Pointer], str] = field(compare=False)
+
+    @property
+    def title(self) -> str:
+        """What neuroglancer binds and its help panel (H) lists: a sentence, not an id."""
+        return f"promptcut: {self.label}"
 
 
 @dataclass
@@ -58,9 +63,9 @@ class ActionRouter:
 
     def register(self, action: Action) -> None:
         self.actions[action.name] = action
-        self.viewer.actions.add(action.name, lambda state: self.dispatch(action.name, state))
+        self.viewer.actions.add(action.title, lambda state: self.dispatch(action.name, state))
         with self.viewer.config_state.txn() as s:
-            s.input_event_bindings.viewer[action.key] = action.name
+            s.input_event_bindings.viewer[action.key] = action.title
 
     def dispatch(self, name: str, state) -> Future:
         """Called on the viewer's IOLoop: capture the pointer, queue the work, return at once.

@@ -77,7 +77,8 @@ class Proofreading:
              "the segment under the mouse", self.forget),
             ("promptcut-export", "shift+keye", "export the corrected segmentation",
              self.export),
-            ("promptcut-help", "shift+keyh", "list promptcut's keys", self.help),
+            ("promptcut-help", "shift+keyh", "show promptcut's keys (Esc closes them)",
+             self.help),
         ]
         return [Action(name, key, label, run) for name, key, label, run in spec]
 
@@ -176,8 +177,9 @@ class Proofreading:
         return f"exported to {self.service.export()}"
 
     def help(self, pointer: Pointer) -> str:
-        keys = self.key_reference()
-        return "keys: " + "; ".join(f"{k['key']} {k['action']}" for k in keys)
+        """The overlay itself is drawn in the page (static/promptcut_keys.js)."""
+        return (f"you are {self.user}: promptcut's {len(self.key_reference())} keys are in the "
+                f"overlay (Esc closes it); H lists neuroglancer's own")
 
     @staticmethod
     def _report(result: OperationResult) -> str:

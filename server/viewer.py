@@ -7,6 +7,7 @@ promptcut works in z, y, x (NumPy) order; neuroglancer shows x, y, z. ``to_viewe
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -21,9 +22,10 @@ from segmentation.errors import InputError
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 KEY_RELAY = "promptcut_keys.js"
+KEY_TABLE = "promptcut_keys.json"
 
 IMAGE_LAYER = "image"
-SEGMENTATION_LAYER = "supervoxels"
+SEGMENTATION_LAYER = "segments"  # what it shows: the supervoxels with the membership applied
 
 
 class Viewer(neuroglancer.Viewer):
@@ -47,17 +49,21 @@ class Viewer(neuroglancer.Viewer):
 
 
 class ClientWithKeyRelay(neuroglancer.static.StaticContentSource):
-    """neuroglancer's own client, with promptcut's key relay (static/promptcut_keys.js) in
-    its page: keys pressed while the browser rebuilds its panels after a server-side state
+    """neuroglancer's own client, with promptcut's script (static/promptcut_keys.js) in its
+    page: keys pressed while the browser rebuilds its panels after a server-side state
     change would otherwise land on <body> and be lost (seen: 2 of 6 keys pressed right after
-    a state change, in headless Chromium)."""
+    a state change, in headless Chromium), and Shift+H shows promptcut's keys as an overlay,
+    read from ``promptcut_keys.json`` (``keys()``: key and action of each)."""
 
-    def __init__(self):
+    def __init__(self, keys: Callable[[], list[dict]]):
         self.client = neuroglancer.static.get_default_static_content_source()
+        self.keys = keys
 
     def get(self, name: str, query: str):
         if name == KEY_RELAY:
             return (STATIC_DIR / KEY_RELAY).read_bytes(), "application/javascript"
+        if name == KEY_TABLE:
+            return json.dumps(self.keys()).encode(), "application/json"
         data, kind = self.client.get(name, query)
         if name in ("", "index.html"):
             data = data.replace(b"</head>", f'<script src="{KEY_RELAY}"></script></head>'
@@ -65,9 +71,10 @@ class ClientWithKeyRelay(neuroglancer.static.StaticContentSource):
         return data, kind
 
 
-def use_key_relay() -> None:
-    """Serve neuroglancer's client with the key relay (a process-wide neuroglancer setting)."""
-    neuroglancer.set_static_content_source(source=ClientWithKeyRelay())
+def use_key_relay(keys: Callable[[], list[dict]]) -> None:
+    """Serve neuroglancer's client with promptcut's script (a process-wide neuroglancer
+    setting)."""
+    neuroglancer.set_static_content_source(source=ClientWithKeyRelay(keys))
 
 
 def guard_neuroglancer(max_body: int, check_hosts: Callable[[Any], None]) -> None:

@@ -14,6 +14,8 @@ from typing import Callable, Iterator
 import numpy as np
 from scipy import ndimage
 
+from server.viewer import SEGMENTATION_LAYER
+
 CHROMIUM = os.environ.get("PROMPTCUT_CHROMIUM", "/usr/bin/chromium")
 # Software WebGL and no calls home: what works on a headless machine with no network.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--use-angle=swiftshader",
@@ -123,7 +125,7 @@ class Driver:
         seen = None
         while time.monotonic() < deadline:
             report = self.press("i", voxel)
-            seen = report.pointer.selected.get("supervoxels")
+            seen = report.pointer.selected.get(SEGMENTATION_LAYER)
             if seen == expected:
                 return seen
             time.sleep(0.5)

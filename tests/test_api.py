@@ -18,6 +18,7 @@ from segmentation.errors import InputError
 from segmentation.proofread import LOG_NAME
 from server.access import Access
 from server.app import ServerSession
+from server.viewer import SEGMENTATION_LAYER
 from tests.browser_util import inside
 from tests.test_browser_proofreading import touching_pair
 
@@ -263,13 +264,13 @@ def test_a_viewer_without_its_segmentation_layer_does_not_turn_edits_into_errors
     session, labels = served
     viewer = session.viewer_for("mallory")
     with viewer.txn() as s:
-        del s.layers["supervoxels"]
+        del s.layers[SEGMENTATION_LAYER]
     sv_a, sv_b = touching_pair(session.proofreading, 2)
     at_a, at_b = xyz(inside(labels, sv_a)), xyz(inside(labels, sv_b))
     merged = client.merge(at_a, at_b)
     assert "merged" in merged["message"]
     assert client.undo()["type"] == "undo"  # and the next edit too
-    other = session.viewer.state.layers["supervoxels"].source
+    other = session.viewer.state.layers[SEGMENTATION_LAYER].source
     assert f"g{session.membership_view.generation}" in str(other)  # others were updated
 
 

@@ -3,8 +3,10 @@ segmented demo, checked against the server's membership and edit log."""
 
 from __future__ import annotations
 
+import tempfile
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,3 +159,29 @@ def test_dividing_a_supervoxel_from_the_keyboard_redraws_it(browser, segmented_s
         assert report.ok and "undid split-supervoxel" in report.message, report.message
         assert int(proof.locate(second)) == big
         assert driver.segment_seen_at(second, before) == before
+
+
+def test_keys_read_as_sentences_in_neuroglancer_s_help_and_shift_h_shows_them_all(
+        browser, segmented_session):
+    """H is neuroglancer's help panel: promptcut's keys appear there as sentences, not ids.
+    It leaves out Shift+letter keys, so Shift+H opens promptcut's own overlay of every key;
+    Esc closes it."""
+    session = segmented_session
+    with proofreading_page(browser, session) as (page, driver):
+        report = driver.press("Shift+H", (80, 125, 125))
+        assert report.ok and "overlay" in report.message and "proofreader" in report.message
+        page.wait_for_selector("#promptcut-key-overlay", timeout=10000)
+        page.screenshot(path=str(Path(tempfile.gettempdir()) / "promptcut-key-overlay.png"))
+        overlay = " ".join(page.inner_text("#promptcut-key-overlay").split())
+        for action in session.router.actions.values():
+            assert action.label in overlay, action.label
+        assert "Shift+K" in overlay and "promptcut-" not in overlay
+        page.keyboard.press("Escape")
+        page.wait_for_selector("#promptcut-key-overlay", state="detached", timeout=5000)
+        page.keyboard.press("h")  # neuroglancer's own help panel
+        page.wait_for_function("document.body.innerText.includes('promptcut: merge')",
+                               timeout=20000)
+        help_text = " ".join(page.inner_text("body").split())
+        unshifted = [a for a in session.router.actions.values() if "shift" not in a.key]
+        assert unshifted and all(a.title in help_text for a in unshifted)
+        page.keyboard.press("h")

@@ -11,7 +11,7 @@ import pytest
 
 from segmentation.errors import InputError
 from server.actions import Action
-from server.viewer import Pointer, from_viewer, to_viewer
+from server.viewer import SEGMENTATION_LAYER, Pointer, from_viewer, to_viewer
 
 
 def request(session, path: str, method: str = "GET", headers: dict | None = None):
@@ -111,9 +111,9 @@ def test_viewer_state_is_set_explicitly(demo_session):
     assert list(state.position) == [125.5, 125.5, 80.5]
     assert state.cross_section_scale > 0
     assert state.layers["image"].source[0].url.startswith("precomputed://http://127.0.0.1:")
-    assert state.layers["supervoxels"].type == "segmentation"
+    assert state.layers[SEGMENTATION_LAYER].type == "segmentation"
     bindings = demo_session.viewer.config_state.state.input_event_bindings.viewer
-    assert bindings["keyi"] == "promptcut-info"
+    assert bindings["keyi"] == "promptcut: show the segment under the mouse"  # readable in H
 
 
 def test_axis_conversion_is_a_round_trip():
