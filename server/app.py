@@ -42,6 +42,7 @@ from server.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 STATIC_DIR = ngview.STATIC_DIR
+OTHERS_STATUS = "promptcut-others"  # the last edit another proofreader made
 MOUNTS = {"image": ngview.IMAGE_LAYER, "segmentation": ngview.SEGMENTATION_LAYER}
 PROTOCOL = {"precomputed": "precomputed", "zarr": "zarr2", "n5": "n5"}
 
@@ -167,7 +168,8 @@ class ServerSession:
                                   ngview.require_voxel(pointer)).message())]
             if self.service is not None:
                 self.users[user] = Proofreading(self.service, user, viewer,
-                                                router.key_reference)
+                                                router.key_reference,
+                                                self.settings.viewer.merge_timeout)
                 actions += self.users[user].actions()
                 with viewer.txn() as state:
                     state.layers[PROMPT_LAYER] = prompt_layer(state.dimensions)
@@ -282,8 +284,11 @@ class ServerSession:
         new generation of the segmentation, and which segments to show in place of the ones
         the edit removed."""
         url = self.source_url("segmentation")
+        news = f"{result.user}: {result.message} (operation {result.operation})"
         for user, viewer in list(self.viewers.items()):
             try:
+                if user != result.user:  # another proofreader changed what this one sees
+                    ngview.show_status(viewer, OTHERS_STATUS, news)
                 with viewer.txn() as s:
                     if user in self.users:  # kept prompt points change with cuts and undo
                         self.users[user].draw_prompts(s)

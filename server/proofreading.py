@@ -11,20 +11,25 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import neuroglancer
+import numpy as np
 
 from segmentation.errors import InputError
 from segmentation.session import OperationResult
-from server.actions import Action
+from server.actions import STATUS_KEY, Action
 from server.edit_service import EditService
-from server.viewer import Pointer, require_voxel, to_viewer
+from server.viewer import Pointer, require_voxel, show_status, to_viewer
 
 PROMPT_LAYER = "prompts"
 PROMPT_SHADER = """
 void main() {
-  setColor(prop_sign() > 0 ? vec3(0.15, 0.9, 0.3) : vec3(1.0, 0.25, 0.2));
-  setPointMarkerSize(prop_kept() > 0 ? 7.0 : 12.0);
+  // positive green, negative red, the first point of a pending merge yellow
+  setColor(prop_sign() > 0 ? vec3(0.15, 0.9, 0.3) :
+           prop_sign() < 0 ? vec3(1.0, 0.25, 0.2) : vec3(1.0, 0.85, 0.1));
+  setPointMarkerSize(prop_kept() > 0 ? 7.0 : (prop_sign() == 0 ? 16.0 : 12.0));
 }
 """
+MODE_STATUS = "promptcut-mode"  # status line of a pending merge
+USER_STATUS = "promptcut-user"  # status line that says who the proofreader is
 
 
 @dataclass
@@ -50,13 +55,16 @@ class Proofreading:
     """The keys of one proofreader, and what they do to the session and the viewers."""
 
     def __init__(self, service: EditService, user: str, viewer: neuroglancer.Viewer,
-                 key_reference: Callable[[], list[dict]]):
+                 key_reference: Callable[[], list[dict]], merge_timeout: float = 60.0):
         self.service = service
         self.user = user
         self.viewer = viewer
         self.key_reference = key_reference
+        self.merge_timeout = merge_timeout  # seconds a pending merge stays armed
         self.state = UserState()
         self._lock = threading.Lock()
+        self._expiry: Optional[threading.Timer] = None
+        show_status(viewer, USER_STATUS, f"promptcut: you are {user}")
 
     def actions(self) -> list[Action]:
         spec: list[tuple[str, str, str, Callable[[Pointer], str]]] = [
@@ -77,6 +85,7 @@ class Proofreading:
              "the segment under the mouse", self.forget),
             ("promptcut-export", "shift+keye", "export the corrected segmentation",
              self.export),
+            ("promptcut-cancel", "escape", "cancel a pending merge", self.cancel),
             ("promptcut-help", "shift+keyh", "show promptcut's keys (Esc closes them)",
              self.help),
         ]
@@ -103,7 +112,7 @@ class Proofreading:
 
     def clear(self, pointer: Pointer) -> str:
         with self._lock:
-            self.state = UserState()
+            self.state.positives, self.state.negatives = [], []
         self.show_prompts()
         return "prompt points cleared"
 
@@ -112,16 +121,30 @@ class Proofreading:
             self.draw_prompts(s)
 
     def draw_prompts(self, state) -> None:
-        """This proofreader's pending points, and the points earlier cuts kept as
-        constraints (anyone's), into a viewer state being changed."""
+        """This proofreader's pending points (and the first point of a pending merge), and
+        the points earlier cuts kept as constraints (anyone's), into a viewer state being
+        changed. Each says, on hover, its sign and the segment it constrains."""
         with self._lock:
             points = [(p, 1, 0) for p in self.state.positives] + \
                 [(p, -1, 0) for p in self.state.negatives]
+            if self.state.merge_from is not None:
+                points.append((self.state.merge_from, 0, 0))
         points += [(p, sign, 1) for p, sign in self.service.session.kept_prompts()]
         state.layers[PROMPT_LAYER].annotations = [
             neuroglancer.PointAnnotation(id=f"prompt{i}", point=[v + 0.5 for v in to_viewer(p)],
-                                         props=[sign, kept])
+                                         props=[sign, kept],
+                                         description=self._describe_point(p, sign, kept))
             for i, (p, sign, kept) in enumerate(points)]
+
+    def _describe_point(self, point, sign: int, kept: int) -> str:
+        session = self.service.session
+        supervoxel = session.locate(point)
+        segment = session.segments_of(np.array([supervoxel], np.uint64))[0] if supervoxel \
+            else 0
+        if sign == 0:
+            return f"merge from segment {segment}"
+        word = "positive" if sign > 0 else "negative"
+        return f"{word}{' (kept by an earlier cut)' if kept else ''}: segment {segment}"
 
     # -- edits ----------------------------------------------------------------------------------
     def merge(self, pointer: Pointer) -> str:
@@ -132,9 +155,46 @@ class Proofreading:
             if first is None:
                 segment = session.segment_of(session.supervoxel_at(voxel, "point"))
                 self.state.merge_from = voxel
-                return f"merge: segment {segment} chosen; press M over the segment to join"
-            self.state.merge_from = None
+        if first is None:
+            self._arm(segment)
+            return f"merge: segment {segment} chosen; press M over the segment to join"
+        self._disarm()
         return self._report(self.service.merge(self.user, first, voxel))
+
+    def cancel(self, pointer: Pointer) -> str:
+        return "merge cancelled" if self._disarm() else "nothing pending"
+
+    def _arm(self, segment: int) -> None:
+        """A pending merge shows: its first point (yellow) and a status line, until it is
+        completed, cancelled (Esc) or expires."""
+        self.show_prompts()
+        show_status(self.viewer, MODE_STATUS,
+                    f"merge pending from segment {segment}: M over the other segment joins "
+                    f"them, Esc cancels (expires in {self.merge_timeout:.0f} s)")
+        timer = threading.Timer(self.merge_timeout, self._expire)
+        timer.daemon = True
+        with self._lock:
+            if self._expiry is not None:
+                self._expiry.cancel()
+            self._expiry = timer
+        timer.start()
+
+    def _expire(self) -> None:
+        if self._disarm():
+            show_status(self.viewer, STATUS_KEY, "the pending merge expired")
+
+    def _disarm(self) -> bool:
+        """Forget a pending merge; whether there was one."""
+        with self._lock:
+            pending = self.state.merge_from is not None
+            self.state.merge_from = None
+            if self._expiry is not None:
+                self._expiry.cancel()
+                self._expiry = None
+        show_status(self.viewer, MODE_STATUS, None)
+        if pending:
+            self.show_prompts()
+        return pending
 
     def split(self, pointer: Pointer) -> str:
         with self._lock:

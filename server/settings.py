@@ -47,6 +47,7 @@ class ViewerConfig:
     position: Optional[list[float]] = None  # voxel, z, y, x; the volume centre by default
     cross_section_scale: Optional[float] = None  # voxels per screen pixel; None fits the volume
     show_layer_panel: bool = False
+    merge_timeout: float = 60.0  # seconds a pending merge (after the first M) stays armed
 
 
 @dataclass

@@ -420,3 +420,21 @@ def test_neuroglancer_s_own_server_refuses_huge_bodies(served):
     assert status in (None, 400, 413)
     assert raw(session, "/api/v1/info",
                headers={"Authorization": f"Bearer {session.access.token}"})[0] == 200
+
+
+def test_another_proofreader_s_edit_is_announced_in_my_status_line(served):
+    from server.app import OTHERS_STATUS
+
+    session, labels = served
+    alice = session.viewer_for("alice")
+    sv_a, sv_b = touching_pair(session.proofreading, 5)
+    bob = Client(session.base_url, session.access.token, user="bob")
+    merged = bob.merge(xyz(inside(labels, sv_a)), xyz(inside(labels, sv_b)))
+    news = alice.config_state.state.status_messages[OTHERS_STATUS]
+    assert news.startswith("bob: merged") and f"operation {merged['operation']}" in news
+    bob.undo()
+    assert "bob: undid merge" in alice.config_state.state.status_messages[OTHERS_STATUS]
+    Client(session.base_url, session.access.token, user="alice").merge(
+        xyz(inside(labels, sv_a)), xyz(inside(labels, sv_b)))
+    assert "bob" in alice.config_state.state.status_messages[OTHERS_STATUS]  # not her own
+    Client(session.base_url, session.access.token, user="alice").undo()

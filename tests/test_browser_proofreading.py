@@ -185,3 +185,49 @@ def test_keys_read_as_sentences_in_neuroglancer_s_help_and_shift_h_shows_them_al
         unshifted = [a for a in session.router.actions.values() if "shift" not in a.key]
         assert unshifted and all(a.title in help_text for a in unshifted)
         page.keyboard.press("h")
+
+
+def test_a_pending_merge_shows_until_completed_cancelled_or_expired(browser,
+                                                                    segmented_session):
+    from server.proofreading import MODE_STATUS, PROMPT_LAYER, USER_STATUS
+
+    session = segmented_session
+    proof = session.proofreading
+    labels = proof.supervoxels.read(slice(None), slice(None), slice(None))
+    keys = session.users[session.default_user]
+
+    def pending_points():
+        return [a for a in session.viewer.state.layers[PROMPT_LAYER].annotations
+                if a.props[0] == 0]
+
+    def status():
+        return dict(session.viewer.config_state.state.status_messages)
+
+    with proofreading_page(browser, session) as (page, driver):
+        sv_a, sv_b = touching_pair(proof, 4)
+        at_a = inside(labels, sv_a)
+        assert status()[USER_STATUS] == "promptcut: you are proofreader"
+        report = driver.press("m", at_a)
+        assert report.ok and "chosen" in report.message
+        assert len(pending_points()) == 1 and "merge from segment" in \
+            pending_points()[0].description
+        assert "merge pending" in status()[MODE_STATUS]
+        page.wait_for_function("document.body.innerText.includes('merge pending')",
+                               timeout=10000)  # the person sees it
+        report = driver.press("Escape")
+        assert report.message == "merge cancelled"
+        assert pending_points() == [] and MODE_STATUS not in status()
+        operations = len(proof.log)
+        keys.merge_timeout = 1.0
+        try:
+            driver.press("m", at_a)
+            deadline = time.monotonic() + 10
+            while pending_points() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert pending_points() == [] and MODE_STATUS not in status()
+            assert "expired" in status()["promptcut"]
+            report = driver.press("m", inside(labels, sv_b))  # starts afresh, merges nothing
+            assert "chosen" in report.message and len(proof.log) == operations
+            driver.press("Escape")
+        finally:
+            keys.merge_timeout = 60.0
