@@ -18,7 +18,9 @@ pytestmark = pytest.mark.browser
 
 @contextmanager
 def proofreading_page(browser, session):
-    """The session's viewer in a page, xy layout zoomed in, segments drawn: (page, driver)."""
+    """The session's viewer in a page, xy layout zoomed in on the volume's centre, segments
+    drawn: (page, driver). (Earlier tests leave the view wherever their last edit was.)"""
+    session.reset_view()
     with session.viewer.txn() as s:
         s.layout = "xy"
         s.cross_section_scale = 0.5
