@@ -98,6 +98,9 @@ def cmd_import(args: argparse.Namespace) -> int:
         return 0
     if not (args.input and args.output):
         raise InputError("import needs INPUT and OUTPUT (or --config)")
+    if "://" not in args.input and Path(args.input).resolve() == Path(args.output).resolve():
+        raise InputError("OUTPUT is INPUT: choose another output (an import never replaces "
+                         "its own source)")
     fmt = args.format or ("zarr" if args.output.rstrip("/").endswith(".zarr") else "precomputed")
     with _open_input(args.input, args.key, args.kind, args.voxel_size) as source:
         report = import_volume(source, Path(args.output), args.kind, args.voxel_size, fmt,

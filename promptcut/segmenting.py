@@ -10,6 +10,7 @@ from segmentation.blockwise import Runner, default_workers
 from segmentation.errors import InputError
 from segmentation.models.learned import make_model
 from segmentation.pipeline import PipelineParams, PipelineReport, segment
+from segmentation.editlog import remove_log
 from segmentation.proofread import LOG_NAME, edit_count
 from segmentation.proofread import archive_log as archive_log_file
 from segmentation.supervoxels import SupervoxelParams
@@ -38,6 +39,8 @@ def run_segment(config: Config, reuse_affinities: bool = False, if_needed: bool 
     if edits:
         moved = archive_log_file(project)
         print(f"the edit log so far is kept as {moved.name}", flush=True)
+    else:  # an empty log still names the segmentation it was opened for: start a new one
+        remove_log(project.root / LOG_NAME)
     image = project.volume("image")
     checkpoint = config.segment.checkpoint
     model = None if reuse_affinities else make_model(

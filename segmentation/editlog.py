@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -29,6 +30,7 @@ import numpy as np
 
 from segmentation.errors import InputError
 
+log = logging.getLogger(__name__)
 SYNCHRONOUS = ("NORMAL", "FULL")
 SCHEMA = ("""
 CREATE TABLE IF NOT EXISTS operations (
@@ -118,8 +120,9 @@ class EditLog:
             self._db.close()
             raise LogError(f"edit log {self.path} ends at operation {last} but operation "
                            f"{acknowledged} was acknowledged: {acknowledged - last} edit(s) are "
-                           f"missing (a torn or replaced file); restore it from a backup, or "
-                           f"move it and {self.acknowledged_path.name} aside to start afresh")
+                           f"missing (a torn or replaced file, or a power loss with "
+                           f"synchronous NORMAL); restore it from a backup, or delete "
+                           f"{self.acknowledged_path.name} to go on without them")
         if fingerprint is not None:
             if stored is None:
                 self._set_meta("fingerprint", fingerprint)
@@ -148,10 +151,17 @@ class EditLog:
                            f"aside if the edit log is known to be whole") from None
 
     def _acknowledge(self, operation: int) -> None:
-        """Note the last acknowledged operation (after its commit, before the answer)."""
+        """Note the last acknowledged operation (after its commit, before the answer). The
+        operation is committed either way: a failure here (a full disk) only weakens the
+        start-up check, so it is logged, not raised (raising would leave the log ahead of the
+        session that wrote it)."""
         scratch = self.acknowledged_path.with_name(self.acknowledged_path.name + ".tmp")
-        scratch.write_text(str(operation))
-        scratch.replace(self.acknowledged_path)
+        try:
+            scratch.write_text(str(operation))
+            scratch.replace(self.acknowledged_path)
+        except OSError as exc:
+            log.warning("could not note operation %d in %s: %s", operation,
+                        self.acknowledged_path, exc)
 
     def append(self, user: str, kind: str, inputs: dict, delta: np.ndarray,
                target: Optional[int] = None, division: Optional[bytes] = None) -> Entry:

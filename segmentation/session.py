@@ -126,7 +126,10 @@ class ProofreadingSession:
         self.members: dict[int, set[int]] = {}
         for index, seg in enumerate(self.segment.tolist()):
             self.members.setdefault(seg, set()).add(index)
-        self._lock = threading.Lock()
+        # one edit at a time; readers (members_of, membership) take it too. Re-entrant: the
+        # planning code reads under it
+        self._lock = threading.RLock()
+        self._applied_hooks: list[Callable[[OperationResult], None]] = []
         self._busy: dict[int, str] = {}
         self._entries: dict[int, Entry] = {}
         self._undo: dict[str, list[int]] = {}
@@ -168,10 +171,11 @@ class ProofreadingSession:
 
     def members_of(self, segment: int) -> np.ndarray:
         """Supervoxel ids of a segment."""
-        nodes = self.members.get(int(segment)) if int(segment) != 0 else None
-        if not nodes:
-            raise EditError(f"there is no segment {segment}")
-        return self.graph.ids[np.fromiter(nodes, np.int64, len(nodes))]
+        with self._lock:
+            nodes = self.members.get(int(segment)) if int(segment) != 0 else None
+            if not nodes:
+                raise EditError(f"there is no segment {segment}")
+            return self.graph.ids[np.fromiter(nodes, np.int64, len(nodes))]
 
     def successors(self) -> dict[int, int]:
         """Each supervoxel divided by an edit in effect -> a live supervoxel it became (what
@@ -191,8 +195,18 @@ class ProofreadingSession:
 
     def membership(self) -> tuple[np.ndarray, np.ndarray]:
         """(supervoxel ids, segment ids) of every supervoxel in the volume now."""
-        live = self.segment != 0
-        return self.graph.ids[live].copy(), self.segment[live].copy()
+        with self._lock:
+            live = self.segment != 0
+            return self.graph.ids[live].copy(), self.segment[live].copy()
+
+    def on_applied(self, hook: Callable[["OperationResult"], None]) -> None:
+        """Call ``hook`` with each applied edit, in order, before the next edit can start
+        (a view of the membership kept in step with it)."""
+        self._applied_hooks.append(hook)
+
+    def exclusive(self):
+        """Hold off edits (a consistent snapshot: an export)."""
+        return self._lock
 
     def supervoxel_at(self, point: Point, what: str = "point") -> int:
         supervoxel = int(self.locate(point))
@@ -285,7 +299,7 @@ class ProofreadingSession:
                 busy = [s for s in plan.segments + plan.removed
                         if self._busy.get(s, user) != user]
                 if busy:
-                    raise EditError(f"segment {busy[0]} is being edited by "
+                    raise SegmentBusy(f"segment {busy[0]} is being edited by "
                                     f"{self._busy[busy[0]]}; try again in a moment")
                 inputs = {**plan.inputs, "decisions": plan.decisions} if plan.decisions else \
                     plan.inputs
@@ -298,10 +312,13 @@ class ProofreadingSession:
                 raise
             self._apply(entry, plan.division)
             self.graph.commit()
-        created, retired = self._structural(plan.delta)
-        return OperationResult(entry.id, plan.kind, user, plan.segments, plan.removed,
-                               plan.message, (time.perf_counter() - started) * 1000,
-                               len(plan.delta), entry.delta, created, retired)
+            created, retired = self._structural(plan.delta)
+            result = OperationResult(entry.id, plan.kind, user, plan.segments, plan.removed,
+                                     plan.message, (time.perf_counter() - started) * 1000,
+                                     len(plan.delta), entry.delta, created, retired)
+            for hook in self._applied_hooks:
+                hook(result)
+        return result
 
     def reserve(self, segments: Sequence[int], user: str):
         """Hold segments for a long edit (a model prompt): others' edits of them are refused."""

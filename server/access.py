@@ -74,7 +74,10 @@ class Access:
         return digest.hexdigest()[:40]
 
     def host_allowed(self, header: str) -> bool:
-        host = urlsplit(f"//{header}").hostname or ""
+        try:
+            host = urlsplit(f"//{header}").hostname or ""
+        except ValueError:  # not a host name at all ("[::1", say)
+            return False
         return host.lower() in self.hosts
 
     def token_given(self, request) -> bool:

@@ -118,6 +118,11 @@ class ActionRouter:
                     return None
                 self._changed.wait(remaining)
 
+    def reports_after(self, after: int) -> list[ActionReport]:
+        """The reports with a sequence number above ``after``, oldest first."""
+        with self._changed:
+            return [r for r in self.reports if r.sequence > after]
+
     @property
     def last_sequence(self) -> int:
         return self._sequence

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import tornado.web
+from tornado.ioloop import IOLoop
 
 from segmentation.errors import PromptcutError
 from segmentation.session import OperationResult, SegmentBusy
@@ -136,6 +137,11 @@ class JsonHandler(tornado.web.RequestHandler):
                 from None
         return value
 
+    async def off_loop(self, work: Callable[[], Any]) -> Any:
+        """Run session work on a worker thread: an edit waits for the session's lock (an
+        export holds it while it writes), and the IOLoop keeps serving chunks meanwhile."""
+        return await IOLoop.current().run_in_executor(None, work)
+
     @property
     def service(self) -> EditService:
         if self.api.service is None:
@@ -161,7 +167,7 @@ class EditHandler(JsonHandler):
         super().initialize(api)
         self.kind = kind
 
-    def post(self) -> None:
+    async def post(self) -> None:
         data = self.body()
         user = self.user(data)
         service = self.service
@@ -183,7 +189,7 @@ class EditHandler(JsonHandler):
         else:
             run = lambda: service.redo(user)  # noqa: E731
         try:
-            result = run()
+            result = await self.off_loop(run)
         except SegmentBusy as exc:
             raise tornado.web.HTTPError(409, str(exc)) from None
         except PromptcutError as exc:
@@ -194,10 +200,10 @@ class EditHandler(JsonHandler):
 class ExportHandler(JsonHandler):
     """POST /api/v1/export: the corrected segmentation into PROJECT/exports/<time>/."""
 
-    def post(self) -> None:
+    async def post(self) -> None:
         self.body()
         try:
-            folder = self.service.export()
+            folder = await self.off_loop(self.service.export)
         except PromptcutError as exc:
             raise tornado.web.HTTPError(400, str(exc)) from None
         self.send({"folder": str(folder)})
@@ -206,21 +212,23 @@ class ExportHandler(JsonHandler):
 class OperationsHandler(JsonHandler):
     """GET /api/v1/operations?after=N&limit=M: the operation history, oldest first."""
 
-    def get(self) -> None:
+    async def get(self) -> None:
         after = self.int_argument("after", 0)
         limit = min(self.int_argument("limit", 100, low=1), 1000)
-        self.send({"operations": self.service.operations(after, limit)})
+        service = self.service
+        self.send({"operations": await self.off_loop(lambda: service.operations(after,
+                                                                                 limit))})
 
 
 class SegmentAtHandler(JsonHandler):
     """GET /api/v1/segment_at?x=&y=&z=[&unit=nm]: the segment at a point."""
 
-    def get(self) -> None:
+    async def get(self) -> None:
         point = {axis: self.number_argument(axis) for axis in "xyz"}
         point["unit"] = self.get_query_argument("unit", "voxel")
         zyx = self.point(point, "the point")
         try:
-            described = self.api.describe(zyx)
+            described = await self.off_loop(lambda: self.api.describe(zyx))
         except PromptcutError as exc:
             raise tornado.web.HTTPError(404, str(exc)) from None
         answer = asdict(described)
@@ -232,13 +240,14 @@ class SegmentHandler(JsonHandler):
     """GET /api/v1/segments/<id>: size, supervoxel count and bounding box;
     GET /api/v1/segments/<id>/members: its supervoxel ids."""
 
-    def get(self, segment: str, members: Optional[str]) -> None:
+    async def get(self, segment: str, members: Optional[str]) -> None:
+        service = self.service
         try:
             if members:
-                ids = self.service.members(int(segment))
+                ids = await self.off_loop(lambda: service.members(int(segment)))
                 self.send({"segment": int(segment), "supervoxels": ids.astype(int).tolist()})
             else:
-                summary = self.service.summary(int(segment))
+                summary = await self.off_loop(lambda: service.summary(int(segment)))
                 box = summary.pop("bbox_zyx")
                 corner = {k: dict(zip("zyx", box[k])) for k in ("start", "stop")}
                 self.send({**summary, "bbox": corner})

@@ -333,8 +333,8 @@ def make_app(session: ServerSession) -> tornado.web.Application:
         access=session.access, service=session.service, shape=image.shape,
         voxel_size=image.voxel_size, info=session.info, describe=session.describe_segment,
         viewer_url=lambda user: session.viewer_for(user).get_viewer_url(),
-        reports=lambda user, after: [asdict(r) for r in session.routers[user].reports
-                                     if r.sequence > after] if user in session.routers else [])
+        reports=lambda user, after: [asdict(r) for r in session.routers[user].reports_after(
+            after)] if user in session.routers else [])
     live = [(r"/segments/g(\d+)/(.*)", SegmentChunkHandler, {"source": session.segment_source})
             ] if session.segment_source is not None else []
     app = tornado.web.Application(routes(api) + live + [

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -49,10 +50,11 @@ class EditService:
                  membership: MembershipView, exports: Path):
         self.session = session
         self.models = models
-        self.membership = membership
         self.exports = exports  # where exports go by default
         self._listeners: list[Listener] = []
         self._lock = threading.Lock()
+        # the served membership changes with each edit, in order, inside the session's lock
+        session.on_applied(lambda result: membership.apply(result.delta, result.retired))
 
     def subscribe(self, listener: Listener) -> None:
         with self._lock:
@@ -99,13 +101,16 @@ class EditService:
         return self._publish(self.session.redo(user))
 
     def export(self, output: Optional[Path] = None, overwrite: bool = False) -> Path:
-        folder = output or self.exports / time.strftime("%Y%m%d-%H%M%S")
-        ids, segments = self.session.membership()
-        return export_segmentation(self.session.supervoxels, ids, segments, self.session.log,
-                                   folder, overwrite=overwrite)
+        """The corrected segmentation as it is now: edits wait until it is written (a
+        consistent snapshot of membership, divisions and log)."""
+        folder = output or self.exports / (time.strftime("%Y%m%d-%H%M%S-") +
+                                           uuid.uuid4().hex[:6])
+        with self.session.exclusive():
+            ids, segments = self.session.membership()
+            return export_segmentation(self.session.supervoxels, ids, segments,
+                                       self.session.log, folder, overwrite=overwrite)
 
     def _publish(self, result: OperationResult) -> OperationResult:
-        self.membership.apply(result.delta, result.retired)
         with self._lock:
             listeners = list(self._listeners)
         for listener in listeners:

@@ -214,6 +214,7 @@ def test_requests_for_another_host_name_are_refused(served):
     for path in ("/api/v1/info", "/data/image/info", "/"):
         status, _ = raw(session, path, headers={**token, "Host": f"evil.example:{session.port}"})
         assert status == 403, path
+        assert raw(session, path, headers={**token, "Host": "[::1"})[0] == 403  # malformed
         status, _ = raw(session, path, headers={**token, "Host": f"localhost:{session.port}"})
         assert status == 200, path
     # neuroglancer's own server too (the viewer page, its state and actions)
@@ -438,3 +439,33 @@ def test_another_proofreader_s_edit_is_announced_in_my_status_line(served):
         xyz(inside(labels, sv_a)), xyz(inside(labels, sv_b)))
     assert "bob" in alice.config_state.state.status_messages[OTHERS_STATUS]  # not her own
     Client(session.base_url, session.access.token, user="alice").undo()
+
+
+def test_the_served_membership_keeps_step_with_edits_from_many_threads(served):
+    """Edits from several threads (API requests, each user's key worker) must reach the
+    served membership in the order the session applied them."""
+    import threading
+
+    session, labels = served
+    proof = session.proofreading
+    pairs = [touching_pair(proof, i) for i in range(6, 10)]
+
+    def work(user, pair):
+        client = Client(session.base_url, session.access.token, user=user)
+        a, b = (xyz(inside(labels, sv)) for sv in pair)
+        for _ in range(5):
+            try:
+                client.merge(a, b)
+                client.undo()
+            except ApiError:
+                pass
+
+    threads = [threading.Thread(target=work, args=(f"user{i}", pair))
+               for i, pair in enumerate(pairs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    ids, segments = proof.membership()
+    served_segments = session.membership_view.map(ids)
+    np.testing.assert_array_equal(served_segments.astype(np.uint64), segments)

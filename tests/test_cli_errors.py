@@ -132,3 +132,11 @@ def test_serving_beyond_loopback_without_a_token_refuses_naming_the_key(small_h5
     path = write_config(tmp_path, small_h5, segmentation=None)
     assert_one_line_error(promptcut("serve", "--config", path, "--host", "0.0.0.0",
                                     "--port", "0"), "server.token")
+
+
+def test_import_never_writes_over_its_own_input(tmp_path):
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    (volume / "info").write_text("{}")
+    assert_one_line_error(promptcut("import", volume, volume, "--overwrite"), "OUTPUT is INPUT")
+    assert (volume / "info").read_text() == "{}"

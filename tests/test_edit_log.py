@@ -169,3 +169,13 @@ def test_kill_9_during_an_edit_burst_loses_no_acknowledged_edit(edited):
     for mine, theirs in zip(membership, again.membership()):
         np.testing.assert_array_equal(mine, theirs)
     again.log.close()
+
+
+def test_a_failed_acknowledgement_note_never_unsaves_a_committed_edit(tmp_path, caplog):
+    path = tmp_path / "log.sqlite"
+    log = EditLog(path, "fp-a")
+    (tmp_path / "log.sqlite.acknowledged.tmp").mkdir()  # the note cannot be written
+    entry = log.append("alice", "merge", {}, DELTA)
+    assert entry.id == 1 and len(log) == 1
+    assert "could not note operation 1" in caplog.text
+    log.close()
