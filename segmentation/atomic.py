@@ -32,6 +32,9 @@ def remove_stale_partials(final: Path) -> None:
             pid = candidate.name.rsplit("-", 1)[-1]
             if not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
                 continue
+            if ".old-" in candidate.name and not final.exists():
+                os.rename(candidate, final)  # killed between the two renames: the last good
+                continue                     # copy goes back under its name
             shutil.rmtree(candidate, ignore_errors=True)
 
 

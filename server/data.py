@@ -29,6 +29,12 @@ def content_type(name: str) -> str:
     return "application/octet-stream"
 
 
+# files a volume folder may also hold that are not volume data (a config with the server's
+# token, say): never served, whatever the folder
+NOT_DATA = (".yaml", ".yml", ".sqlite", ".sqlite-wal", ".sqlite-shm", ".acknowledged",
+            ".lock", ".env", ".py", ".toml", ".cfg", ".ini")
+
+
 def safe_relative(path: str) -> PurePosixPath | None:
     """The request path as a relative path inside its mount, or None if it tries to leave it."""
     if not path or path.startswith(("/", "\\")) or "\\" in path or "\x00" in path:
@@ -65,6 +71,8 @@ class DataHandler(CorsMixin, tornado.web.RequestHandler):
             raise tornado.web.HTTPError(404, f"no data mount {mount!r}")
         if relative is None:
             raise tornado.web.HTTPError(403, "path leaves the data folder")
+        if relative.name.lower().endswith(NOT_DATA):
+            raise tornado.web.HTTPError(403, "not volume data")
         root = root.resolve()
         full = (root / relative).resolve()
         if root not in full.parents:  # a symlink pointing outside

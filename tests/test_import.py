@@ -187,3 +187,18 @@ def test_terminated_import_cleans_up_after_itself(tmp_path):
     process.wait(timeout=60)
     assert process.returncode != 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.npy"]
+
+
+def test_an_output_retired_by_a_killed_run_comes_back_under_its_name(tmp_path):
+    """Killed between moving the old output aside and the new one in: the next run finds no
+    output, and puts the old one back rather than deleting it."""
+    from segmentation.atomic import remove_stale_partials
+
+    final = tmp_path / "export"
+    retired = tmp_path / "export.old-999999999"
+    retired.mkdir()
+    (retired / "marker").write_text("the last good copy")
+    (tmp_path / "export.partial-999999999").mkdir()
+    remove_stale_partials(final)
+    assert (final / "marker").read_text() == "the last good copy"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]

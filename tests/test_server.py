@@ -73,6 +73,16 @@ def test_paths_that_leave_the_data_folder_are_refused(demo_session, path, status
     assert b"root:" not in body and b"volumes" not in body
 
 
+def test_files_that_are_not_volume_data_are_never_served(demo_session):
+    folder = demo_session.mounts()["image"]
+    (folder / "config.yaml").write_text("server:\n  token: secret-of-the-proofreader\n")
+    try:
+        response, body = request(demo_session, "/data/image/config.yaml")
+        assert response.status == 403 and b"secret" not in body
+    finally:
+        (folder / "config.yaml").unlink()
+
+
 def test_cors_preflight(demo_session):
     response, _ = request(demo_session, "/data/image/info", method="OPTIONS")
     assert response.status == 204
