@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -133,6 +134,9 @@ class EditLog:
                                f"{fingerprint[:12]}): move it aside (`promptcut segment "
                                f"--archive-log` does) to start a fresh one")
         self.fingerprint = fingerprint or stored
+        # written in place (one small pwrite per edit, no rename): a rename per edit cost
+        # about a millisecond, a fifth of a merge
+        self._ack = os.open(self.acknowledged_path, os.O_RDWR | os.O_CREAT, 0o644)
 
     def _meta(self, key: str) -> Optional[str]:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -155,10 +159,8 @@ class EditLog:
         operation is committed either way: a failure here (a full disk) only weakens the
         start-up check, so it is logged, not raised (raising would leave the log ahead of the
         session that wrote it)."""
-        scratch = self.acknowledged_path.with_name(self.acknowledged_path.name + ".tmp")
         try:
-            scratch.write_text(str(operation))
-            scratch.replace(self.acknowledged_path)
+            os.pwrite(self._ack, f"{operation:020d}\n".encode(), 0)
         except OSError as exc:
             log.warning("could not note operation %d in %s: %s", operation,
                         self.acknowledged_path, exc)
@@ -213,3 +215,6 @@ class EditLog:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if getattr(self, "_ack", None) is not None:
+                os.close(self._ack)
+                self._ack = None

@@ -3,6 +3,7 @@ a server killed in the middle of an edit burst loses no acknowledged edit."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import sqlite3
@@ -174,7 +175,8 @@ def test_kill_9_during_an_edit_burst_loses_no_acknowledged_edit(edited):
 def test_a_failed_acknowledgement_note_never_unsaves_a_committed_edit(tmp_path, caplog):
     path = tmp_path / "log.sqlite"
     log = EditLog(path, "fp-a")
-    (tmp_path / "log.sqlite.acknowledged.tmp").mkdir()  # the note cannot be written
+    os.close(log._ack)  # the note cannot be written (as on a failing disk)
+    log._ack = os.open(path.with_name("other"), os.O_RDONLY | os.O_CREAT)
     entry = log.append("alice", "merge", {}, DELTA)
     assert entry.id == 1 and len(log) == 1
     assert "could not note operation 1" in caplog.text
