@@ -250,16 +250,21 @@ class ServerSession:
         return {v.kind: Path(v.location) for v in volumes if v.is_local}
 
     # -- what the keys and the API do ------------------------------------------------------------
+    def _segment_at(self, zyx: Sequence[float]) -> int:
+        """The segment at a voxel (0: background): the edit service's when the project is
+        proofread, else the supervoxel itself."""
+        zyx = [int(v) for v in zyx]
+        if self.service is not None:
+            supervoxel = self.service.supervoxel_at(zyx)
+            return self.service.segment_of(supervoxel) if supervoxel else 0
+        return int(self.project.volume("segmentation").value_at(zyx))
+
     def _segments_at(self, zyx: Sequence[float]) -> list[int]:
         """The segment at a voxel, to show in 3D from the start (none on background)."""
         if not self.project.has("segmentation"):
             return []
-        zyx = [int(v) for v in zyx]
-        if self.service is not None:
-            supervoxel = self.service.supervoxel_at(zyx)
-            return [self.service.segment_of(supervoxel)] if supervoxel else []
-        supervoxel = int(self.project.volume("segmentation").value_at(zyx))
-        return [supervoxel] if supervoxel else []
+        segment = self._segment_at(zyx)
+        return [segment] if segment else []
 
     def describe_segment(self, zyx: Sequence[int]) -> SegmentDescription:
         if not self.project.has("segmentation"):
@@ -267,7 +272,7 @@ class ServerSession:
         if self.service is not None:
             return self.service.describe(zyx)
         zyx = tuple(int(v) for v in zyx)
-        supervoxel = int(self.project.volume("segmentation").value_at(zyx))
+        supervoxel = self._segment_at(zyx)  # without a graph, supervoxels are the segments
         if supervoxel == 0:
             raise InputError(f"no segment at z {zyx[0]}, y {zyx[1]}, x {zyx[2]} (background)")
         if self._sizes is None:

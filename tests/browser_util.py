@@ -130,3 +130,12 @@ class Driver:
                 return seen
             time.sleep(0.5)
         return seen
+
+
+def touching_pair(proof, which: int) -> tuple[int, int]:
+    """Two touching supervoxels of different segments, both large (the first or last such)."""
+    graph = proof.graph
+    a, b = graph.edge_a, graph.edge_b
+    big = (graph.size[a] > 2000) & (graph.size[b] > 2000) & (proof.segment[a] != proof.segment[b])
+    edge = int(np.flatnonzero(big)[which])
+    return int(graph.ids[a[edge]]), int(graph.ids[b[edge]])

@@ -19,8 +19,7 @@ from segmentation.proofread import LOG_NAME
 from server.access import Access
 from server.app import ServerSession
 from server.viewer import SEGMENTATION_LAYER
-from tests.browser_util import inside
-from tests.test_browser_proofreading import touching_pair
+from tests.browser_util import inside, touching_pair
 
 
 @pytest.fixture(scope="module")

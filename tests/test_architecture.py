@@ -5,11 +5,10 @@ package (its one composition root) back. Read from the source, TYPE_CHECKING imp
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO
 
 
 def imports(package: str) -> dict[str, set[str]]:

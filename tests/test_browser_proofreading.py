@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.browser_util import Driver, coloured_fraction, inside, wait_for_panel
+from tests.browser_util import (Driver, coloured_fraction, inside, touching_pair,
+                                wait_for_panel)
 
 pytestmark = pytest.mark.browser
 
@@ -31,15 +32,6 @@ def proofreading_page(browser, session):
         yield page, Driver(page, session)
     finally:
         page.close()
-
-
-def touching_pair(proof, which: int) -> tuple[int, int]:
-    """Two touching supervoxels of different segments, both large (the first or last such)."""
-    graph = proof.graph
-    a, b = graph.edge_a, graph.edge_b
-    big = (graph.size[a] > 2000) & (graph.size[b] > 2000) & (proof.segment[a] != proof.segment[b])
-    edge = int(np.flatnonzero(big)[which])
-    return int(graph.ids[a[edge]]), int(graph.ids[b[edge]])
 
 
 def test_merge_undo_split_and_prompt_cut_from_the_keyboard(browser, segmented_session):

@@ -20,8 +20,7 @@ from promptcut.client import ApiError, Client
 from segmentation.editlog import EditLog, LogError
 from segmentation.project import Project
 from segmentation.proofread import LOG_NAME, open_session
-from tests.browser_util import inside
-from tests.test_browser_proofreading import touching_pair
+from tests.browser_util import inside, touching_pair
 from tests.test_cli_errors import REPO
 
 DELTA = np.array([[1, 1, 2]], np.uint64)

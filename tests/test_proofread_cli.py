@@ -21,7 +21,7 @@ from tests.conftest import DEMO_H5
 def test_export_writes_exactly_the_membership_applied(edited, tmp_path, capsys):
     config_path, project, labels, expected, _, _ = edited
     out = tmp_path / "export"
-    assert main(["export", "--config", str(config_path), "--output", str(out), "--quiet"]) == 0
+    assert _export(config_path, out) == 0
     truth = np.vectorize(lambda v: expected.get(int(v), int(v)), otypes=[np.uint64])(labels)
     for location in (out / "segmentation", out / "segmentation.zarr"):
         volume = open_volume(str(location), "segmentation")
