@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import neuroglancer
-import numpy as np
 
 from segmentation.errors import InputError
 from segmentation.session import OperationResult
@@ -137,10 +136,7 @@ class Proofreading:
             for i, (p, sign, kept) in enumerate(points)]
 
     def _describe_point(self, point, sign: int, kept: int) -> str:
-        session = self.service.session
-        supervoxel = session.locate(point)
-        segment = session.segments_of(np.array([supervoxel], np.uint64))[0] if supervoxel \
-            else 0
+        segment = self.service.session._segment_at(point)  # cached per point: a redraw per edit
         if sign == 0:
             return f"merge from segment {segment}"
         word = "positive" if sign > 0 else "negative"
