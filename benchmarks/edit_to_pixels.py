@@ -111,7 +111,7 @@ def measure(session: ServerSession, labels: np.ndarray, repeats: int) -> dict:
             s.layout = "xy"
             s.cross_section_scale = SCALE
         page.goto(session.viewer_url)
-        wait_for_panel(page, lambda p: coloured_fraction(p) > 0.3)
+        wait_for_panel(page, lambda p: coloured_fraction(p) > 0.2)
         time.sleep(2)
         centre = screen_point(page, session, middle)
         clip = {"x": centre[0] - 120, "y": centre[1] - 120, "width": 240, "height": 240}

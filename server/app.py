@@ -87,9 +87,10 @@ class ServerSession:
         self.service = EditService(session, self.models, self.membership_view,
                                    self.project.root / "exports")
         self.service.subscribe(self._redraw)
-        self.segment_source = SegmentSource(Path(volume.location), self.membership_view,
-                                            self.proofreading.members_of, session.supervoxels,
-                                            self._mesh_supervoxel)
+        self.segment_source = SegmentSource(
+            Path(volume.location), self.membership_view,
+            lambda sv: bool(session.segments_of(np.array([sv], np.uint64))[0]),
+            session.supervoxels, self._mesh_supervoxel)
 
     def _mesh_supervoxel(self, supervoxel: int) -> list[str]:
         """Mesh a supervoxel that a division made (the pipeline meshed all the others)."""
@@ -162,6 +163,7 @@ class ServerSession:
             if not self._initial_view:
                 self._initial_view = self._view_settings()
             ngview.configure(viewer, *self._initial_view)
+            self._show_initial_segments(viewer)
             router = ActionRouter(viewer)
             actions = [Action("promptcut-info", "keyi", "show the segment under the mouse",
                               lambda pointer: self.describe_segment(
@@ -184,8 +186,19 @@ class ServerSession:
         view = self.settings.viewer
         camera = ngview.default_camera(volumes["image"].shape, view.layout, view.position,
                                        view.cross_section_scale)
-        return (volumes["image"].voxel_size, sources, camera, view.show_layer_panel,
-                self._segments_at(camera.position))
+        visible = [] if self.proofreading is not None else self._segments_at(camera.position)
+        return (volumes["image"].voxel_size, sources, camera, view.show_layer_panel, visible)
+
+    def _show_initial_segments(self, viewer: neuroglancer.Viewer) -> None:
+        """The membership, and the segment at the start position in 3D (a proofread project;
+        without one the layer shows the supervoxels as they are)."""
+        if self.membership_view is None:
+            return
+        picture = self.membership_view.picture()
+        segments = self._segments_at(self._initial_view[2].position)
+        with viewer.txn() as s:
+            ngview.draw_membership(s, picture.groups,
+                                   {picture.representative.get(v, v) for v in segments})
 
     def reset_view(self) -> None:
         """Layers, camera and layout of every viewer back to how the session started."""
@@ -195,6 +208,7 @@ class ServerSession:
                 "segmentation")}
         for viewer in self.viewers.values():
             ngview.configure(viewer, *settings)
+            self._show_initial_segments(viewer)
 
     def stop(self) -> None:
         # neuroglancer's own server is process-wide and may serve other viewers: it stays up.
@@ -236,7 +250,8 @@ class ServerSession:
 
     def source_url(self, kind: str) -> str:
         """The neuroglancer data source of a volume: served by us when local, else its URL.
-        With a live membership, the segmentation comes with it applied, by generation."""
+        A proofread segmentation's supervoxels come from us, named by the generation of their
+        voxels (which changes only when a supervoxel is divided)."""
         if kind == "segmentation" and self.membership_view is not None:
             return f"precomputed://{self.base_url}/segments/g{self.membership_view.generation}"
         volume = self.project.volume(kind)
@@ -285,10 +300,13 @@ class ServerSession:
             ngview.show_status(viewer, "promptcut-model", message)
 
     def _redraw(self, result: OperationResult) -> None:
-        """Tell every viewer, each on its own (one broken viewer must not stop the others): a
-        new generation of the segmentation, and which segments to show in place of the ones
-        the edit removed."""
+        """Tell every viewer, each on its own (one broken viewer must not stop the others): the
+        new equivalence groups (only the changed segments change colour; their chunks and
+        meshes stay), which segments to show in 3D in place of the ones the edit changed, and
+        the voxels' URL after a division."""
+        view = self.membership_view
         url = self.source_url("segmentation")
+        picture = view.picture()
         news = f"{result.user}: {result.message} (operation {result.operation})"
         for user, viewer in list(self.viewers.items()):
             try:
@@ -300,11 +318,13 @@ class ServerSession:
                     if ngview.SEGMENTATION_LAYER not in s.layers:
                         continue  # the proofreader removed the layer from their view
                     layer = s.layers[ngview.SEGMENTATION_LAYER]
-                    layer.source = url
-                    shown = {int(v) for v in layer.segments}
-                    if shown & set(result.removed + result.segments) or not shown:
-                        shown = (shown - set(result.removed)) | set(result.segments[:1])
-                    layer.segments = shown
+                    if str(layer.source[0].url) != url:
+                        layer.source = url
+                    shown = {view.segment_of(v) for v in layer.segments} - {0}
+                    if shown & set(result.segments) or not shown:
+                        shown |= set(result.segments[:1])
+                    ngview.draw_membership(s, picture.groups,
+                                           {picture.representative.get(v, v) for v in shown})
             except Exception:  # noqa: BLE001 - logged; the edit is saved either way
                 log.exception("could not update %s's viewer after operation %d", user,
                               result.operation)

@@ -1,9 +1,10 @@
-"""Segmentation chunks and mesh manifests served with the live membership applied.
+"""Supervoxel chunks and meshes for the viewers, and the membership they draw them with.
 
-The browser never holds the agglomeration: it asks for ``/segments/g<generation>/...`` and gets
-segment ids, not supervoxel ids. An edit bumps the generation in the layer's URL, so the client
-refetches only the chunks in view; a chunk whose supervoxels did not change is answered from
-cache. What an edit costs the browser is thus independent of the size of the project.
+The browser holds the agglomeration as neuroglancer equivalences over supervoxel ids: an edit
+changes only the viewer state's groups, so the chunks and meshes it has stay drawn and only the
+changed segments change colour (a source URL that changed with every edit made neuroglancer
+drop and reload the whole layer: blank panels for seconds after each merge). The served voxels
+change only when a supervoxel is divided; their URL carries that generation.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import gzip
 import json
 import re
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -24,77 +26,116 @@ from segmentation.volume import open_precomputed_scale
 from server.data import CorsMixin, safe_relative
 
 CHUNK_NAME = re.compile(r"^(\d+)-(\d+)_(\d+)-(\d+)_(\d+)-(\d+)$")
-CACHE_BYTES = 256 << 20  # served chunks kept: their supervoxels and encoded segment ids
+CACHE_BYTES = 256 << 20  # served chunks kept: their supervoxels and encoded bytes
 
 
 class BadChunk(ValueError):
     """A chunk name that is not one of the served grid's chunks."""
 
 
+@dataclass(frozen=True)
+class Picture:
+    """The membership as neuroglancer draws it: groups of two or more equivalent ids, and each
+    segment's representative (neuroglancer names a group by its smallest id)."""
+
+    groups: list[list[int]]
+    representative: dict[int, int]
+
+
 class MembershipView:
-    """supervoxel -> segment lookup for whole arrays, with a generation per edit.
+    """supervoxel -> segment as the viewers draw it, kept in step with every edit.
 
     A supervoxel divided at voxel level no longer appears at full resolution; the coarser
-    scales still hold its id, and show it as the segment of one of its pieces."""
+    scales still hold its id, which is drawn as part of the segment of one of its pieces."""
 
     def __init__(self, ids: np.ndarray, segments: np.ndarray):
-        top = int(max(ids.max(initial=0), segments.max(initial=0)))
+        top = int(ids.max(initial=0))
         self.dtype = np.dtype(np.uint32) if top < 2 ** 32 else np.dtype(np.uint64)
-        self.lut = np.arange(int(ids.max(initial=0)) + 1, dtype=np.uint64)
+        self.lut = np.zeros(top + 1, dtype=np.uint64)  # 0: not a supervoxel
         self.lut[ids.astype(np.int64)] = segments
-        self.generation = 0
-        # (generation, supervoxels whose segment changed, whose voxels changed)
-        self._changes: list[tuple[int, np.ndarray, np.ndarray]] = []
+        self.edits = 0
+        self.generation = 0  # of the served voxels: bumped when a supervoxel is divided
+        self._divided: list[tuple[int, np.ndarray]] = []  # (generation, supervoxels)
+        self._picture: Optional[tuple[int, Picture]] = None
         self._lock = threading.Lock()
 
     def apply(self, delta: np.ndarray, retired: Optional[dict[int, int]] = None) -> int:
         """Record an edit's (supervoxel, old, new) rows (0: no such supervoxel before or
-        after) and the successor of each retired supervoxel; returns the new generation."""
+        after) and the successor of each retired supervoxel; returns the voxel generation."""
         retired = retired or {}
         with self._lock:
             top = int(delta[:, 0].max(initial=0))
             if top >= len(self.lut):
-                grown = np.arange(top + 1, dtype=np.uint64)
+                grown = np.zeros(top + 1, dtype=np.uint64)
                 grown[:len(self.lut)] = self.lut
                 self.lut = grown
-            live = delta[:, 2] != 0
-            self.lut[delta[live, 0].astype(np.int64)] = delta[live, 2]
+            self.lut[delta[:, 0].astype(np.int64)] = delta[:, 2]
             for gone, successor in retired.items():
                 self.lut[int(gone)] = self.lut[int(successor)] if successor else 0
-            self.generation += 1
+            self.edits += 1
             structural = delta[(delta[:, 1] == 0) | (delta[:, 2] == 0), 0]
-            self._changes.append((self.generation, delta[:, 0].copy(), structural.copy()))
-            if int(self.lut.max(initial=0)) >= 2 ** 32:
+            if structural.size:
+                self.generation += 1
+                self._divided.append((self.generation, structural.copy()))
+            if top >= 2 ** 32:
                 self.dtype = np.dtype(np.uint64)
             return self.generation
 
     def map(self, supervoxels: np.ndarray) -> np.ndarray:
+        """Segment of each supervoxel id (0: not a supervoxel)."""
         inside = supervoxels < len(self.lut)
-        mapped = np.where(inside, self.lut[np.where(inside, supervoxels, 0).astype(np.int64)],
-                          supervoxels)
-        return mapped.astype(self.dtype)
+        return np.where(inside, self.lut[np.where(inside, supervoxels, 0).astype(np.int64)],
+                        0).astype(np.uint64)
 
-    def changed_since(self, generation: int) -> tuple[np.ndarray, np.ndarray]:
-        """Supervoxels whose segment changed, and those divided or restored, since then."""
+    def divided_since(self, generation: int) -> np.ndarray:
+        """Supervoxels divided or restored since that voxel generation."""
         with self._lock:
-            parts = [(svs, structural) for g, svs, structural in self._changes
-                     if g > generation]
-        if not parts:
-            return np.zeros(0, np.uint64), np.zeros(0, np.uint64)
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+            parts = [svs for g, svs in self._divided if g > generation]
+        return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+
+    def picture(self) -> Picture:
+        """The equivalence groups and representatives now (computed once per edit)."""
+        with self._lock:
+            if self._picture is not None and self._picture[0] == self.edits:
+                return self._picture[1]
+            edits, lut = self.edits, self.lut.copy()
+        ids = np.flatnonzero(lut)  # ascending, so each run below starts at its smallest id
+        segments = lut[ids]
+        order = np.argsort(segments, kind="stable")
+        ids, segments = ids[order], segments[order]
+        starts = np.flatnonzero(np.r_[True, segments[1:] != segments[:-1]]) \
+            if ids.size else np.zeros(0, np.int64)
+        stops = np.r_[starts[1:], ids.size].astype(np.int64)
+        groups = [ids[a:b].tolist() for a, b in zip(starts, stops) if b - a > 1]
+        picture = Picture(groups, dict(zip(segments[starts].tolist(), ids[starts].tolist())))
+        with self._lock:
+            if self.edits == edits:
+                self._picture = (edits, picture)
+        return picture
+
+    def shown_as(self, segment: int) -> int:
+        """The id neuroglancer shows a segment by."""
+        return self.picture().representative.get(int(segment), int(segment))
+
+    def segment_of(self, shown: int) -> int:
+        """The segment an id that neuroglancer shows (any member of it) stands for now."""
+        shown = int(shown)
+        return int(self.lut[shown]) if 0 <= shown < len(self.lut) else 0
 
 
 class SegmentSource:
-    """Serves one supervoxel volume (precomputed, local) as segments. Full resolution is read
-    through ``labels`` (the supervoxels with divisions applied); ``mesher`` meshes a
-    supervoxel that a division made, the first time a manifest lists it."""
+    """Serves one supervoxel volume (precomputed, local). Full resolution is read through
+    ``labels`` (the supervoxels with divisions applied); ``live`` says whether an id is a
+    supervoxel now (a divided one is not: its mesh is its pieces'); ``mesher`` meshes a
+    supervoxel that a division made, the first time a manifest asks for it."""
 
-    def __init__(self, volume_dir: Path, view: MembershipView, members, labels=None,
+    def __init__(self, volume_dir: Path, view: MembershipView,
+                 live: Callable[[int], bool], labels=None,
                  mesher: Optional[Callable[[int], list[str]]] = None,
                  cache_bytes: int = CACHE_BYTES):
         self.root = Path(volume_dir)
         self.view = view
-        self.members = members  # segment -> supervoxel ids (the session's members_of)
+        self.live = live
         self.labels = labels
         self.mesher = mesher
         self.info = json.loads((self.root / "info").read_text())
@@ -136,7 +177,7 @@ class SegmentSource:
                    for shape in shapes)
 
     def chunk(self, scale_key: str, name: str) -> Optional[bytes]:
-        """Raw little-endian chunk (x fastest) of segment ids, or None if no such scale;
+        """Raw little-endian chunk (x fastest) of supervoxel ids, or None if no such scale;
         BadChunk for a name that is not a chunk of the served grid."""
         index = self._scales.get(scale_key)
         if index is None:
@@ -147,29 +188,21 @@ class SegmentSource:
                            f"on the grid of its info file)")
         x0, x1, y0, y1, z0, z1 = (int(v) for v in match.groups())
         key = (index, name)
-        generation = self.view.generation
+        generation, dtype = self.view.generation, self.view.dtype
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
                 self._cache.move_to_end(key)
-        fresh = cached is None
         if cached is not None:
-            supervoxels, present, encoded, at = cached
-            if at != generation:
-                changed, divided = self.view.changed_since(at)
-                if index == 0 and np.isin(divided, present).any():
-                    fresh = True  # its voxels changed: read them again
-                elif not np.isin(changed, present).any():
-                    return encoded
-            else:
-                return encoded
-        if fresh:
-            region = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
-            supervoxels = self.labels.read(*region) if index == 0 and self.labels is not None \
-                else self._store(index)[region].read().result()
-            present = np.unique(supervoxels)
-        encoded = np.ascontiguousarray(self.view.map(supervoxels)).tobytes()
-        entry = (supervoxels, present, encoded, generation)
+            present, encoded, at, at_dtype = cached
+            if at_dtype == dtype and (at == generation or index != 0 or not np.isin(
+                    self.view.divided_since(at), present).any()):
+                return encoded  # coarser scales keep divided supervoxels' old ids
+        region = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
+        supervoxels = self.labels.read(*region) if index == 0 and self.labels is not None \
+            else self._store(index)[region].read().result()
+        encoded = np.ascontiguousarray(supervoxels.astype(dtype)).tobytes()
+        entry = (np.unique(supervoxels), encoded, generation, dtype)
         with self._lock:
             previous = self._cache.pop(key, None)
             if previous is not None:
@@ -181,20 +214,18 @@ class SegmentSource:
                 self._cached_bytes -= _nbytes(dropped)
         return encoded
 
-    def manifest(self, segment: int) -> Optional[dict]:
+    def manifest(self, supervoxel: int) -> Optional[dict]:
+        """The mesh fragments of one supervoxel (none for a divided one: its pieces have
+        their own)."""
         if self._fragments is None:
             return None
-        try:
-            members = self.members(segment)
-        except Exception:  # an id that is no longer a segment: nothing to draw
+        supervoxel = int(supervoxel)
+        if not self.live(supervoxel):
             return {"fragments": []}
-        names = []
-        for sv in members.tolist():
-            found = self._fragments.get(int(sv))
-            if found is None and self.mesher is not None:
-                found = self._fragments[int(sv)] = self.mesher(int(sv))
-            names += found or []
-        return {"fragments": names}
+        found = self._fragments.get(supervoxel)
+        if found is None and self.mesher is not None:
+            found = self._fragments[supervoxel] = self.mesher(supervoxel)
+        return {"fragments": found or []}
 
     def fragment(self, name: str) -> Optional[bytes]:
         relative = safe_relative(name)
@@ -219,8 +250,8 @@ class SegmentSource:
 
 
 def _nbytes(entry: tuple) -> int:
-    supervoxels, present, encoded, _ = entry
-    return supervoxels.nbytes + present.nbytes + len(encoded)
+    present, encoded, _, _ = entry
+    return present.nbytes + len(encoded)
 
 
 class SegmentChunkHandler(CorsMixin, tornado.web.RequestHandler):

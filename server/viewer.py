@@ -157,10 +157,7 @@ def default_camera(shape: Sequence[int], layout: str, position: Optional[Sequenc
 
 def configure(viewer: neuroglancer.Viewer, voxel_size: Sequence[float], sources: dict[str, str],
               camera: Camera, show_layer_panel: bool, visible: Sequence[int] = ()) -> None:
-    """Build the whole viewer state in one transaction.
-
-    ``visible`` segments are shown in 3D (the membership is applied by the server's chunks).
-    """
+    """Build the whole viewer state in one transaction; ``visible`` ids are shown in 3D."""
     with viewer.txn() as s:
         s.dimensions = neuroglancer.CoordinateSpace(names=["x", "y", "z"], units="nm",
                                                     scales=to_viewer(voxel_size))
@@ -179,6 +176,15 @@ def configure(viewer: neuroglancer.Viewer, voxel_size: Sequence[float], sources:
         s.selected_layer.visible = show_layer_panel
         if SEGMENTATION_LAYER in sources:
             s.selected_layer.layer = SEGMENTATION_LAYER
+
+
+def draw_membership(state: Any, groups: list[list[int]], shown: set[int]) -> None:
+    """The segmentation layer's equivalence groups and the ids shown in 3D (none if the
+    proofreader removed the layer from their view)."""
+    if SEGMENTATION_LAYER in state.layers:
+        layer = state.layers[SEGMENTATION_LAYER]
+        layer.equivalences = groups
+        layer.segments = shown
 
 
 def show_status(viewer: neuroglancer.Viewer, key: str, message: Optional[str]) -> None:

@@ -120,14 +120,15 @@ class Driver:
         return report
 
     def segment_seen_at(self, voxel, expected: int, timeout: float = 30) -> int:
-        """The id the browser shows under the mouse, waiting for it to become ``expected``."""
+        """``expected`` once the browser shows that segment under the mouse (neuroglancer
+        names it by its equivalence group's smallest id), else the id it shows."""
         deadline = time.monotonic() + timeout
         seen = None
         while time.monotonic() < deadline:
             report = self.press("i", voxel)
             seen = report.pointer.selected.get(SEGMENTATION_LAYER)
-            if seen == expected:
-                return seen
+            if seen == self.session.membership_view.shown_as(expected):
+                return expected
             time.sleep(0.5)
         return seen
 

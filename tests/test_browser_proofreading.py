@@ -28,7 +28,7 @@ def proofreading_page(browser, session):
     page = browser.new_page()
     try:
         page.goto(session.viewer_url)
-        wait_for_panel(page, lambda p: coloured_fraction(p) > 0.3)
+        wait_for_panel(page, lambda p: coloured_fraction(p) > 0.2)
         yield page, Driver(page, session)
     finally:
         page.close()

@@ -210,7 +210,8 @@ def test_segments_of_a_segmented_project_count_all_their_supervoxels(segmented_s
     assert described.voxels == int(np.isin(labels, members).sum())
 
 
-def test_segment_chunks_are_served_with_the_membership_applied(segmented_session):
+def test_supervoxel_chunks_and_meshes_are_served_and_viewers_hold_the_membership(
+        segmented_session):
     session = segmented_session
     generation = session.membership_view.generation
     response, body = request(session, f"/segments/g{generation}/info")
@@ -223,17 +224,23 @@ def test_segment_chunks_are_served_with_the_membership_applied(segmented_session
     served = np.frombuffer(body, dtype).reshape(64, 64, 64)  # z, y, x with x fastest
     supervoxels = session.project.volume("segmentation").read(slice(0, 64), slice(64, 128),
                                                               slice(0, 64))
-    expected = np.vectorize(session.proofreading.segment_of)(supervoxels)
-    np.testing.assert_array_equal(served, expected)
-    segment = int(served[10, 10, 10])
-    response, body = request(session, f"/segments/g{generation}/mesh/{segment}:0")
+    np.testing.assert_array_equal(served, supervoxels)
+    supervoxel = int(served[10, 10, 10])
+    response, body = request(session, f"/segments/g{generation}/mesh/{supervoxel}:0")
     fragments = json.loads(body)["fragments"]
-    members = session.proofreading.members_of(segment).tolist()
-    assert fragments and all(int(f.split("-")[1]) in members for f in fragments)
+    assert fragments and all(int(f.split("-")[1]) == supervoxel for f in fragments)
     response, body = request(session, f"/segments/g{generation}/mesh/{fragments[0]}")
     assert response.status == 200 and len(body) > 12
     response, _ = request(session, f"/segments/g{generation}/mesh/..%2Finfo")
     assert response.status == 404
+    # the viewer draws each segment as one equivalence group of its supervoxels
+    layer = session.viewer.state.layers[SEGMENTATION_LAYER]
+    segment = session.proofreading.segment_of(supervoxel)
+    members = sorted(session.proofreading.members_of(segment).tolist())
+    groups = [sorted(int(v) for v in group) for group in layer.equivalences.sets()]
+    assert len(members) > 1 and members in groups
+    assert session.membership_view.shown_as(segment) == members[0]
+    assert session.membership_view.segment_of(members[-1]) == segment
 
 
 def test_each_proofreader_gets_a_viewer_of_their_own(segmented_session):
@@ -266,7 +273,7 @@ def test_only_chunks_of_the_served_grid_are_read_and_the_cache_stays_bounded(seg
     response, _ = request(session, f"/segments/g{generation}/nosuchscale/0-{cx}_0-{cy}_0-{cz}")
     assert response.status == 404
     source = SegmentSource(session.segment_source.root, session.membership_view,
-                           session.proofreading.members_of, cache_bytes=3 * cx * cy * cz * 8)
+                           lambda sv: True, cache_bytes=3 * cx * cy * cz * 8)
     for i in range(6):
         source.chunk(key, f"0-{cx}_0-{cy}_{i * cz}-{min((i + 1) * cz, z)}")
     assert source._cached_bytes <= 3 * cx * cy * cz * 8 and len(source._cache) < 6
