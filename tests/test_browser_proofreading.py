@@ -225,3 +225,66 @@ def test_a_pending_merge_shows_until_completed_cancelled_or_expired(browser,
             driver.press("Escape")
         finally:
             keys.merge_timeout = 60.0
+
+
+STATUS_ROWS = 80  # of a data panel, under neuroglancer's status lines
+
+
+def _frames_after(page, key: str, seconds: float, every: float = 0.1) -> list[np.ndarray]:
+    """Press ``key`` where the mouse rests, then take the data panel every ``every`` seconds."""
+    from tests.browser_util import panel_pixels
+
+    page.keyboard.press(key)
+    start, frames = time.monotonic(), []
+    while time.monotonic() - start < seconds:
+        frames.append(panel_pixels(page))
+        time.sleep(max(0.0, start + len(frames) * every - time.monotonic()))
+    return frames
+
+
+def _steady_pixels_that_moved(frames: list[np.ndarray], before: np.ndarray,
+                              after: np.ndarray) -> list[float]:
+    """Per frame, the fraction of pixels that are the same before and after the edit (those of
+    segments it did not change, a margin away from the ones that changed) yet differ in that
+    frame: a blank or recoloured unchanged segment shows up here. The panel's bottom rows
+    are left out: the status lines are drawn over them."""
+    from scipy import ndimage
+
+    frames, before, after = [f[:-STATUS_ROWS] for f in frames], before[:-STATUS_ROWS], \
+        after[:-STATUS_ROWS]
+    changed = np.abs(after - before).max(axis=2) > 12
+    steady = ~ndimage.binary_dilation(changed, iterations=3)
+    assert steady.mean() > 0.5, "the edit changed most of the panel: not a local edit"
+    return [float((np.abs(frame - before).max(axis=2)[steady] > 12).mean())
+            for frame in frames]
+
+
+def test_an_edit_redraws_only_the_segments_it_changed(browser, segmented_session):
+    """Frames every 100 ms after a merge and after its undo: pixels of segments the edit did not
+    touch never blank and never change colour (neuroglancer used to drop the whole layer)."""
+    session = segmented_session
+    proof = session.proofreading
+    labels = proof.supervoxels.read(slice(None), slice(None), slice(None))
+    with proofreading_page(browser, session) as (page, driver):
+        sv_a, sv_b = touching_pair(proof, 1)
+        at_a, at_b = inside(labels, sv_a), inside(labels, sv_b)
+        assert driver.press("m", at_a).ok
+        driver.hover(at_b)
+        time.sleep(1.5)  # the pending merge's point drawn, the hovered segment highlighted
+        for key, done in (("m", "merged"), ("u", "undid merge")):
+            from tests.browser_util import panel_pixels
+
+            seen = driver.router.last_sequence
+            before = panel_pixels(page)
+            frames = _frames_after(page, key, seconds=3.0)
+            report = driver.router.wait_for_report(seen, 30)
+            assert report is not None and report.ok and done in report.message, report
+            time.sleep(2.0)
+            after = panel_pixels(page)
+            moved = _steady_pixels_that_moved(frames, before, after)
+            assert len(frames) >= 8  # a screenshot takes 100-250 ms in software WebGL
+            assert max(moved) < 0.002, f"{key}: unchanged pixels moved in frames: " \
+                f"{[round(m, 4) for m in moved]}"
+            redrawn = np.abs(after - before)[:-STATUS_ROWS].max(axis=2) > 12
+            assert redrawn.mean() > 0.001  # the changed segments did change colour
+        session.reset_view()
