@@ -1,9 +1,12 @@
-"""Key press to changed pixels: merge and undo from the keyboard in headless Chromium, timed
-until the data panel shows the edit, on the demo and on a session of 10^6 supervoxels.
+"""Key press to the edited segment redrawn: merge and undo from the keyboard in headless
+Chromium, timed until the pixels around the edited segment change, next to the floor (a viewer
+state change through neuroglancer alone, measured in the same run), on the demo and on a
+session of 10^5 supervoxels.
 
-The 10^6 session is the demo's graph tiled (ids offset per copy) under the demo's volume: the
-browser sees the same data, the server holds a graph 300 times larger. If what an edit costs the
-browser grew with the project, it would show here.
+The 10^5 session is the demo's graph tiled (ids offset per copy) under the demo's volume: the
+browser sees the same data, the server holds a graph 40 times larger. The viewers hold the
+agglomeration as equivalence groups in their state, so what an edit costs grows with the number
+of supervoxels in groups: this shows by how much.
 """
 
 from __future__ import annotations
@@ -131,11 +134,14 @@ def measure(session: ServerSession, labels: np.ndarray, repeats: int) -> dict:
             for samples, keys in ((merge, ("m", "m")), (undo, ("u",))):
                 points = [at_a, at_b] if len(keys) == 2 else [at_b]
                 for key, point in zip(keys[:-1], points[:-1]):
-                    page.mouse.move(*screen_point(page, session, point))
+                    x, y = screen_point(page, session, point)
+                    page.mouse.move(x + 3, y + 3)  # neuroglancer forgets the mouse after a
+                    page.mouse.move(x, y)          # state push until it moves
                     time.sleep(0.6)
                     page.keyboard.press(key)
                     time.sleep(0.3)
                 target = screen_point(page, session, points[-1])
+                page.mouse.move(target[0] + 3, target[1] + 3)
                 page.mouse.move(*target)
                 time.sleep(0.6)
                 clip = {"x": target[0] - 120, "y": target[1] - 120, "width": 240, "height": 240}
@@ -147,7 +153,7 @@ def measure(session: ServerSession, labels: np.ndarray, repeats: int) -> dict:
                 report = session.router.wait_for_report(seen, 10)
                 assert report is not None and report.ok, report
                 to_server.append(report.finished - pressed)
-                time.sleep(1.0)
+                time.sleep(2.0)  # the state push of a large membership settles
     ms = lambda values: [round(v * 1000, 1) for v in values]  # noqa: E731
     return {"merge": percentiles(ms(merge)), "undo": percentiles(ms(undo)),
             "all_ms": sorted(ms(merge + undo)),
@@ -165,10 +171,10 @@ def run(repeats: int = 8) -> dict:
         run_segment(config, progress=False)
         labels = Project.open(config.project_dir).volume("segmentation").read(
             slice(None), slice(None), slice(None))
-        for variant in ("demo", "tiled_10e6"):
+        for variant in ("demo", "tiled_10e5"):
             project = prepare_project(config, progress=False)
-            if variant == "tiled_10e6":
-                figures["tiled_supervoxels"] = tile(project, 1_000_000)
+            if variant == "tiled_10e5":
+                figures["tiled_supervoxels"] = tile(project, 100_000)
             remove_log(project.root / LOG_NAME)
             session = ServerSession(config.serve_settings(), project)
             session.start()
@@ -178,6 +184,11 @@ def run(repeats: int = 8) -> dict:
             finally:
                 session.stop()
     figures["goal_p95_ms"] = 250
+    figures["goal_p95_vs_floor"] = 1.3
+    for variant in ("demo", "tiled_10e5"):
+        edit_p95 = max(figures[variant][kind]["p95_ms"] for kind in ("merge", "undo"))
+        figures[variant]["p95_over_floor"] = round(
+            edit_p95 / figures[variant]["baseline_visibility_toggle"]["p95_ms"], 2)
     figures["how"] = ("key press (Playwright) until the xy panel's pixels differ from before it; "
                       "screenshot polling, so the figures include about one screenshot (~30 ms)")
     return figures

@@ -71,6 +71,29 @@ class OperationResult:
 
 
 @dataclass
+class Preview:
+    """What an edit would do, worked out and shown before it is committed: nothing is logged,
+    the graph is as it was."""
+
+    kind: str
+    delta: np.ndarray  # (k, 3): supervoxel, old segment, new segment
+    segments: list[int]  # segments that would exist after it and change
+    removed: list[int]
+    sizes: dict[int, tuple[int, int]]  # segment after -> (voxels, supervoxels)
+    divided: int  # the supervoxel it would divide at voxel level (0: none)
+    after: int  # operations in the log when it was worked out
+    message: str
+
+    def stale(self, log: EditLog) -> bool:
+        """Whether an edit since then touched the segments it involves (then its picture
+        no longer holds; work it out again)."""
+        involved = (set(self.segments) | set(self.removed) |
+                    {int(v) for v in np.unique(self.delta[:, 1])}) - {0}
+        return any(involved & {int(v) for v in np.unique(entry.delta[:, 1:])}
+                   for entry in log.entries(self.after))
+
+
+@dataclass
 class PromptWeights:
     """How prompts become unary terms of the prompt cut (see _plan_prompt_cut), each in units
     of a supervoxel's total bond (sum of its edge capacities) to the region."""
@@ -319,6 +342,36 @@ class ProofreadingSession:
             for hook in self._applied_hooks:
                 hook(result)
         return result
+
+    def preview(self, kind: str, *args) -> Preview:
+        """What ``kind`` (merge, split, prompt-cut, split-supervoxel) with these arguments
+        would do now, without doing it."""
+        planners = {"merge": self._plan_merge, "split": self._plan_split,
+                    "prompt-cut": self._plan_prompt_cut,
+                    "split-supervoxel": self._plan_split_supervoxel}
+        with self._lock:
+            mark = self.graph.mark()
+            try:
+                plan = planners[kind](*args)
+                sizes = {seg: self._size_after(seg, plan.delta) for seg in plan.segments}
+                after = len(self.log)
+            finally:
+                self.graph.rollback(mark)
+                self._segment.size = self.graph.num_nodes
+        divided = int(plan.division.split.supervoxel) if plan.division else 0
+        return Preview(kind, plan.delta, list(plan.segments), list(plan.removed), sizes,
+                       divided, after, plan.message)
+
+    def _size_after(self, segment: int, delta: np.ndarray) -> tuple[int, int]:
+        """(voxels, supervoxels) of a segment once ``delta`` is applied."""
+        leaving = self.graph.node_index(delta[(delta[:, 1] == segment) &
+                                              (delta[:, 2] != segment), 0])
+        coming = self.graph.node_index(delta[delta[:, 2] == segment, 0])
+        rows = (self.members.get(segment, set()) - set(leaving.tolist())) | \
+            set(coming.tolist())
+        rows.discard(-1)
+        nodes = np.fromiter(rows, np.int64, len(rows))
+        return int(self.graph.size[nodes].sum()), len(rows)
 
     def reserve(self, segments: Sequence[int], user: str):
         """Hold segments for a long edit (a model prompt): others' edits of them are refused."""

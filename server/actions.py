@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 STATUS_KEY = "promptcut"
 
 
+# keys neuroglancer binds on its data panels (Enter finishes an annotation): bound there too
+PANEL_KEYS = {"enter"}
+
+
 @dataclass(frozen=True)
 class Action:
     name: str  # promptcut's id for it, e.g. "promptcut-info"
@@ -66,6 +70,8 @@ class ActionRouter:
         self.viewer.actions.add(action.title, lambda state: self.dispatch(action.name, state))
         with self.viewer.config_state.txn() as s:
             s.input_event_bindings.viewer[action.key] = action.title
+            if action.key in PANEL_KEYS:  # else a focused panel's own binding takes the key
+                s.input_event_bindings.data_view[action.key] = action.title
 
     def dispatch(self, name: str, state) -> Future:
         """Called on the viewer's IOLoop: capture the pointer, queue the work, return at once.

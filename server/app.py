@@ -325,6 +325,8 @@ class ServerSession:
                         shown |= set(result.segments[:1])
                     ngview.draw_membership(s, picture.groups,
                                            {picture.representative.get(v, v) for v in shown})
+                    if user in self.users:  # a pending preview stays drawn over the rest
+                        self.users[user].draw_preview(s)
             except Exception:  # noqa: BLE001 - logged; the edit is saved either way
                 log.exception("could not update %s's viewer after operation %d", user,
                               result.operation)

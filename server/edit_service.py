@@ -22,7 +22,7 @@ import numpy as np
 
 from segmentation.errors import InputError
 from segmentation.export import export_segmentation
-from segmentation.session import EditError, OperationResult, ProofreadingSession
+from segmentation.session import EditError, OperationResult, Preview, ProofreadingSession
 from server.model_worker import ModelWorker
 from server.segments import MembershipView
 
@@ -51,6 +51,7 @@ class EditService:
         self.session = session
         self.models = models
         self.exports = exports  # where exports go by default
+        self.membership = membership  # as the viewers draw it
         self._listeners: list[Listener] = []
         self._lock = threading.Lock()
         # the served membership changes with each edit, in order, inside the session's lock
@@ -83,13 +84,29 @@ class EditService:
         held = sorted({session.segment_of(session.supervoxel_at(p, "positive point"))
                        for p in positives})
         with session.reserve(held, user):
-            evidence = self.models.prompt_evidence(positives, negatives)
-            if evidence.edges is not None:
-                session.reweight(evidence.edges.pairs, evidence.edges.faces,
-                                 evidence.edges.affinity)
+            evidence = self._evidence(positives, negatives)
             result = session.prompt_cut(user, positives, negatives, evidence.mask)
         result.message = f"{result.message} (from {evidence.used})"
         return self._publish(result)
+
+    def _evidence(self, positives: Sequence[Point], negatives: Sequence[Point]):
+        """The models' word on a prompt: a mask, and fresh affinities of the contacts near it
+        (taken into the graph at once: they are evidence, not an edit)."""
+        evidence = self.models.prompt_evidence(positives, negatives)
+        if evidence.edges is not None:
+            self.session.reweight(evidence.edges.pairs, evidence.edges.faces,
+                                  evidence.edges.affinity)
+        return evidence
+
+    def preview(self, kind: str, first: Sequence, second: Sequence) -> Preview:
+        """What an edit would do (merge: two points; split and split-supervoxel: sources and
+        sinks; prompt-cut: positives and negatives), with nothing logged."""
+        if kind == "prompt-cut":
+            if not first:
+                raise EditError("a prompt cut needs at least one positive point")
+            evidence = self._evidence(first, second)
+            return self.session.preview(kind, first, second, evidence.mask)
+        return self.session.preview(kind, first, second)
 
     def forget_prompts(self, user: str, point: Point) -> OperationResult:
         return self._publish(self.session.clear_prompts(user, point))

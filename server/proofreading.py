@@ -13,10 +13,12 @@ from typing import Callable, Optional
 import neuroglancer
 
 from segmentation.errors import InputError
-from segmentation.session import OperationResult
+from segmentation.session import OperationResult, Preview
 from server.actions import STATUS_KEY, Action
 from server.edit_service import EditService
-from server.viewer import Pointer, require_voxel, show_status, to_viewer
+from server.segments import Picture
+from server.viewer import (SEGMENTATION_LAYER, Pointer, draw_membership, require_voxel,
+                           show_status, to_viewer)
 
 PROMPT_LAYER = "prompts"
 PROMPT_SHADER = """
@@ -27,17 +29,34 @@ void main() {
   setPointMarkerSize(prop_kept() > 0 ? 7.0 : (prop_sign() == 0 ? 16.0 : 12.0));
 }
 """
-MODE_STATUS = "promptcut-mode"  # status line of a pending merge
+MODE_STATUS = "promptcut-mode"  # status line of a pending merge or a preview
 USER_STATUS = "promptcut-user"  # status line that says who the proofreader is
+# the sides of a previewed edit: colours far from neuroglancer's random segment colours' mean
+SIDE_COLOURS = [("cyan", "#00e5ff"), ("magenta", "#ff2bd6"), ("orange", "#ff8c00"),
+                ("lime", "#a6ff00")]
+
+
+@dataclass
+class PendingEdit:
+    """An edit shown but not yet committed: what to commit, and how to work it out again."""
+
+    kind: str
+    first: list
+    second: list
+    preview: Preview
+    commit: Callable[[], OperationResult]
+    shown_before: set[int] = field(default_factory=set)
 
 
 @dataclass
 class UserState:
-    """One proofreader's prompt points and the first point of a pending merge."""
+    """One proofreader's prompt points, the first point of a pending merge and a previewed
+    edit."""
 
     positives: list[tuple[int, int, int]] = field(default_factory=list)
     negatives: list[tuple[int, int, int]] = field(default_factory=list)
     merge_from: Optional[tuple[int, int, int]] = None
+    pending: Optional[PendingEdit] = None
 
 
 def prompt_layer(dimensions) -> neuroglancer.LocalAnnotationLayer:
@@ -69,14 +88,19 @@ class Proofreading:
         spec: list[tuple[str, str, str, Callable[[Pointer], str]]] = [
             ("promptcut-positive", "keyp", "add a positive prompt point", self.positive),
             ("promptcut-negative", "shift+keyp", "add a negative prompt point", self.negative),
-            ("promptcut-cut", "keyc", "prompt cut: reshape the segment from the prompts",
-             self.prompt_cut),
+            ("promptcut-cut", "keyc", "preview a prompt cut: the segment reshaped from the "
+             "prompts (Enter commits)", self.prompt_cut),
             ("promptcut-merge", "keym", "merge: press on one segment, then on the other",
              self.merge),
-            ("promptcut-split", "keyk", "split the segment between positive (source) and "
-             "negative (sink) prompts", self.split),
-            ("promptcut-divide", "shift+keyk", "divide the supervoxel under your prompts at "
-             "voxel level; the negative side leaves the segment", self.divide),
+            ("promptcut-merge-preview", "shift+keym", "merge with a preview: M on one "
+             "segment, Shift+M on the other shows the result (Enter commits)",
+             self.merge_preview),
+            ("promptcut-split", "keyk", "preview a split of the segment between positive "
+             "(source) and negative (sink) prompts (Enter commits)", self.split),
+            ("promptcut-divide", "shift+keyk", "preview dividing the supervoxel under your "
+             "prompts at voxel level; the negative side leaves the segment (Enter commits)",
+             self.divide),
+            ("promptcut-commit", "enter", "commit the previewed edit", self.commit),
             ("promptcut-undo", "keyu", "undo your last edit", self.undo),
             ("promptcut-redo", "shift+keyu", "redo your last undone edit", self.redo),
             ("promptcut-clear", "keyq", "clear your prompt points", self.clear),
@@ -84,7 +108,8 @@ class Proofreading:
              "the segment under the mouse", self.forget),
             ("promptcut-export", "shift+keye", "export the corrected segmentation",
              self.export),
-            ("promptcut-cancel", "escape", "cancel a pending merge", self.cancel),
+            ("promptcut-cancel", "escape", "discard a preview, or cancel a pending merge",
+             self.cancel),
             ("promptcut-help", "shift+keyh", "show promptcut's keys (Esc closes them)",
              self.help),
         ]
@@ -144,6 +169,12 @@ class Proofreading:
 
     # -- edits ----------------------------------------------------------------------------------
     def merge(self, pointer: Pointer) -> str:
+        return self._merge(pointer, preview=False)
+
+    def merge_preview(self, pointer: Pointer) -> str:
+        return self._merge(pointer, preview=True)
+
+    def _merge(self, pointer: Pointer, preview: bool) -> str:
         voxel = require_voxel(pointer)
         session = self.service.session
         with self._lock:
@@ -155,9 +186,14 @@ class Proofreading:
             self._arm(segment)
             return f"merge: segment {segment} chosen; press M over the segment to join"
         self._disarm()
+        if preview:
+            return self._propose("merge", first, voxel,
+                                 lambda: self.service.merge(self.user, first, voxel))
         return self._report(self.service.merge(self.user, first, voxel))
 
     def cancel(self, pointer: Pointer) -> str:
+        if self._end_preview(restore=True):
+            return "preview discarded: nothing changed"
         return "merge cancelled" if self._disarm() else "nothing pending"
 
     def _arm(self, segment: int) -> None:
@@ -166,7 +202,8 @@ class Proofreading:
         self.show_prompts()
         show_status(self.viewer, MODE_STATUS,
                     f"merge pending from segment {segment}: M over the other segment joins "
-                    f"them, Esc cancels (expires in {self.merge_timeout:.0f} s)")
+                    f"them (Shift+M shows the result first), Esc cancels (expires in "
+                    f"{self.merge_timeout:.0f} s)")
         timer = threading.Timer(self.merge_timeout, self._expire)
         timer.daemon = True
         with self._lock:
@@ -193,35 +230,135 @@ class Proofreading:
         return pending
 
     def split(self, pointer: Pointer) -> str:
-        with self._lock:
-            sources, sinks = list(self.state.positives), list(self.state.negatives)
-        if not sources or not sinks:
-            raise InputError("a split needs positive (P) and negative (Shift+P) points")
-        result = self.service.split(self.user, sources, sinks)
-        self.clear(pointer)
-        return self._report(result)
+        sources, sinks = self._both_signs("a split needs positive (P) and negative (Shift+P) "
+                                          "points")
+        return self._propose("split", sources, sinks,
+                             lambda: self.service.split(self.user, sources, sinks))
 
     def divide(self, pointer: Pointer) -> str:
-        with self._lock:
-            sources, sinks = list(self.state.positives), list(self.state.negatives)
-        if not sources or not sinks:
-            raise InputError("dividing a supervoxel needs a positive (P) and a negative "
-                             "(Shift+P) point in it")
-        result = self.service.split_supervoxel(self.user, sources, sinks)
-        self.clear(pointer)
-        return self._report(result)
-
-    def forget(self, pointer: Pointer) -> str:
-        return self._report(self.service.forget_prompts(self.user, require_voxel(pointer)))
+        sources, sinks = self._both_signs("dividing a supervoxel needs a positive (P) and a "
+                                          "negative (Shift+P) point in it")
+        return self._propose("split-supervoxel", sources, sinks,
+                             lambda: self.service.split_supervoxel(self.user, sources, sinks))
 
     def prompt_cut(self, pointer: Pointer) -> str:
         with self._lock:
             positives, negatives = list(self.state.positives), list(self.state.negatives)
         if not positives:
             raise InputError("add a positive point (P) over the segment first")
-        result = self.service.prompt_cut(self.user, positives, negatives)
-        self.clear(pointer)
+        return self._propose("prompt-cut", positives, negatives,
+                             lambda: self.service.prompt_cut(self.user, positives, negatives))
+
+    def _both_signs(self, refusal: str) -> tuple[list, list]:
+        with self._lock:
+            sources, sinks = list(self.state.positives), list(self.state.negatives)
+        if not sources or not sinks:
+            raise InputError(refusal)
+        return sources, sinks
+
+    # -- previews -------------------------------------------------------------------------------
+    def _propose(self, kind: str, first, second, commit: Callable[[], OperationResult]) -> str:
+        """Work an edit out and show it (this viewer only); Enter commits it, Esc discards."""
+        preview = self.service.preview(kind, first, second)
+        self._end_preview(restore=False)
+        pending = PendingEdit(kind, first, second, preview, commit)
+        with self.viewer.txn() as s:
+            if SEGMENTATION_LAYER in s.layers:
+                pending.shown_before = {int(v) for v in s.layers[SEGMENTATION_LAYER].segments}
+            with self._lock:
+                self.state.pending = pending
+            self.draw_preview(s)
+        message = self._describe_preview(preview)
+        show_status(self.viewer, MODE_STATUS, f"{message}: Enter commits, Esc discards")
+        return message
+
+    def pending_picture(self) -> Optional[Picture]:
+        """The membership as this proofreader's preview shows it (None: no preview)."""
+        with self._lock:
+            pending = self.state.pending
+        return self.service.membership.picture_with(pending.preview.delta) if pending else None
+
+    def draw_preview(self, state) -> None:
+        """A pending preview's sides, in their colours and in 3D, into a viewer state being
+        changed (also after others' edits, which would otherwise draw over it)."""
+        with self._lock:
+            pending = self.state.pending
+        if pending is None or SEGMENTATION_LAYER not in state.layers:
+            return
+        picture = self.pending_picture()
+        preview = pending.preview
+        sides = self._side_ids(preview, picture)
+        draw_membership(state, picture.groups, set(sides.values()))
+        state.layers[SEGMENTATION_LAYER].segment_colors = {
+            shown: SIDE_COLOURS[i % len(SIDE_COLOURS)][1] for i, shown in enumerate(
+                sides.values())}
+
+    def _side_ids(self, preview: Preview, picture: Picture) -> dict[int, int]:
+        """segment after the edit -> the id neuroglancer shows it by in the preview; a
+        division's sides are not drawn apart (its pieces have no voxels served yet): the
+        segment that holds the supervoxel is."""
+        segments = preview.segments
+        if preview.divided:
+            segments = [self.service.session.segment_of(preview.divided)]
+        return {seg: picture.representative.get(seg, seg) for seg in segments}
+
+    def _describe_preview(self, preview: Preview) -> str:
+        sides = ", ".join(
+            f"segment {seg} {voxels:,} voxels in {count} supervoxel{'s' if count != 1 else ''}"
+            f" ({SIDE_COLOURS[i % len(SIDE_COLOURS)][0]})"
+            for i, (seg, (voxels, count)) in enumerate(preview.sizes.items()))
+        what = {"merge": "merge", "split": "split", "prompt-cut": "prompt cut",
+                "split-supervoxel": f"divide supervoxel {preview.divided}"}[preview.kind]
+        removed = f"; segment{'s' if len(preview.removed) > 1 else ''} " \
+            f"{', '.join(map(str, preview.removed))} would go" if preview.removed else ""
+        return f"preview of {what}: {sides}{removed}"
+
+    def _end_preview(self, restore: bool) -> bool:
+        """Drop a pending preview (``restore``: redraw the membership as it is); whether there
+        was one."""
+        with self._lock:
+            pending, self.state.pending = self.state.pending, None
+        if pending is not None:
+            self._undraw(pending, restore)
+        return pending is not None
+
+    def _undraw(self, pending: PendingEdit, restore: bool) -> None:
+        """Take a preview off the screen: its colours and status line, and with ``restore``
+        its picture too (what was shown in 3D before comes back)."""
+        show_status(self.viewer, MODE_STATUS, None)
+        with self.viewer.txn() as s:
+            if SEGMENTATION_LAYER not in s.layers:
+                return
+            s.layers[SEGMENTATION_LAYER].segment_colors = {}
+            if restore:
+                view = self.service.membership
+                picture = view.picture()
+                shown = {view.segment_of(v) for v in pending.shown_before} - {0}
+                draw_membership(s, picture.groups,
+                                {picture.representative.get(v, v) for v in shown})
+
+    def commit(self, pointer: Pointer) -> str:
+        with self._lock:
+            pending, self.state.pending = self.state.pending, None
+        if pending is None:
+            raise InputError("nothing to commit: K, C, Shift+K or Shift+M show an edit first")
+        if pending.preview.stale(self.service.session.log):
+            message = self._propose(pending.kind, pending.first, pending.second, pending.commit)
+            return f"the segments changed since the preview; {message}: Enter commits it"
+        try:
+            result = pending.commit()  # the viewers redraw with it (no preview on top now)
+        except Exception:
+            with self._lock:  # refused (a busy segment, say): the preview stays
+                if self.state.pending is None:
+                    self.state.pending = pending
+            raise
+        self._undraw(pending, restore=False)
+        if pending.kind != "merge":
+            self.clear(pointer)
         return self._report(result)
+
+    def forget(self, pointer: Pointer) -> str:
+        return self._report(self.service.forget_prompts(self.user, require_voxel(pointer)))
 
     def undo(self, pointer: Pointer) -> str:
         return self._report(self.service.undo(self.user))

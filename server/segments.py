@@ -99,19 +99,20 @@ class MembershipView:
             if self._picture is not None and self._picture[0] == self.edits:
                 return self._picture[1]
             edits, lut = self.edits, self.lut.copy()
-        ids = np.flatnonzero(lut)  # ascending, so each run below starts at its smallest id
-        segments = lut[ids]
-        order = np.argsort(segments, kind="stable")
-        ids, segments = ids[order], segments[order]
-        starts = np.flatnonzero(np.r_[True, segments[1:] != segments[:-1]]) \
-            if ids.size else np.zeros(0, np.int64)
-        stops = np.r_[starts[1:], ids.size].astype(np.int64)
-        groups = [ids[a:b].tolist() for a, b in zip(starts, stops) if b - a > 1]
-        picture = Picture(groups, dict(zip(segments[starts].tolist(), ids[starts].tolist())))
+        picture = _picture_of(lut)
         with self._lock:
             if self.edits == edits:
                 self._picture = (edits, picture)
         return picture
+
+    def picture_with(self, delta: np.ndarray) -> Picture:
+        """The picture an edit's (supervoxel, old, new) rows would make (a preview); rows of
+        supervoxels it would create or retire are left out (their voxels are not served)."""
+        with self._lock:
+            lut = self.lut.copy()
+        rows = delta[(delta[:, 1] != 0) & (delta[:, 2] != 0) & (delta[:, 0] < len(lut))]
+        lut[rows[:, 0].astype(np.int64)] = rows[:, 2]
+        return _picture_of(lut)
 
     def shown_as(self, segment: int) -> int:
         """The id neuroglancer shows a segment by."""
@@ -121,6 +122,18 @@ class MembershipView:
         """The segment an id that neuroglancer shows (any member of it) stands for now."""
         shown = int(shown)
         return int(self.lut[shown]) if 0 <= shown < len(self.lut) else 0
+
+
+def _picture_of(lut: np.ndarray) -> Picture:
+    ids = np.flatnonzero(lut)  # ascending, so each run below starts at its smallest id
+    segments = lut[ids]
+    order = np.argsort(segments, kind="stable")
+    ids, segments = ids[order], segments[order]
+    starts = np.flatnonzero(np.r_[True, segments[1:] != segments[:-1]]) \
+        if ids.size else np.zeros(0, np.int64)
+    stops = np.r_[starts[1:], ids.size].astype(np.int64)
+    groups = [ids[a:b].tolist() for a, b in zip(starts, stops) if b - a > 1]
+    return Picture(groups, dict(zip(segments[starts].tolist(), ids[starts].tolist())))
 
 
 class SegmentSource:

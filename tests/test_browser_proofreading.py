@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from server.viewer import SEGMENTATION_LAYER
 from tests.browser_util import (Driver, coloured_fraction, inside, touching_pair,
                                 wait_for_panel)
 
@@ -70,6 +71,9 @@ def test_merge_undo_split_and_prompt_cut_from_the_keyboard(browser, segmented_se
         assert driver.press("p", at_first).ok
         assert driver.press("Shift+P", at_second).ok
         report = driver.press("k", at_second)
+        assert report.ok and report.message.startswith("preview of split"), report.message
+        assert len(proof.log) == operations + 2  # nothing logged before the commit
+        report = driver.press("Enter")
         assert report.ok and report.message.startswith("split"), report.message
         assert proof.segment_of(first) != proof.segment_of(second)
         assert driver.segment_seen_at(at_second, proof.segment_of(second)) == \
@@ -79,6 +83,8 @@ def test_merge_undo_split_and_prompt_cut_from_the_keyboard(browser, segmented_se
         assert driver.press("p", at_first).ok
         assert driver.press("p", at_second).ok
         report = driver.press("c", at_first)
+        assert report.ok and report.message.startswith("preview of prompt cut"), report.message
+        report = driver.press("Enter")
         assert report.ok and report.message.startswith("prompt-cut"), report.message
         assert proof.segment_of(first) == proof.segment_of(second)
         assert driver.segment_seen_at(at_second, proof.segment_of(first)) == \
@@ -144,6 +150,9 @@ def test_dividing_a_supervoxel_from_the_keyboard_redraws_it(browser, segmented_s
         assert driver.press("p", first).ok
         assert driver.press("Shift+P", second).ok
         report = driver.press("Shift+K")
+        assert report.ok and f"preview of divide supervoxel {big}" in report.message, \
+            report.message
+        report = driver.press("Enter")
         assert report.ok and f"supervoxel {big} divided into" in report.message, report.message
         piece, kept = int(proof.locate(second)), int(proof.locate(first))
         assert big not in (piece, kept) and proof.segment_of(piece) != proof.segment_of(kept)
@@ -272,8 +281,12 @@ def test_an_edit_redraws_only_the_segments_it_changed(browser, segmented_session
         driver.hover(at_b)
         time.sleep(1.5)  # the pending merge's point drawn, the hovered segment highlighted
         for key, done in (("m", "merged"), ("u", "undid merge")):
-            from tests.browser_util import panel_pixels
+            from tests.browser_util import PANEL, panel_pixels
 
+            if key == "u":  # undo needs no pointer: pressed with the mouse off the segments
+                box = page.locator(PANEL).first.bounding_box()  # (neuroglancer highlights
+                page.mouse.move(box["x"] + 30, box["y"] + 30)   # the one under the mouse)
+                time.sleep(1.0)
             seen = driver.router.last_sequence
             before = panel_pixels(page)
             frames = _frames_after(page, key, seconds=3.0)
@@ -287,4 +300,74 @@ def test_an_edit_redraws_only_the_segments_it_changed(browser, segmented_session
                 f"{[round(m, 4) for m in moved]}"
             redrawn = np.abs(after - before)[:-STATUS_ROWS].max(axis=2) > 12
             assert redrawn.mean() > 0.001  # the changed segments did change colour
+        session.reset_view()
+
+
+def _side_masks(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels in the preview colours (cyan, magenta) blended over EM."""
+    r, g, b = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+    return (b - r > 80) & (g - r > 80), (r - g > 70) & (b - g > 50)
+
+
+def _new_sides(pixels: np.ndarray, plain: np.ndarray) -> tuple[float, float]:
+    """Fraction of the panel newly in each preview colour, against the panel without a
+    preview (some segments' own random colours are close to them)."""
+    return tuple(float((now & ~then).mean())
+                 for now, then in zip(_side_masks(pixels), _side_masks(plain)))
+
+
+def test_a_split_and_a_merge_are_previewed_before_they_are_committed(browser,
+                                                                      segmented_session):
+    """K shows the two sides of a split in cyan and magenta with their sizes and logs nothing;
+    Esc discards it; K again and Enter commit. M then Shift+M previews a merge the same way."""
+
+    session = segmented_session
+    proof = session.proofreading
+    labels = proof.supervoxels.read(slice(None), slice(None), slice(None))
+    graph = proof.graph
+    with proofreading_page(browser, session) as (page, driver):
+        sv_a, sv_b = touching_pair(proof, 2)
+        members = proof.members_of(proof.segment_of(sv_a))
+        if len(members) < 2:
+            members = proof.members_of(proof.segment_of(sv_b))
+        sizes = graph.size[graph.node_index(members)]
+        first, second = (int(v) for v in members[np.argsort(-sizes)[:2]])
+        at_first, at_second = inside(labels, first), inside(labels, second)
+        segment = proof.segment_of(first)
+        operations = len(proof.log)
+        assert driver.press("p", at_first).ok
+        assert driver.press("Shift+P", at_second).ok
+        time.sleep(1.0)
+        plain = wait_for_panel(page, lambda p: True)
+        report = driver.press("k")
+        assert report.ok and report.message.startswith("preview of split"), report.message
+        assert "voxels" in report.message and "cyan" in report.message
+        wait_for_panel(page, lambda p: min(_new_sides(p, plain)) > 0.002)
+        assert len(proof.log) == operations and proof.segment_of(second) == segment
+        page.wait_for_function("document.body.innerText.includes('Enter commits')",
+                               timeout=10000)
+        report = driver.press("Escape")
+        assert report.ok and "discarded" in report.message
+        wait_for_panel(page, lambda p: max(_new_sides(p, plain)) < 0.0005)
+        assert len(proof.log) == operations and proof.segment_of(second) == segment
+        assert driver.press("k").ok
+        page.wait_for_function("document.body.innerText.includes('Enter commits')",
+                               timeout=10000)  # read, as a person would, before committing
+        report = driver.press("Enter")
+        assert report.ok and report.message.startswith("split"), report.message
+        assert len(proof.log) == operations + 1
+        assert proof.segment_of(first) != proof.segment_of(second)
+        assert not session.viewer.state.layers[SEGMENTATION_LAYER].segment_colors
+        time.sleep(1.5)  # the new segment drawn in its own colour
+        plain = wait_for_panel(page, lambda p: True)
+
+        # merge with a preview: M on one piece, Shift+M on the other, Enter
+        assert driver.press("m", at_first).ok
+        report = driver.press("Shift+M", at_second)
+        assert report.ok and report.message.startswith("preview of merge"), report.message
+        wait_for_panel(page, lambda p: max(_new_sides(p, plain)) > 0.002)
+        assert len(proof.log) == operations + 1
+        report = driver.press("Enter")
+        assert report.ok and report.message.startswith("merged"), report.message
+        assert proof.segment_of(first) == proof.segment_of(second)
         session.reset_view()

@@ -52,6 +52,8 @@ def test_prompt_cut_uses_the_sam2_mask(segmented_config, tmp_path, tiny_checkpoi
         assert used.startswith("SAM2 mask on") and set(mask) >= set(np.unique(labels)) - {0}
         assert all(0.0 <= p <= 1.0 for p in mask.values())
         report = router.submit("promptcut-cut", Pointer((80, 125, 125), {})).result()
+        if report.ok:  # a preview: Enter commits it
+            report = router.submit("promptcut-commit", Pointer((80, 125, 125), {})).result()
         assert "SAM2 mask on" in report.message or "leaves every segment" in report.message
     finally:
         session.stop()
@@ -113,6 +115,9 @@ def test_fgnet_reweights_the_graph_around_the_prompt_before_the_cut(segmented_co
         report = session.router.submit("promptcut-positive", Pointer((80, 125, 125), {}))
         assert report.result().ok
         report = session.router.submit("promptcut-cut", Pointer((80, 125, 125), {})).result()
+        if report.ok:  # a preview: Enter commits it
+            report = session.router.submit("promptcut-commit",
+                                           Pointer((80, 125, 125), {})).result()
         assert "FGNet affinities on" in report.message or "leaves every segment" in \
             report.message
     finally:

@@ -297,3 +297,21 @@ def test_a_chain_of_edits_undoes_in_order_back_to_the_start(tmp_path):
     session.merge("bob", centre(2), centre(3))
     with pytest.raises(EditError, match="edited since"):
         session.undo("alice")
+
+
+def test_a_preview_shows_the_sides_and_changes_nothing_until_committed(tmp_path):
+    _, rag = grid()
+    session = make(tmp_path, all_one(rag.ids))
+    before = membership(session)
+    nodes, capacity = session.graph.num_nodes, session.graph.capacity.copy()
+    preview = session.preview("split", [centre(1)], [centre(4)])
+    assert preview.kind == "split" and len(preview.segments) == 2
+    assert sorted(count for _, count in preview.sizes.values()) == [8, 8]  # left and right
+    assert sum(voxels for voxels, _ in preview.sizes.values()) == 16 * CELL * CELL
+    assert membership(session) == before and len(session.log) == 0
+    assert session.graph.num_nodes == nodes
+    np.testing.assert_array_equal(session.graph.capacity, capacity)
+    assert not preview.stale(session.log)
+    result = session.split("alice", [centre(1)], [centre(4)])
+    np.testing.assert_array_equal(result.delta, preview.delta)  # what was shown is what is done
+    assert preview.stale(session.log)  # an edit of its segment since: work it out again
