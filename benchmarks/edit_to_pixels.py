@@ -62,7 +62,15 @@ def screen_point(page, session, voxel) -> tuple[float, float]:
     """Where a voxel of the current section is on screen (xy layout, no rotation)."""
     from tests.browser_util import PANEL
 
-    box = page.locator(PANEL).first.bounding_box()
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    box = None
+    deadline = time.monotonic() + 30
+    while box is None and time.monotonic() < deadline:  # panels are rebuilt after a push
+        try:
+            box = page.locator(PANEL).first.bounding_box(timeout=5000)
+        except PlaywrightTimeout:
+            pass
     position = session.viewer.state.position  # x, y, z
     scale = session.viewer.state.cross_section_scale
     return (float(box["x"] + box["width"] / 2 + (voxel[2] + 0.5 - position[0]) / scale),
@@ -138,8 +146,11 @@ def measure(session: ServerSession, labels: np.ndarray, repeats: int) -> dict:
                     page.mouse.move(x + 3, y + 3)  # neuroglancer forgets the mouse after a
                     page.mouse.move(x, y)          # state push until it moves
                     time.sleep(0.6)
+                    seen = session.router.last_sequence
                     page.keyboard.press(key)
-                    time.sleep(0.3)
+                    report = session.router.wait_for_report(seen, 10)
+                    assert report is not None and report.ok, report
+                    first = report
                 target = screen_point(page, session, points[-1])
                 page.mouse.move(target[0] + 3, target[1] + 3)
                 page.mouse.move(*target)
@@ -151,7 +162,7 @@ def measure(session: ServerSession, labels: np.ndarray, repeats: int) -> dict:
                 page.keyboard.press(keys[-1])
                 samples.append(time_until_changed(page, clip, before))
                 report = session.router.wait_for_report(seen, 10)
-                assert report is not None and report.ok, report
+                assert report is not None and report.ok, (first, report)
                 to_server.append(report.finished - pressed)
                 time.sleep(2.0)  # the state push of a large membership settles
     ms = lambda values: [round(v * 1000, 1) for v in values]  # noqa: E731
@@ -181,11 +192,16 @@ def run(repeats: int = 8) -> dict:
             try:
                 figures[variant] = measure(session, labels, repeats)
                 figures[variant]["supervoxels"] = session.proofreading.graph.num_nodes
+            except AssertionError as failed:  # recorded: the other variant's figures stand
+                figures[variant] = {"failed": str(failed)}
+                print(f"{variant} failed: {failed}")
             finally:
                 session.stop()
     figures["goal_p95_ms"] = 250
     figures["goal_p95_vs_floor"] = 1.3
     for variant in ("demo", "tiled_10e5"):
+        if "failed" in figures[variant]:
+            continue
         edit_p95 = max(figures[variant][kind]["p95_ms"] for kind in ("merge", "undo"))
         figures[variant]["p95_over_floor"] = round(
             edit_p95 / figures[variant]["baseline_visibility_toggle"]["p95_ms"], 2)

@@ -307,6 +307,28 @@ class ProofreadingSession:
         """Forget the prompt points earlier cuts left on the segment at ``point``."""
         return self._run(user, lambda: self._plan_clear(point))
 
+    def review(self, user: str, segment: int, reviewed: bool = True) -> OperationResult:
+        """Mark a segment reviewed (done), or no longer: logged, undoable."""
+        return self._run(user, lambda: self._plan_review(segment, reviewed))
+
+    def last_edit(self, segment: int) -> Optional[Entry]:
+        """The last operation that changed a segment's supervoxels (None: none since the
+        agglomeration)."""
+        with self._lock:
+            return self._entries.get(self._version.get(int(segment), 0))
+
+    def reviewed(self) -> dict[int, Entry]:
+        """Segments marked reviewed now, each with the review that marked it (the latest
+        review in effect of a segment decides; a segment id an edit removed is dropped)."""
+        latest: dict[int, Entry] = {}
+        with self._lock:
+            for op in sorted(self._entries):
+                entry = self._entries[op]
+                if entry.kind == "review" and self._in_effect(op):
+                    latest[int(entry.inputs["segment"])] = entry
+            return {seg: entry for seg, entry in latest.items()
+                    if entry.inputs["reviewed"] and self.members.get(seg)}
+
     def undo(self, user: str) -> OperationResult:
         return self._run(user, lambda: self._plan_reverse(user, undo=True))
 
@@ -571,6 +593,15 @@ class ProofreadingSession:
                   "sinks": [list(map(int, p)) for p in sinks], "supervoxel": target}
         return self._regroup("split-supervoxel", inputs, region, current, side, {segment},
                              segment, problem, [], division)
+
+    def _plan_review(self, segment: int, reviewed: bool) -> _Plan:
+        segment = int(segment)
+        if not self.members.get(segment):
+            raise EditError(f"there is no segment {segment}")
+        inputs = {"segment": segment, "reviewed": bool(reviewed)}
+        word = "marked reviewed" if reviewed else "no longer marked reviewed"
+        return _Plan("review", inputs, np.zeros((0, 3), np.uint64), [segment], [],
+                     f"segment {segment} {word}")
 
     def _plan_clear(self, point: Point) -> _Plan:
         segment = self.segment_of(self.supervoxel_at(point))

@@ -45,6 +45,7 @@ class ApiContext:
     describe: Callable[[tuple[int, int, int]], Any]  # -> SegmentDescription
     viewer_url: Callable[[str], str]  # user -> their viewer URL (made on first use)
     reports: Callable[[str, int], list]  # user, after -> action reports
+    show_segment: Callable[[str, int], dict]  # user, segment -> where their viewer went
 
 
 class JsonHandler(tornado.web.RequestHandler):
@@ -184,6 +185,13 @@ class EditHandler(JsonHandler):
             positives = self.points(data, "positives")
             negatives = self.points(data, "negatives", required=False)
             run = lambda: service.prompt_cut(user, positives, negatives)  # noqa: E731
+        elif self.kind == "review":
+            segment, reviewed = data.get("segment"), data.get("reviewed", True)
+            if isinstance(segment, bool) or not isinstance(segment, int) or \
+                    not isinstance(reviewed, bool):
+                raise tornado.web.HTTPError(400, "a review needs a segment id (an integer) "
+                                                 "and reviewed (true or false)")
+            run = lambda: service.review(user, segment, reviewed)  # noqa: E731
         elif self.kind == "undo":
             run = lambda: service.undo(user)  # noqa: E731
         else:
@@ -218,6 +226,32 @@ class OperationsHandler(JsonHandler):
         service = self.service
         self.send({"operations": await self.off_loop(lambda: service.operations(after,
                                                                                  limit))})
+
+
+class SegmentListHandler(JsonHandler):
+    """GET /api/v1/segments?limit=N: the N largest segments and every reviewed one."""
+
+    async def get(self) -> None:
+        limit = min(self.int_argument("limit", 50, low=1), 1000)
+        service = self.service
+        self.send({"segments": await self.off_loop(lambda: service.segment_list(limit))})
+
+
+class ShowSegmentHandler(JsonHandler):
+    """POST /api/v1/show {"user", "segment"}: that user's viewer goes to the segment and
+    shows it in 3D (the dashboard's segment list)."""
+
+    async def post(self) -> None:
+        data = self.body()
+        user, segment = self.user(data), data.get("segment")
+        if isinstance(segment, bool) or not isinstance(segment, int):
+            raise tornado.web.HTTPError(400, "segment must be an integer id")
+        self.service  # noqa: B018 - refuses a project without a graph
+        try:
+            where = await self.off_loop(lambda: self.api.show_segment(user, segment))
+        except PromptcutError as exc:
+            raise tornado.web.HTTPError(404, str(exc)) from None
+        self.send(where)
 
 
 class SegmentAtHandler(JsonHandler):
@@ -296,11 +330,14 @@ class SchemaHandler(JsonHandler):
 def routes(api: ApiContext) -> list:
     context = {"api": api}
     edits = [(rf"/api/v1/{kind}", EditHandler, {**context, "kind": kind}) for kind in
-             ("merge", "split", "prompt_cut", "split_supervoxel", "undo", "redo")]
+             ("merge", "split", "prompt_cut", "split_supervoxel", "review", "undo",
+              "redo")]
     return edits + [
         (r"/api/v1/export", ExportHandler, context),
         (r"/api/v1/operations", OperationsHandler, context),
         (r"/api/v1/segment_at", SegmentAtHandler, context),
+        (r"/api/v1/segments", SegmentListHandler, context),
+        (r"/api/v1/show", ShowSegmentHandler, context),
         (r"/api/v1/segments/(\d+)(/members)?", SegmentHandler, context),
         (r"/api/v1/info", InfoHandler, context),
         (r"/api/v1/reports", ReportsHandler, context),

@@ -34,6 +34,9 @@ EDITS = {
         "positives": POINTS, "negatives": {**POINTS, "minItems": 0}}, ["positives"]),
     "split_supervoxel": ("Divide the supervoxel under the first source at voxel level", {
         "sources": POINTS, "sinks": POINTS}, ["sources", "sinks"]),
+    "review": ("Mark a segment reviewed (done), or no longer (logged, undoable)", {
+        "segment": {"type": "integer"}, "reviewed": {"type": "boolean", "default": True}},
+        ["segment"]),
     "undo": ("Undo the user's last edit", {}, []),
     "redo": ("Redo the user's last undone edit", {}, []),
 }
@@ -80,6 +83,16 @@ def openapi() -> dict:
             "summary": "A segment's supervoxel ids",
             "parameters": [{"name": "segment", "in": "path", "required": True,
                             "schema": {"type": "integer"}}], "responses": _responses(obj)}},
+        "/api/v1/segments": {"get": {
+            "summary": "The largest segments and every reviewed one: size, supervoxels, last "
+                       "edit, review mark",
+            "parameters": [_query("limit", "integer")], "responses": _responses(obj)}},
+        "/api/v1/show": {"post": {
+            "summary": "Centre a user's viewer on a segment and show it in 3D",
+            "requestBody": {"content": {"application/json": {"schema": {
+                "type": "object", "required": ["segment"],
+                "properties": {"user": USER, "segment": {"type": "integer"}}}}}},
+            "responses": _responses(obj)}},
         "/api/v1/info": {"get": {"summary": "Project, layers, keys and viewer URL",
                                  "responses": _responses(obj)}},
         "/api/v1/viewer": {"get": {"summary": "A user's own viewer URL",

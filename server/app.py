@@ -295,6 +295,36 @@ class ServerSession:
         sizes: VoxelCounts = self._sizes.result()
         return SegmentDescription(supervoxel, supervoxel, sizes.count(supervoxel), 1, zyx)
 
+    def show_segment(self, user: str, segment: int) -> dict:
+        """Centre a proofreader's viewer on a voxel of the segment (in its largest supervoxel)
+        and show it in 3D; where it went, x, y, z."""
+        session = self.proofreading
+        members = session.members_of(segment)
+        graph = session.graph
+        rows = graph.node_index(members)
+        row = int(rows[np.argmax(graph.size[rows])])
+        supervoxel = int(graph.ids[row])
+        box = graph.bbox[row]
+        z = int((box[0] + box[3]) // 2)
+        section = session.supervoxels.read(slice(z, z + 1), slice(int(box[1]), int(box[4]) + 1),
+                                           slice(int(box[2]), int(box[5]) + 1))[0]
+        inside = np.argwhere(section == supervoxel)
+        if not len(inside):  # not on its middle section: its first voxel in z order
+            z = int(box[0])
+            section = session.supervoxels.read(
+                slice(z, z + 1), slice(int(box[1]), int(box[4]) + 1),
+                slice(int(box[2]), int(box[5]) + 1))[0]
+            inside = np.argwhere(section == supervoxel)
+        y, x = (int(v) for v in inside[len(inside) // 2])
+        voxel = (z, y + int(box[1]), x + int(box[2]))
+        viewer = self.viewer_for(user)
+        shown = self.membership_view.shown_as(segment)
+        with viewer.txn() as s:
+            s.position = [v + 0.5 for v in ngview.to_viewer(voxel)]
+            if ngview.SEGMENTATION_LAYER in s.layers:
+                s.layers[ngview.SEGMENTATION_LAYER].segments = {shown}
+        return {"segment": int(segment), "voxel": {"x": voxel[2], "y": voxel[1], "z": voxel[0]}}
+
     def _model_status(self, message: Optional[str]) -> None:
         for viewer in list(self.viewers.values()):
             ngview.show_status(viewer, "promptcut-model", message)
@@ -361,7 +391,8 @@ def make_app(session: ServerSession) -> tornado.web.Application:
         voxel_size=image.voxel_size, info=session.info, describe=session.describe_segment,
         viewer_url=lambda user: session.viewer_for(user).get_viewer_url(),
         reports=lambda user, after: [asdict(r) for r in session.routers[user].reports_after(
-            after)] if user in session.routers else [])
+            after)] if user in session.routers else [],
+        show_segment=session.show_segment)
     live = [(r"/segments/g(\d+)/(.*)", SegmentChunkHandler, {"source": session.segment_source})
             ] if session.segment_source is not None else []
     app = tornado.web.Application(routes(api) + live + [

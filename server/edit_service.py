@@ -108,6 +108,9 @@ class EditService:
             return self.session.preview(kind, first, second, evidence.mask)
         return self.session.preview(kind, first, second)
 
+    def review(self, user: str, segment: int, reviewed: bool = True) -> OperationResult:
+        return self._publish(self.session.review(user, segment, reviewed))
+
     def forget_prompts(self, user: str, point: Point) -> OperationResult:
         return self._publish(self.session.clear_prompts(user, point))
 
@@ -173,6 +176,33 @@ class EditService:
                 "voxels": int(graph.size[rows].sum()),
                 "bbox_zyx": {"start": box[:, :3].min(axis=0).astype(int).tolist(),
                              "stop": box[:, 3:].max(axis=0).astype(int).tolist()}}
+
+    def segment_list(self, limit: int = 50) -> list[dict]:
+        """The largest segments and every reviewed one: size, supervoxels, last edit and the
+        review mark (for the dashboard)."""
+        session = self.session
+        with session.exclusive():
+            live = session.segment != 0
+            segments, sizes = session.segment[live], session.graph.size[live]
+            reviewed = session.reviewed()
+        ids, inverse = np.unique(segments, return_inverse=True)
+        voxels = np.bincount(inverse, weights=sizes)
+        counts = np.bincount(inverse)
+        rows = set(np.argsort(-voxels, kind="stable")[:limit].tolist())
+        rows |= set(np.searchsorted(ids, list(reviewed)).tolist())
+        listed = []
+        for row in sorted(rows, key=lambda r: -voxels[r]):
+            segment = int(ids[row])
+            edit = session.last_edit(segment)
+            review = reviewed.get(segment)
+            listed.append({
+                "segment": segment, "voxels": int(voxels[row]),
+                "supervoxels": int(counts[row]),
+                "last_edit": {"operation": edit.id, "user": edit.user, "time": edit.time,
+                              "type": edit.kind} if edit else None,
+                "reviewed": {"user": review.user, "time": review.time,
+                             "operation": review.id} if review else None})
+        return listed
 
     def operations(self, after: int = 0, limit: int = 100) -> list[dict]:
         """The operation history after operation ``after``, oldest first."""

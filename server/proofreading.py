@@ -101,6 +101,8 @@ class Proofreading:
              "prompts at voxel level; the negative side leaves the segment (Enter commits)",
              self.divide),
             ("promptcut-commit", "enter", "commit the previewed edit", self.commit),
+            ("promptcut-review", "keyd", "mark the segment under the mouse reviewed (done); "
+             "again unmarks it", self.review),
             ("promptcut-undo", "keyu", "undo your last edit", self.undo),
             ("promptcut-redo", "shift+keyu", "redo your last undone edit", self.redo),
             ("promptcut-clear", "keyq", "clear your prompt points", self.clear),
@@ -268,9 +270,9 @@ class Proofreading:
             with self._lock:
                 self.state.pending = pending
             self.draw_preview(s)
-        message = self._describe_preview(preview)
-        show_status(self.viewer, MODE_STATUS, f"{message}: Enter commits, Esc discards")
-        return message
+        show_status(self.viewer, MODE_STATUS, "a preview is shown (nothing is changed yet): "
+                                              "Enter commits it, Esc discards it")
+        return self._describe_preview(preview)
 
     def pending_picture(self) -> Optional[Picture]:
         """The membership as this proofreader's preview shows it (None: no preview)."""
@@ -356,6 +358,13 @@ class Proofreading:
         if pending.kind != "merge":
             self.clear(pointer)
         return self._report(result)
+
+    def review(self, pointer: Pointer) -> str:
+        voxel = require_voxel(pointer)
+        session = self.service.session
+        segment = session.segment_of(session.supervoxel_at(voxel, "point"))
+        return self._report(self.service.review(self.user, segment,
+                                                segment not in session.reviewed()))
 
     def forget(self, pointer: Pointer) -> str:
         return self._report(self.service.forget_prompts(self.user, require_voxel(pointer)))

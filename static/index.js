@@ -1,27 +1,5 @@
 // Fills the landing page from /api/v1/info: the server is the one source of names, URLs and
-// keys. The API needs the token that `promptcut serve` printed in this page's address
-// (#token=…, a fragment: browsers never send it to any server); it is kept for this tab only.
-function token() {
-  const given = new URLSearchParams(location.hash.slice(1)).get('token');
-  if (given) {
-    sessionStorage.setItem('promptcut-token', given);
-    history.replaceState(null, '', location.pathname);  // out of the address bar and history
-  }
-  return sessionStorage.getItem('promptcut-token');
-}
-
-async function api(path) {
-  const secret = token();
-  if (!secret) {
-    throw new Error('open this page from the address `promptcut serve` printed ' +
-                    '(it carries the token)');
-  }
-  const response = await fetch(path, {headers: {Authorization: `Bearer ${secret}`}});
-  const answer = await response.json();
-  if (!response.ok) throw new Error(answer.error);
-  return answer;
-}
-
+// keys (token() and api() come from api.js).
 async function load() {
   const info = await api('/api/v1/info');
   document.title = `promptcut: ${info.name}`;
@@ -53,6 +31,15 @@ document.getElementById('user-form').addEventListener('submit', async (event) =>
   }
 });
 
-load().catch((error) => {
+// the dashboard of whoever is named in the form (opened in a tab of its own)
+function dashboardLink() {
+  const user = document.getElementById('user').value || 'proofreader';
+  document.getElementById('dashboard-link').href =
+    `/static/dashboard.html#token=${encodeURIComponent(token() || '')}` +
+    `&user=${encodeURIComponent(user)}`;
+}
+document.getElementById('user').addEventListener('input', dashboardLink);
+
+load().then(dashboardLink).catch((error) => {
   document.getElementById('dataset').textContent = `could not reach the server: ${error.message}`;
 });

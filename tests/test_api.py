@@ -166,8 +166,9 @@ def test_openapi_description_lists_every_route(served):
     status, answer = raw(session, "/api/v1/openapi.json")  # readable without the token
     schema = json.loads(answer)
     assert status == 200 and schema["openapi"].startswith("3.")
-    for route in ("merge", "split", "prompt_cut", "split_supervoxel", "undo", "redo",
-                  "operations", "segment_at", "segments/{segment}/members", "export"):
+    for route in ("merge", "split", "prompt_cut", "split_supervoxel", "review", "undo", "redo",
+                  "operations", "segment_at", "segments", "segments/{segment}/members", "show",
+                  "export"):
         assert f"/api/v1/{route}" in schema["paths"]
 
 

@@ -344,14 +344,14 @@ def test_a_split_and_a_merge_are_previewed_before_they_are_committed(browser,
         assert "voxels" in report.message and "cyan" in report.message
         wait_for_panel(page, lambda p: min(_new_sides(p, plain)) > 0.002)
         assert len(proof.log) == operations and proof.segment_of(second) == segment
-        page.wait_for_function("document.body.innerText.includes('Enter commits')",
+        page.wait_for_function("document.body.innerText.includes('Enter commits it')",
                                timeout=10000)
         report = driver.press("Escape")
         assert report.ok and "discarded" in report.message
         wait_for_panel(page, lambda p: max(_new_sides(p, plain)) < 0.0005)
         assert len(proof.log) == operations and proof.segment_of(second) == segment
         assert driver.press("k").ok
-        page.wait_for_function("document.body.innerText.includes('Enter commits')",
+        page.wait_for_function("document.body.innerText.includes('Enter commits it')",
                                timeout=10000)  # read, as a person would, before committing
         report = driver.press("Enter")
         assert report.ok and report.message.startswith("split"), report.message

@@ -315,3 +315,23 @@ def test_a_preview_shows_the_sides_and_changes_nothing_until_committed(tmp_path)
     result = session.split("alice", [centre(1)], [centre(4)])
     np.testing.assert_array_equal(result.delta, preview.delta)  # what was shown is what is done
     assert preview.stale(session.log)  # an edit of its segment since: work it out again
+
+
+def test_a_review_mark_is_logged_survives_a_restart_and_undoes(tmp_path):
+    _, rag = grid()
+    session = make(tmp_path, all_one(rag.ids))
+    result = session.review("alice", session.segment_of(1))
+    assert result.kind == "review" and "marked reviewed" in result.message
+    assert set(session.reviewed()) == {1} and session.reviewed()[1].user == "alice"
+    session.log.close()
+    again = make(tmp_path, all_one(rag.ids))  # the log replayed
+    assert set(again.reviewed()) == {1}
+    again.undo("alice")
+    assert again.reviewed() == {}
+    again.redo("alice")
+    assert set(again.reviewed()) == {1}
+    again.review("bob", 1, reviewed=False)
+    assert again.reviewed() == {}
+    assert [e.kind for e in again.log.entries()] == ["review", "undo", "redo", "review"]
+    with pytest.raises(EditError, match="no segment 99"):
+        again.review("bob", 99)

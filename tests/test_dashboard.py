@@ -1,0 +1,95 @@
+"""The dashboard in headless Chromium: live history, others' edits, segment list that moves the
+viewer, the review mark (from the dashboard and the D key) and undo from a button."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from server.viewer import SEGMENTATION_LAYER, from_viewer
+from tests.browser_util import (Driver, coloured_fraction, inside, touching_pair,
+                                wait_for_panel)
+
+pytestmark = pytest.mark.browser
+
+
+def _wait(predicate, timeout: float = 20.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"never happened: {what}")
+
+
+def test_the_dashboard_follows_edits_live_moves_the_viewer_and_marks_reviews(browser,
+                                                                              segmented_session):
+    session = segmented_session
+    proof = session.proofreading
+    labels = proof.supervoxels.read(slice(None), slice(None), slice(None))
+    page = browser.new_page()
+    try:
+        page.goto(f"{session.base_url}/static/dashboard.html#token={session.access.token}"
+                  f"&user=alice")
+        page.wait_for_selector("#segments tbody tr", timeout=30000)
+        assert "token" not in page.url  # out of the address bar once read
+        assert page.inner_text("#me") == "alice"
+
+        # another proofreader's edit appears without a reload, in the history and as news
+        sv_a, sv_b = touching_pair(proof, 3)
+        merged = session.service.merge("bob", inside(labels, sv_a), inside(labels, sv_b))
+        page.wait_for_selector(f"#history tr[data-operation='{merged.operation}']",
+                               timeout=10000)
+        assert "bob" in page.inner_text("#others")
+
+        # a segment row takes alice's viewer there and shows it in 3D
+        row = page.locator("#segments tbody tr").nth(1)
+        segment = int(row.get_attribute("data-segment"))
+        row.locator("td").first.click()
+        viewer = session.viewers["alice"]
+        _wait(lambda: proof.segment_of(int(labels[from_viewer(viewer.state.position)]))
+              == segment, what="the viewer at the segment")
+        shown = {int(v) for v in viewer.state.layers[SEGMENTATION_LAYER].segments}
+        assert shown == {session.membership_view.shown_as(segment)}
+
+        # the review box is a logged edit; undo from the dashboard takes it back
+        row.locator("input[type=checkbox]").click()
+        _wait(lambda: segment in proof.reviewed(), what="the review mark")
+        assert proof.reviewed()[segment].user == "alice"
+        page.wait_for_selector(f"#segments tr[data-segment='{segment}'].reviewed",
+                               timeout=10000)
+        page.click("#undo")
+        _wait(lambda: segment not in proof.reviewed(), what="the undo")
+        assert [e.kind for e in proof.log.entries()][-2:] == ["review", "undo"]
+    finally:
+        page.close()
+
+
+def test_d_marks_the_segment_under_the_mouse_reviewed(browser, segmented_session):
+    session = segmented_session
+    proof = session.proofreading
+    labels = proof.supervoxels.read(slice(None), slice(None), slice(None))
+    session.reset_view()
+    with session.viewer.txn() as s:
+        s.layout = "xy"
+    page = browser.new_page()
+    try:
+        page.goto(session.viewer_url)
+        wait_for_panel(page, lambda p: coloured_fraction(p) > 0.2)
+        driver = Driver(page, session)
+        graph = proof.graph
+        live = proof.segment != 0
+        big = int(graph.ids[live][np.argmax(graph.size[live])])
+        at = inside(labels, big)
+        segment = proof.segment_of(big)
+        report = driver.press("d", at)
+        assert report.ok and f"segment {segment} marked reviewed" in report.message
+        assert segment in proof.reviewed()
+        report = driver.press("d")  # again, the mouse not moved: unmarks it
+        assert report.ok and "no longer marked reviewed" in report.message
+        assert segment not in proof.reviewed()
+    finally:
+        page.close()
+        session.reset_view()
