@@ -73,6 +73,14 @@ class Client:
     def redo(self, user: Optional[str] = None) -> dict:
         return self._edit("redo", user)
 
+    def review(self, segment: int, reviewed: bool = True, user: Optional[str] = None) -> dict:
+        """Mark a segment reviewed (done), or no longer; logged and undoable like an edit."""
+        return self._edit("review", user, segment=int(segment), reviewed=bool(reviewed))
+
+    def segments(self, limit: int = 50) -> list[dict]:
+        """The largest segments and every reviewed one, with last edit and review mark."""
+        return self._request("GET", "/api/v1/segments", query={"limit": limit})["segments"]
+
     def export(self) -> str:
         return self._request("POST", "/api/v1/export", {})["folder"]
 

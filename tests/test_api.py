@@ -470,3 +470,22 @@ def test_the_served_membership_keeps_step_with_edits_from_many_threads(served):
     ids, segments = proof.membership()
     served_segments = session.membership_view.map(ids)
     np.testing.assert_array_equal(served_segments.astype(np.uint64), segments)
+
+
+def test_review_marks_and_the_segment_list_through_the_client(served, client):
+    session, labels = served
+    listed = client.segments(limit=5)
+    assert len(listed) == 5 and listed[0]["voxels"] >= listed[-1]["voxels"]
+    segment = listed[-1]["segment"]
+    answer = client.review(segment)
+    assert answer["type"] == "review" and "marked reviewed" in answer["message"]
+    marked = {s["segment"]: s for s in client.segments(limit=1)}
+    assert marked[segment]["reviewed"]["user"] == "alice"  # listed however small it is
+    with pytest.raises(ApiError, match="segment id"):
+        client._edit("review", None, segment="three")
+    assert client.undo()["type"] == "undo"
+    assert segment not in {s["segment"] for s in client.segments(limit=1)}
+    where = client._request("POST", "/api/v1/show", {"user": "alice", "segment": segment})
+    assert set(where["voxel"]) == {"x", "y", "z"}
+    voxel = (where["voxel"]["z"], where["voxel"]["y"], where["voxel"]["x"])
+    assert session.proofreading.segment_of(int(labels[voxel])) == segment
