@@ -35,6 +35,18 @@ def proofreading_page(browser, session):
         page.close()
 
 
+def two_largest_members(proof, segments) -> tuple[int, int]:
+    """The two largest supervoxels of the first of ``segments`` that has two or more."""
+    graph = proof.graph
+    for segment in segments:
+        members = proof.members_of(segment)
+        if len(members) >= 2:
+            sizes = graph.size[graph.node_index(members)]
+            first, second = members[np.argsort(-sizes)[:2]]
+            return int(first), int(second)
+    raise AssertionError("no segment of two supervoxels among these")
+
+
 def test_merge_undo_split_and_prompt_cut_from_the_keyboard(browser, segmented_session):
     session = segmented_session
     proof = session.proofreading
@@ -62,11 +74,7 @@ def test_merge_undo_split_and_prompt_cut_from_the_keyboard(browser, segmented_se
         assert driver.segment_seen_at(at_b, seg_b) == seg_b
 
         # split: a segment of several supervoxels, P on one member, Shift+P on another
-        members = proof.members_of(seg_a)
-        if len(members) < 2:
-            members = proof.members_of(seg_b)
-        sizes = graph.size[graph.node_index(members)]
-        first, second = (int(v) for v in members[np.argsort(-sizes)[:2]])
+        first, second = two_largest_members(proof, (seg_a, seg_b))
         at_first, at_second = inside(labels, first), inside(labels, second)
         assert driver.press("p", at_first).ok
         assert driver.press("Shift+P", at_second).ok
@@ -324,14 +332,10 @@ def test_a_split_and_a_merge_are_previewed_before_they_are_committed(browser,
     session = segmented_session
     proof = session.proofreading
     labels = proof.supervoxels.read(slice(None), slice(None), slice(None))
-    graph = proof.graph
     with proofreading_page(browser, session) as (page, driver):
         sv_a, sv_b = touching_pair(proof, 2)
-        members = proof.members_of(proof.segment_of(sv_a))
-        if len(members) < 2:
-            members = proof.members_of(proof.segment_of(sv_b))
-        sizes = graph.size[graph.node_index(members)]
-        first, second = (int(v) for v in members[np.argsort(-sizes)[:2]])
+        first, second = two_largest_members(proof, (proof.segment_of(sv_a),
+                                                    proof.segment_of(sv_b)))
         at_first, at_second = inside(labels, first), inside(labels, second)
         segment = proof.segment_of(first)
         operations = len(proof.log)
@@ -371,3 +375,21 @@ def test_a_split_and_a_merge_are_previewed_before_they_are_committed(browser,
         assert report.ok and report.message.startswith("merged"), report.message
         assert proof.segment_of(first) == proof.segment_of(second)
         session.reset_view()
+
+
+def test_d_marks_the_segment_under_the_mouse_reviewed_and_again_unmarks_it(browser,
+                                                                          segmented_session):
+    session = segmented_session
+    proof = session.proofreading
+    labels = proof.supervoxels.read(slice(None), slice(None), slice(None))
+    graph = proof.graph
+    live = proof.segment != 0
+    big = int(graph.ids[live][np.argmax(graph.size[live])])
+    segment = proof.segment_of(big)
+    with proofreading_page(browser, session) as (page, driver):
+        report = driver.press("d", inside(labels, big))
+        assert report.ok and f"segment {segment} marked reviewed" in report.message
+        assert segment in proof.reviewed()
+        report = driver.press("d")  # again, the mouse not moved
+        assert report.ok and "no longer marked reviewed" in report.message
+        assert segment not in proof.reviewed()

@@ -1,16 +1,14 @@
 """The dashboard in headless Chromium: live history, others' edits, segment list that moves the
-viewer, the review mark (from the dashboard and the D key) and undo from a button."""
+viewer, the review mark and undo from a button (the D key: test_browser_proofreading)."""
 
 from __future__ import annotations
 
 import time
 
-import numpy as np
 import pytest
 
 from server.viewer import SEGMENTATION_LAYER, from_viewer
-from tests.browser_util import (Driver, coloured_fraction, inside, touching_pair,
-                                wait_for_panel)
+from tests.browser_util import inside, touching_pair
 
 pytestmark = pytest.mark.browser
 
@@ -65,31 +63,3 @@ def test_the_dashboard_follows_edits_live_moves_the_viewer_and_marks_reviews(bro
         assert [e.kind for e in proof.log.entries()][-2:] == ["review", "undo"]
     finally:
         page.close()
-
-
-def test_d_marks_the_segment_under_the_mouse_reviewed(browser, segmented_session):
-    session = segmented_session
-    proof = session.proofreading
-    labels = proof.supervoxels.read(slice(None), slice(None), slice(None))
-    session.reset_view()
-    with session.viewer.txn() as s:
-        s.layout = "xy"
-    page = browser.new_page()
-    try:
-        page.goto(session.viewer_url)
-        wait_for_panel(page, lambda p: coloured_fraction(p) > 0.2)
-        driver = Driver(page, session)
-        graph = proof.graph
-        live = proof.segment != 0
-        big = int(graph.ids[live][np.argmax(graph.size[live])])
-        at = inside(labels, big)
-        segment = proof.segment_of(big)
-        report = driver.press("d", at)
-        assert report.ok and f"segment {segment} marked reviewed" in report.message
-        assert segment in proof.reviewed()
-        report = driver.press("d")  # again, the mouse not moved: unmarks it
-        assert report.ok and "no longer marked reviewed" in report.message
-        assert segment not in proof.reviewed()
-    finally:
-        page.close()
-        session.reset_view()
