@@ -49,22 +49,27 @@ class Client:
             *([urllib.request.ProxyHandler({})] if direct else []))
 
     # -- edits ----------------------------------------------------------------------------------
-    def merge(self, first: Point, second: Point, user: Optional[str] = None) -> dict:
-        return self._edit("merge", user, first=as_point(first), second=as_point(second))
+    # preview=True: what the edit would do (sides and sizes), with nothing logged
+    def merge(self, first: Point, second: Point, user: Optional[str] = None,
+              preview: bool = False) -> dict:
+        return self._edit("merge", user, preview, first=as_point(first),
+                          second=as_point(second))
 
     def split(self, sources: Sequence[Point], sinks: Sequence[Point],
-              user: Optional[str] = None) -> dict:
-        return self._edit("split", user, sources=[as_point(p) for p in sources],
+              user: Optional[str] = None, preview: bool = False) -> dict:
+        return self._edit("split", user, preview, sources=[as_point(p) for p in sources],
                           sinks=[as_point(p) for p in sinks])
 
     def prompt_cut(self, positives: Sequence[Point], negatives: Sequence[Point] = (),
-                   user: Optional[str] = None) -> dict:
-        return self._edit("prompt_cut", user, positives=[as_point(p) for p in positives],
+                   user: Optional[str] = None, preview: bool = False) -> dict:
+        return self._edit("prompt_cut", user, preview,
+                          positives=[as_point(p) for p in positives],
                           negatives=[as_point(p) for p in negatives])
 
     def split_supervoxel(self, sources: Sequence[Point], sinks: Sequence[Point],
-                         user: Optional[str] = None) -> dict:
-        return self._edit("split_supervoxel", user, sources=[as_point(p) for p in sources],
+                         user: Optional[str] = None, preview: bool = False) -> dict:
+        return self._edit("split_supervoxel", user, preview,
+                          sources=[as_point(p) for p in sources],
                           sinks=[as_point(p) for p in sinks])
 
     def undo(self, user: Optional[str] = None) -> dict:
@@ -104,8 +109,10 @@ class Client:
         return self._request("GET", "/api/v1/info")
 
     # -- transport ------------------------------------------------------------------------------
-    def _edit(self, kind: str, user: Optional[str], **body) -> dict:
-        return self._request("POST", f"/api/v1/{kind}", {"user": user or self.user, **body})
+    def _edit(self, kind: str, user: Optional[str], preview: bool = False, **body) -> dict:
+        extra = {"preview": True} if preview else {}
+        return self._request("POST", f"/api/v1/{kind}",
+                             {"user": user or self.user, **body, **extra})
 
     def _request(self, method: str, path: str, body: Optional[dict] = None,
                  query: Optional[dict] = None) -> Any:

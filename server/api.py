@@ -19,7 +19,7 @@ import tornado.web
 from tornado.ioloop import IOLoop
 
 from segmentation.errors import PromptcutError
-from segmentation.session import OperationResult, SegmentBusy
+from segmentation.session import OperationResult, Preview, SegmentBusy
 from server.access import Access, require_token
 from server.api_schema import openapi
 from server.edit_service import EditService
@@ -161,6 +161,19 @@ def edit_answer(result: OperationResult) -> dict:
             "supervoxels_retired": [int(s) for s in result.retired]}
 
 
+PREVIEWS = {"merge": "merge", "split": "split", "prompt_cut": "prompt-cut",
+            "split_supervoxel": "split-supervoxel"}  # API name -> the session's
+
+
+def preview_answer(preview: Preview) -> dict:
+    return {"preview": True, "type": preview.kind, "message": preview.message,
+            "segments": [int(s) for s in preview.segments],
+            "removed": [int(s) for s in preview.removed],
+            "sizes": [{"segment": int(s), "voxels": v, "supervoxels": n}
+                      for s, (v, n) in preview.sizes.items()],
+            "supervoxel_divided": preview.divided or None}
+
+
 class EditHandler(JsonHandler):
     """POST /api/v1/<edit>: one edit through the edit service."""
 
@@ -173,18 +186,22 @@ class EditHandler(JsonHandler):
         user = self.user(data)
         service = self.service
         run: Callable[[], OperationResult]
+        preview = data.get("preview", False)
+        if not isinstance(preview, bool) or (preview and self.kind not in PREVIEWS):
+            raise tornado.web.HTTPError(400, f"preview is true or false, for "
+                                             f"{', '.join(PREVIEWS)} only")
         if self.kind == "merge":
             first, second = self.point(data.get("first"), "first"), \
                 self.point(data.get("second"), "second")
             run = lambda: service.merge(user, first, second)  # noqa: E731
         elif self.kind in ("split", "split_supervoxel"):
-            sources, sinks = self.points(data, "sources"), self.points(data, "sinks")
+            first, second = self.points(data, "sources"), self.points(data, "sinks")
             method = service.split if self.kind == "split" else service.split_supervoxel
-            run = lambda: method(user, sources, sinks)  # noqa: E731
+            run = lambda: method(user, first, second)  # noqa: E731
         elif self.kind == "prompt_cut":
-            positives = self.points(data, "positives")
-            negatives = self.points(data, "negatives", required=False)
-            run = lambda: service.prompt_cut(user, positives, negatives)  # noqa: E731
+            first = self.points(data, "positives")
+            second = self.points(data, "negatives", required=False)
+            run = lambda: service.prompt_cut(user, first, second)  # noqa: E731
         elif self.kind == "review":
             segment, reviewed = data.get("segment"), data.get("reviewed", True)
             if isinstance(segment, bool) or not isinstance(segment, int) or \
@@ -196,13 +213,16 @@ class EditHandler(JsonHandler):
             run = lambda: service.undo(user)  # noqa: E731
         else:
             run = lambda: service.redo(user)  # noqa: E731
+        if preview:  # worked out, nothing logged
+            kind = PREVIEWS[self.kind]
+            run = lambda: service.preview(kind, first, second)  # noqa: E731
         try:
             result = await self.off_loop(run)
         except SegmentBusy as exc:
             raise tornado.web.HTTPError(409, str(exc)) from None
         except PromptcutError as exc:
             raise tornado.web.HTTPError(400, str(exc)) from None
-        self.send(edit_answer(result))
+        self.send(preview_answer(result) if preview else edit_answer(result))
 
 
 class ExportHandler(JsonHandler):

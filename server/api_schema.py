@@ -57,7 +57,11 @@ def _query(name: str, kind: str, required: bool = False) -> dict:
 def openapi() -> dict:
     paths = {}
     for name, (summary, properties, required) in EDITS.items():
-        body = {"type": "object", "properties": {"user": USER, **properties},
+        extra = {"preview": {"type": "boolean", "default": False,
+                             "description": "work the edit out and answer what it would do "
+                                            "(sides and their sizes); nothing is logged"}} \
+            if name in ("merge", "split", "prompt_cut", "split_supervoxel") else {}
+        body = {"type": "object", "properties": {"user": USER, **properties, **extra},
                 "required": required}
         paths[f"/api/v1/{name}"] = {"post": {
             "summary": summary,

@@ -483,9 +483,30 @@ def test_review_marks_and_the_segment_list_through_the_client(served, client):
     assert marked[segment]["reviewed"]["user"] == "alice"  # listed however small it is
     with pytest.raises(ApiError, match="segment id"):
         client._edit("review", None, segment="three")
+    with pytest.raises(ApiError, match="preview"):
+        client._edit("undo", None, preview=True)
     assert client.undo()["type"] == "undo"
     assert segment not in {s["segment"] for s in client.segments(limit=1)}
     where = client._request("POST", "/api/v1/show", {"user": "alice", "segment": segment})
     assert set(where["voxel"]) == {"x", "y", "z"}
     voxel = (where["voxel"]["z"], where["voxel"]["y"], where["voxel"]["x"])
     assert session.proofreading.segment_of(int(labels[voxel])) == segment
+
+
+def test_a_preview_over_the_api_answers_the_sides_and_logs_nothing(served, client):
+    session, labels = served
+    proof = session.proofreading
+    sv_a, sv_b = touching_pair(proof, 4)
+    at_a, at_b = xyz(inside(labels, sv_a)), xyz(inside(labels, sv_b))
+    operations = len(proof.log)
+    answer = client.merge(at_a, at_b, preview=True)
+    assert answer["preview"] is True and answer["type"] == "merge"
+    (side,) = answer["sizes"]
+    members = [proof.segment_of(sv_a), proof.segment_of(sv_b)]
+    graph = proof.graph
+    expected = sum(int(graph.size[graph.node_index(proof.members_of(s))].sum()) for s in members)
+    assert side["voxels"] == expected and len(proof.log) == operations
+    assert proof.segment_of(sv_a) != proof.segment_of(sv_b)
+    merged = client.merge(at_a, at_b)
+    assert merged["segments"] == [side["segment"]]
+    client.undo()
