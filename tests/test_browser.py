@@ -114,8 +114,10 @@ def test_agglomerated_neurons_show_as_meshes_in_3d(browser, segmented_session):
     session = segmented_session
     state = session.viewer.state
     visible = [int(v) for v in state.layers[SEGMENTATION_LAYER].segments]
-    assert len(visible) == 1  # the neuron at the starting position
-    members = session.proofreading.members_of(visible[0])
+    assert len(visible) == 1  # the neuron at the starting position (by its smallest member)
+    segment = session.membership_view.segment_of(visible[0])
+    members = session.proofreading.members_of(segment)
+    assert int(members.min()) == visible[0]
     assert len(members) > 1  # an agglomerated neuron: several supervoxels, one segment
     with session.viewer.txn() as s:
         s.layout = "3d"
