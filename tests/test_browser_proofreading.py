@@ -244,7 +244,7 @@ def test_a_pending_merge_shows_until_completed_cancelled_or_expired(browser,
             keys.merge_timeout = 60.0
 
 
-STATUS_ROWS = 80  # of a data panel, under neuroglancer's status lines
+STATUS_ROWS = 150  # of a data panel: neuroglancer draws up to ~8 status lines over them
 
 
 def _frames_after(page, key: str, seconds: float, every: float = 0.1) -> list[np.ndarray]:
