@@ -53,11 +53,13 @@ CREATE TABLE IF NOT EXISTS meta (
 )""")
 
 
+ACKNOWLEDGED = ".acknowledged"  # suffix of the note of the last acknowledged operation
+
+
 def log_files(path: Path) -> list[Path]:
     """The files that make up the log at ``path`` (those that exist)."""
     path = Path(path)
-    return [path.with_name(path.name + suffix) for suffix in ("", "-wal", "-shm",
-                                                              ".acknowledged")
+    return [path.with_name(path.name + suffix) for suffix in ("", "-wal", "-shm", ACKNOWLEDGED)
             if path.with_name(path.name + suffix).exists()]
 
 
@@ -99,7 +101,7 @@ class EditLog:
             raise InputError(f"log synchronous must be one of {SYNCHRONOUS}, got {synchronous!r}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.acknowledged_path = self.path.with_name(self.path.name + ".acknowledged")
+        self.acknowledged_path = self.path.with_name(self.path.name + ACKNOWLEDGED)
         self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)

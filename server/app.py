@@ -32,7 +32,7 @@ from segmentation.stats import VoxelCounts
 from server import viewer as ngview
 from server.access import MAX_BODY, Access, answer_only_own_names
 from server.actions import Action, ActionRouter
-from server.api import ApiContext, routes, valid_user, USER_HELP
+from server.api import DEFAULT_USER, USER_HELP, ApiContext, routes, valid_user
 from server.data import DataHandler
 from server.edit_service import EditService, SegmentDescription
 from server.model_worker import ModelWorker
@@ -66,6 +66,7 @@ class ServerSession:
         self._sizes: Optional[Future] = None
         self._initial_view: tuple = ()
         self._users_lock = threading.Lock()
+        self._redraw_lock = threading.Lock()  # redraws one at a time, each of the latest picture
         self.proofreading: Optional[ProofreadingSession] = None
         self.service: Optional[EditService] = None
         self.membership_view: Optional[MembershipView] = None
@@ -111,7 +112,7 @@ class ServerSession:
 
     @property
     def default_user(self) -> str:
-        return "proofreader"
+        return DEFAULT_USER
 
     @property
     def viewer(self) -> Optional[neuroglancer.Viewer]:
@@ -334,6 +335,10 @@ class ServerSession:
         new equivalence groups (only the changed segments change colour; their chunks and
         meshes stay), which segments to show in 3D in place of the ones the edit changed, and
         the voxels' URL after a division."""
+        with self._redraw_lock:  # edits published from two threads: the later picture wins
+            self._redraw_all(result)
+
+    def _redraw_all(self, result: OperationResult) -> None:
         view = self.membership_view
         url = self.source_url("segmentation")
         picture = view.picture()
