@@ -187,11 +187,16 @@ class Proofreading:
         if first is None:
             self._arm(segment)
             return f"merge: segment {segment} chosen; press M over the segment to join"
-        self._disarm()
         if preview:
+            self._disarm()
             return self._propose("merge", first, voxel,
                                  lambda: self.service.merge(self.user, first, voxel))
-        return self._report(self.service.merge(self.user, first, voxel))
+        self._disarm(redraw=False)  # the merge's own redraw takes the yellow point off
+        try:
+            return self._report(self.service.merge(self.user, first, voxel))
+        except Exception:
+            self.show_prompts()  # refused: take it off here
+            raise
 
     def cancel(self, pointer: Pointer) -> str:
         if self._end_preview(restore=True):
@@ -218,8 +223,9 @@ class Proofreading:
         if self._disarm():
             show_status(self.viewer, STATUS_KEY, "the pending merge expired")
 
-    def _disarm(self) -> bool:
-        """Forget a pending merge; whether there was one."""
+    def _disarm(self, redraw: bool = True) -> bool:
+        """Forget a pending merge (``redraw``: take its point off the screen now, else the
+        caller's next redraw does); whether there was one."""
         with self._lock:
             pending = self.state.merge_from is not None
             self.state.merge_from = None
@@ -227,7 +233,7 @@ class Proofreading:
                 self._expiry.cancel()
                 self._expiry = None
         show_status(self.viewer, MODE_STATUS, None)
-        if pending:
+        if pending and redraw:
             self.show_prompts()
         return pending
 
@@ -326,9 +332,11 @@ class Proofreading:
 
     def _undraw(self, pending: PendingEdit, restore: bool) -> None:
         """Take a preview off the screen: its colours and status line, and with ``restore``
-        its picture too (what was shown in 3D before comes back)."""
+        its picture too (what was shown in 3D before comes back). The prompt points are
+        drawn again in the same push (a commit clears them)."""
         show_status(self.viewer, MODE_STATUS, None)
         with self.viewer.txn() as s:
+            self.draw_prompts(s)
             if SEGMENTATION_LAYER not in s.layers:
                 return
             s.layers[SEGMENTATION_LAYER].segment_colors = {}
@@ -354,9 +362,10 @@ class Proofreading:
                 if self.state.pending is None:
                     self.state.pending = pending
             raise
+        if pending.kind != "merge":  # the points did their work (drawn off just below)
+            with self._lock:
+                self.state.positives, self.state.negatives = [], []
         self._undraw(pending, restore=False)
-        if pending.kind != "merge":
-            self.clear(pointer)
         return self._report(result)
 
     def review(self, pointer: Pointer) -> str:
