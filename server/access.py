@@ -117,6 +117,15 @@ class _WrongHost(tornado.web.RequestHandler):
         self.finish("this server does not answer to that Host name\n")
 
 
+def refusal(handler: tornado.web.RequestHandler, kwargs: dict) -> str:
+    """The one-line reason a handler's request failed (its HTTPError's message, else the
+    status's standard reason), for its write_error."""
+    exc = kwargs.get("exc_info", (None, None))[1]
+    message = exc.log_message if isinstance(exc, tornado.web.HTTPError) and exc.log_message \
+        else handler._reason
+    return " ".join(str(message).split())
+
+
 def require_token(handler: tornado.web.RequestHandler, access: Access) -> None:
     """Raise 401 unless the request carries the token."""
     if not access.token_given(handler.request):

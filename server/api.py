@@ -20,7 +20,7 @@ from tornado.ioloop import IOLoop
 
 from segmentation.errors import PromptcutError
 from segmentation.session import OperationResult, Preview, SegmentBusy
-from server.access import Access, require_token
+from server.access import Access, refusal, require_token
 from server.api_schema import openapi
 from server.edit_service import EditService
 
@@ -62,11 +62,8 @@ class JsonHandler(tornado.web.RequestHandler):
         self.finish(json.dumps(payload))
 
     def write_error(self, status_code: int, **kwargs) -> None:
-        exc = kwargs.get("exc_info", (None, None))[1]
-        message = exc.log_message if isinstance(exc, tornado.web.HTTPError) and exc.log_message \
-            else self._reason
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"error": " ".join(str(message).split())}))
+        self.finish(json.dumps({"error": refusal(self, kwargs)}))
 
     # -- reading input --------------------------------------------------------------------------
     def body(self) -> dict:
@@ -138,10 +135,17 @@ class JsonHandler(tornado.web.RequestHandler):
                 from None
         return value
 
-    async def off_loop(self, work: Callable[[], Any]) -> Any:
+    async def off_loop(self, work: Callable[[], Any], refused: int = 400) -> Any:
         """Run session work on a worker thread: an edit waits for the session's lock (an
-        export holds it while it writes), and the IOLoop keeps serving chunks meanwhile."""
-        return await IOLoop.current().run_in_executor(None, work)
+        export holds it while it writes), and the IOLoop keeps serving chunks meanwhile.
+        A segment another user holds is a 409; other refusals are ``refused`` (400 for bad
+        input, 404 for asking after something that is not there)."""
+        try:
+            return await IOLoop.current().run_in_executor(None, work)
+        except SegmentBusy as exc:
+            raise tornado.web.HTTPError(409, str(exc)) from None
+        except PromptcutError as exc:
+            raise tornado.web.HTTPError(refused, str(exc)) from None
 
     @property
     def service(self) -> EditService:
@@ -216,12 +220,7 @@ class EditHandler(JsonHandler):
         if preview:  # worked out, nothing logged
             kind = PREVIEWS[self.kind]
             run = lambda: service.preview(kind, first, second)  # noqa: E731
-        try:
-            result = await self.off_loop(run)
-        except SegmentBusy as exc:
-            raise tornado.web.HTTPError(409, str(exc)) from None
-        except PromptcutError as exc:
-            raise tornado.web.HTTPError(400, str(exc)) from None
+        result = await self.off_loop(run)
         self.send(preview_answer(result) if preview else edit_answer(result))
 
 
@@ -230,10 +229,7 @@ class ExportHandler(JsonHandler):
 
     async def post(self) -> None:
         self.body()
-        try:
-            folder = await self.off_loop(self.service.export)
-        except PromptcutError as exc:
-            raise tornado.web.HTTPError(400, str(exc)) from None
+        folder = await self.off_loop(self.service.export)
         self.send({"folder": str(folder)})
 
 
@@ -267,11 +263,7 @@ class ShowSegmentHandler(JsonHandler):
         if isinstance(segment, bool) or not isinstance(segment, int):
             raise tornado.web.HTTPError(400, "segment must be an integer id")
         self.service  # noqa: B018 - refuses a project without a graph
-        try:
-            where = await self.off_loop(lambda: self.api.show_segment(user, segment))
-        except PromptcutError as exc:
-            raise tornado.web.HTTPError(404, str(exc)) from None
-        self.send(where)
+        self.send(await self.off_loop(lambda: self.api.show_segment(user, segment), 404))
 
 
 class SegmentAtHandler(JsonHandler):
@@ -281,10 +273,7 @@ class SegmentAtHandler(JsonHandler):
         point = {axis: self.number_argument(axis) for axis in "xyz"}
         point["unit"] = self.get_query_argument("unit", "voxel")
         zyx = self.point(point, "the point")
-        try:
-            described = await self.off_loop(lambda: self.api.describe(zyx))
-        except PromptcutError as exc:
-            raise tornado.web.HTTPError(404, str(exc)) from None
+        described = await self.off_loop(lambda: self.api.describe(zyx), 404)
         answer = asdict(described)
         z, y, x = answer.pop("voxel")
         self.send({**answer, "voxel": {"x": x, "y": y, "z": z}})
@@ -296,17 +285,14 @@ class SegmentHandler(JsonHandler):
 
     async def get(self, segment: str, members: Optional[str]) -> None:
         service = self.service
-        try:
-            if members:
-                ids = await self.off_loop(lambda: service.members(int(segment)))
-                self.send({"segment": int(segment), "supervoxels": ids.astype(int).tolist()})
-            else:
-                summary = await self.off_loop(lambda: service.summary(int(segment)))
-                box = summary.pop("bbox_zyx")
-                corner = {k: dict(zip("zyx", box[k])) for k in ("start", "stop")}
-                self.send({**summary, "bbox": corner})
-        except PromptcutError as exc:
-            raise tornado.web.HTTPError(404, str(exc)) from None
+        if members:
+            ids = await self.off_loop(lambda: service.members(int(segment)), 404)
+            self.send({"segment": int(segment), "supervoxels": ids.astype(int).tolist()})
+        else:
+            summary = await self.off_loop(lambda: service.summary(int(segment)), 404)
+            box = summary.pop("bbox_zyx")
+            corner = {k: dict(zip("zyx", box[k])) for k in ("start", "stop")}
+            self.send({**summary, "bbox": corner})
 
 
 class InfoHandler(JsonHandler):

@@ -23,6 +23,7 @@ import tornado.web
 from tornado.ioloop import IOLoop
 
 from segmentation.volume import open_precomputed_scale
+from server.access import refusal
 from server.data import CorsMixin, safe_relative
 
 CHUNK_NAME = re.compile(r"^(\d+)-(\d+)_(\d+)-(\d+)_(\d+)-(\d+)$")
@@ -274,11 +275,8 @@ class SegmentChunkHandler(CorsMixin, tornado.web.RequestHandler):
         self.source = source
 
     def write_error(self, status_code: int, **kwargs) -> None:
-        exc = kwargs.get("exc_info", (None, None))[1]
-        message = exc.log_message if isinstance(exc, tornado.web.HTTPError) and \
-            exc.log_message else self._reason
         self.set_header("Content-Type", "text/plain")
-        self.finish(f"{status_code}: {message}\n")
+        self.finish(f"{status_code}: {refusal(self, kwargs)}\n")
 
     async def get(self, generation: str, path: str) -> None:
         source = self.source
