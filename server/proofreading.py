@@ -30,6 +30,10 @@ void main() {
 }
 """
 MODE_STATUS = "promptcut-mode"  # status line of a pending merge or a preview
+# what the mode line says otherwise: the line stays, so the panels keep their size (neuroglancer
+# gives its status lines room of their own; a line coming and going moved the whole view)
+IDLE_MODE = "ready: M merges, K, C or Shift+K preview a cut (Enter commits), Shift+H lists " \
+    "all keys"
 USER_STATUS = "promptcut-user"  # status line that says who the proofreader is
 # the sides of a previewed edit: colours far from neuroglancer's random segment colours' mean
 SIDE_COLOURS = [("cyan", "#00e5ff"), ("magenta", "#ff2bd6"), ("orange", "#ff8c00"),
@@ -83,6 +87,7 @@ class Proofreading:
         self._lock = threading.Lock()
         self._expiry: Optional[threading.Timer] = None
         show_status(viewer, USER_STATUS, f"promptcut: you are {user}")
+        show_status(viewer, MODE_STATUS, IDLE_MODE)
 
     def actions(self) -> list[Action]:
         spec: list[tuple[str, str, str, Callable[[Pointer], str]]] = [
@@ -232,7 +237,7 @@ class Proofreading:
             if self._expiry is not None:
                 self._expiry.cancel()
                 self._expiry = None
-        show_status(self.viewer, MODE_STATUS, None)
+        show_status(self.viewer, MODE_STATUS, IDLE_MODE)
         if pending and redraw:
             self.show_prompts()
         return pending
@@ -334,7 +339,7 @@ class Proofreading:
         """Take a preview off the screen: its colours and status line, and with ``restore``
         its picture too (what was shown in 3D before comes back). The prompt points are
         drawn again in the same push (a commit clears them)."""
-        show_status(self.viewer, MODE_STATUS, None)
+        show_status(self.viewer, MODE_STATUS, IDLE_MODE)
         with self.viewer.txn() as s:
             self.draw_prompts(s)
             if SEGMENTATION_LAYER not in s.layers:
