@@ -11,6 +11,7 @@ import errno
 import logging
 import socket
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -43,6 +44,8 @@ from server.settings import ServeSettings
 log = logging.getLogger(__name__)
 STATIC_DIR = ngview.STATIC_DIR
 OTHERS_STATUS = "promptcut-others"  # the last edit another proofreader made
+VOXELS_QUIET = 0.5  # s without a chunk request: the browser has the new voxels
+VOXELS_LOAD_LIMIT = 10.0  # s: swap anyway
 MOUNTS = {"image": ngview.IMAGE_LAYER, "segmentation": ngview.SEGMENTATION_LAYER}
 PROTOCOL = {"precomputed": "precomputed", "zarr": "zarr2", "n5": "n5"}
 
@@ -343,6 +346,7 @@ class ServerSession:
         url = self.source_url("segmentation")
         picture = view.picture()
         news = f"{result.user}: {result.message} (operation {result.operation})"
+        loading = False
         for user, viewer in list(self.viewers.items()):
             try:
                 if user != result.user:  # another proofreader changed what this one sees
@@ -353,8 +357,9 @@ class ServerSession:
                     if ngview.SEGMENTATION_LAYER not in s.layers:
                         continue  # the proofreader removed the layer from their view
                     layer = s.layers[ngview.SEGMENTATION_LAYER]
-                    if str(layer.source[0].url) != url:
-                        layer.source = url
+                    if str(layer.source[0].url) != url:  # a division: new voxels
+                        ngview.load_voxels(s, url)
+                        loading = True
                     shown = {view.segment_of(v) for v in layer.segments} - {0}
                     if shown & set(result.segments) or not shown:
                         shown |= set(result.segments[:1])
@@ -365,6 +370,28 @@ class ServerSession:
             except Exception:  # noqa: BLE001 - logged; the edit is saved either way
                 log.exception("could not update %s's viewer after operation %d", user,
                               result.operation)
+        if loading:
+            threading.Thread(target=self._show_voxels_when_loaded, daemon=True,
+                             name="promptcut-voxels").start()
+
+    def _show_voxels_when_loaded(self) -> None:
+        """Swap every viewer to the newest voxels once the browsers have stopped asking for
+        their chunks (or after a while: a viewer nobody has open asks for nothing)."""
+        view, source = self.membership_view, self.segment_source
+        started = time.monotonic()
+        while time.monotonic() - started < VOXELS_LOAD_LIMIT:
+            asked = source.last_asked(view.generation)
+            if asked is not None and time.monotonic() - asked > VOXELS_QUIET:
+                break
+            time.sleep(0.1)
+        with self._redraw_lock:
+            url = self.source_url("segmentation")
+            for user, viewer in list(self.viewers.items()):
+                try:
+                    with viewer.txn() as s:
+                        ngview.show_loaded_voxels(s, url)
+                except Exception:  # noqa: BLE001 - one broken viewer must not stop the rest
+                    log.exception("could not show the new voxels in %s's viewer", user)
 
     def info(self) -> dict:
         image = self.project.volume("image")

@@ -14,6 +14,7 @@ import gzip
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -160,6 +161,7 @@ class SegmentSource:
         self._cached_bytes = 0
         self._lock = threading.Lock()
         self._fragments = self._read_fragments()
+        self._asked: dict[int, float] = {}  # voxel generation -> when a chunk was last asked
         # chunks one may ask for: the served thin ones, and the stored volume's own
         self._grid = [(served["size"], served["chunk_sizes"] + stored["chunk_sizes"])
                       for served, stored in zip(self.served_info()["scales"],
@@ -227,6 +229,15 @@ class SegmentSource:
                 _, dropped = self._cache.popitem(last=False)
                 self._cached_bytes -= _nbytes(dropped)
         return encoded
+
+    def note_asked(self, generation: int) -> None:
+        """A viewer asked for a chunk of this voxel generation (the URL's)."""
+        self._asked[generation] = time.monotonic()
+
+    def last_asked(self, generation: int) -> Optional[float]:
+        """When a viewer last asked for a chunk of this voxel generation (None: never): a
+        browser that has stopped asking has what it needs to draw it."""
+        return self._asked.get(generation)
 
     def manifest(self, supervoxel: int) -> Optional[dict]:
         """The mesh fragments of one supervoxel (none for a divided one: its pieces have
@@ -297,6 +308,7 @@ class SegmentChunkHandler(CorsMixin, tornado.web.RequestHandler):
         elif len(parts) == 2 and parts[0] == "mesh":
             body = await IOLoop.current().run_in_executor(None, source.fragment, parts[1])
         elif len(parts) == 2:
+            source.note_asked(int(generation))
             try:
                 body = await IOLoop.current().run_in_executor(None, source.chunk, parts[0],
                                                               parts[1])

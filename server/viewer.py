@@ -26,6 +26,9 @@ KEY_TABLE = "promptcut_keys.json"
 
 IMAGE_LAYER = "image"
 SEGMENTATION_LAYER = "segments"  # what it shows: the supervoxels with the membership applied
+# New voxels (after a supervoxel division) load here, drawn with no opacity, while the old ones
+# stay on screen; a layer whose source URL simply changed would blank until they arrived
+UPDATING_LAYER = "segments (updating)"
 
 
 class Viewer(neuroglancer.Viewer):
@@ -180,11 +183,37 @@ def configure(viewer: neuroglancer.Viewer, voxel_size: Sequence[float], sources:
 
 def draw_membership(state: Any, groups: list[list[int]], shown: set[int]) -> None:
     """The segmentation layer's equivalence groups and the ids shown in 3D (none if the
-    proofreader removed the layer from their view)."""
+    proofreader removed the layer from their view); new voxels loading get the same, so
+    that the meshes they load are the ones to show."""
+    for name in (SEGMENTATION_LAYER, UPDATING_LAYER):
+        if name in state.layers:
+            layer = state.layers[name]
+            layer.equivalences = groups
+            layer.segments = shown
+
+
+def load_voxels(state: Any, url: str) -> None:
+    """Start loading the segmentation from a new URL out of sight (chunks and the shown
+    meshes), the current one still drawn; ``show_loaded_voxels`` then swaps them."""
+    current = state.layers[SEGMENTATION_LAYER]
+    if UPDATING_LAYER in state.layers and str(state.layers[UPDATING_LAYER].source[0].url) == url:
+        return  # already loading
+    layer = neuroglancer.SegmentationLayer(source=url, selected_alpha=0, not_selected_alpha=0,
+                                           object_alpha=0)
+    layer.equivalences = current.equivalences
+    layer.segments = current.segments
+    state.layers[UPDATING_LAYER] = layer
+
+
+def show_loaded_voxels(state: Any, url: str) -> None:
+    """Draw the segmentation from ``url``, whose chunks the browser has loaded, and drop the
+    loading layer: neuroglancer reuses the loaded chunks, so nothing blanks."""
+    if UPDATING_LAYER in state.layers:
+        del state.layers[UPDATING_LAYER]
     if SEGMENTATION_LAYER in state.layers:
         layer = state.layers[SEGMENTATION_LAYER]
-        layer.equivalences = groups
-        layer.segments = shown
+        if str(layer.source[0].url) != url:
+            layer.source = url
 
 
 def show_status(viewer: neuroglancer.Viewer, key: str, message: Optional[str]) -> None:

@@ -9,7 +9,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 from scipy import ndimage
@@ -44,12 +44,26 @@ def chromium(width: int = 1000, height: int = 800) -> Iterator:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def panel_pixels(page) -> np.ndarray:
-    """RGB pixels of the first data panel, as floats."""
+def panel_box(page, timeout: float = 10.0) -> dict:
+    """The first data panel's place on the page. neuroglancer replaces its panel elements
+    when the server pushes a new viewer state, so the element found may be gone by the time
+    it is measured (no box): then it is looked up again."""
+    deadline = time.monotonic() + timeout
+    while True:
+        box = page.locator(PANEL).first.bounding_box()
+        if box is not None:
+            return box
+        if time.monotonic() > deadline:
+            raise AssertionError("no data panel on the page")
+        time.sleep(0.01)
+
+
+def panel_pixels(page, box: Optional[dict] = None) -> np.ndarray:
+    """RGB pixels of the first data panel (or of the page within ``box``), as floats: what a
+    person sees there, whichever element draws it."""
     from PIL import Image
 
-    box = page.locator(PANEL).first.bounding_box()
-    png = page.screenshot(clip=box)
+    png = page.screenshot(clip=box or panel_box(page))
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(float)
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.viewer import SEGMENTATION_LAYER
-from tests.browser_util import (Driver, coloured_fraction, inside, touching_pair,
-                                wait_for_panel)
+from server.viewer import SEGMENTATION_LAYER, UPDATING_LAYER
+from tests.browser_util import (Driver, coloured_fraction, inside, panel_box, panel_pixels,
+                                touching_pair, wait_for_panel)
 
 pytestmark = pytest.mark.browser
 
@@ -153,10 +153,7 @@ def test_dividing_a_supervoxel_from_the_keyboard_redraws_it(browser, segmented_s
     proof = session.proofreading
     labels = proof.supervoxels.read(slice(None), slice(None), slice(None))
     big = largest_supervoxel(proof)
-    z = int(np.argmax((labels == big).sum(axis=(1, 2))))
-    voxels = np.argwhere(labels[z] == big)
-    first = (z,) + tuple(int(v) for v in voxels[0])
-    second = (z,) + tuple(int(v) for v in voxels[np.argmax(np.abs(voxels - voxels[0]).sum(1))])
+    first, second = _far_apart_in(labels, big)
     before = proof.segment_of(big)
     with proofreading_page(browser, session) as (page, driver):
         assert driver.press("p", first).ok
@@ -249,16 +246,18 @@ def test_a_pending_merge_shows_until_completed_cancelled_or_expired(browser,
 
 
 STATUS_ROWS = 150  # of a data panel: neuroglancer draws up to ~8 status lines over them
+EDGE = 4  # pixels at the panel's edge: neuroglancer's outline of the panel under the mouse
 
 
-def _frames_after(page, key: str, seconds: float, every: float = 0.1) -> list[np.ndarray]:
-    """Press ``key`` where the mouse rests, then take the data panel every ``every`` seconds."""
-    from tests.browser_util import panel_pixels
-
+def _frames_after(page, key: str, box: dict, seconds: float, every: float = 0.1,
+                  at_least: int = 8) -> list[np.ndarray]:
+    """Press ``key`` where the mouse rests, then take the page within ``box`` (the data
+    panel's place) every ``every`` seconds (a screenshot takes 100-250 ms in software WebGL,
+    longer while the browser is busy loading)."""
     page.keyboard.press(key)
     start, frames = time.monotonic(), []
-    while time.monotonic() - start < seconds:
-        frames.append(panel_pixels(page))
+    while time.monotonic() - start < seconds or len(frames) < at_least:
+        frames.append(panel_pixels(page, box))
         time.sleep(max(0.0, start + len(frames) * every - time.monotonic()))
     return frames
 
@@ -267,54 +266,99 @@ def _steady_pixels_that_moved(frames: list[np.ndarray], before: np.ndarray,
                               after: np.ndarray) -> list[float]:
     """Per frame, the fraction of pixels that are the same before and after the edit (those of
     segments it did not change, a margin away from the ones that changed) yet differ in that
-    frame: a blank or recoloured unchanged segment shows up here. The panel's bottom rows
-    are left out: the status lines are drawn over them."""
+    frame: a blank, recoloured or shifted unchanged segment shows up here. Left out: the
+    panel's bottom rows, where the status lines are drawn, and its edge, where neuroglancer
+    outlines the panel under the mouse (white, black for a moment when a pushed state
+    rebuilds the panel)."""
     from scipy import ndimage
 
-    assert after.shape == before.shape, "the data panel resized (a status line came or went)"
-    frames, before, after = [f[:-STATUS_ROWS] for f in frames], before[:-STATUS_ROWS], \
-        after[:-STATUS_ROWS]
+    inner = (slice(EDGE, -STATUS_ROWS), slice(EDGE, -EDGE))
+    frames, before, after = [f[inner] for f in frames], before[inner], after[inner]
     changed = np.abs(after - before).max(axis=2) > 12
     steady = ~ndimage.binary_dilation(changed, iterations=3)
     assert steady.mean() > 0.5, "the edit changed most of the panel: not a local edit"
-    return [float((np.abs(frame - before).max(axis=2)[steady] > 12).mean())
-            if frame.shape == before.shape else 1.0  # the panel itself resized: all moved
-            for frame in frames]
+    return [float((np.abs(frame - before).max(axis=2)[steady] > 12).mean()) for frame in frames]
+
+
+def _only_the_changed_redrawn(page, driver, key: str, done: str, settled) -> None:
+    """Press ``key`` where the mouse rests and take frames every 100 ms: pixels of segments
+    the edit did not touch never blank, change colour or shift, and the changed ones do
+    change. ``settled()`` says when the browser has everything it will draw."""
+    box = panel_box(page)  # frames of this place: neuroglancer replaces the element
+    seen = driver.router.last_sequence
+    before = panel_pixels(page, box)
+    frames = _frames_after(page, key, box, seconds=3.0)
+    report = driver.router.wait_for_report(seen, 30)
+    assert report is not None and report.ok and done in report.message, report
+    deadline = time.monotonic() + 30
+    while not settled() and time.monotonic() < deadline:
+        frames.append(panel_pixels(page, box))
+    assert settled()
+    time.sleep(2.0)
+    after = panel_pixels(page, box)
+    assert panel_box(page) == box  # the panel itself neither moved nor resized
+    moved = _steady_pixels_that_moved(frames, before, after)
+    assert max(moved) < 0.002, f"{key}: unchanged pixels moved in frames: " \
+        f"{[round(m, 4) for m in moved]} (frames: {_save_frames(before, frames, after)})"
+    redrawn = np.abs(after - before)[EDGE:-STATUS_ROWS, EDGE:-EDGE].max(axis=2) > 12
+    assert redrawn.mean() > 0.001  # the changed segments did change colour
+
+
+def _save_frames(before: np.ndarray, frames: list[np.ndarray], after: np.ndarray) -> str:
+    """The frames as PNGs in a new folder (to look at when the test fails): its path."""
+    from PIL import Image
+
+    folder = tempfile.mkdtemp(prefix="promptcut-frames-")
+    for name, pixels in [("before", before), ("after", after)] + \
+            [(f"frame{i:02d}", f) for i, f in enumerate(frames)]:
+        Image.fromarray(pixels.astype(np.uint8)).save(Path(folder) / f"{name}.png")
+    return folder
 
 
 def test_an_edit_redraws_only_the_segments_it_changed(browser, segmented_session):
-    """Frames every 100 ms after a merge and after its undo: pixels of segments the edit did not
-    touch never blank and never change colour (neuroglancer used to drop the whole layer)."""
+    """Frames every 100 ms after a merge, a supervoxel division and their undos: pixels of
+    segments the edit did not touch never blank and never change colour (neuroglancer used to
+    drop the whole layer; a division's new voxels now load out of sight first)."""
     session = segmented_session
     proof = session.proofreading
     labels = proof.supervoxels.read(slice(None), slice(None), slice(None))
+
+    def off_the_segments() -> None:  # (neuroglancer highlights the segment under the mouse)
+        box = panel_box(page)
+        page.mouse.move(box["x"] + 30, box["y"] + 30)
+        time.sleep(1.0)
+
+    def voxels_loaded() -> bool:
+        return UPDATING_LAYER not in session.viewer.state.layers
+
     with proofreading_page(browser, session) as (page, driver):
         sv_a, sv_b = touching_pair(proof, 1)
-        at_a, at_b = inside(labels, sv_a), inside(labels, sv_b)
-        assert driver.press("m", at_a).ok
-        driver.hover(at_b)
+        assert driver.press("m", inside(labels, sv_a)).ok
+        driver.hover(inside(labels, sv_b))
         time.sleep(1.5)  # the pending merge's point drawn, the hovered segment highlighted
-        for key, done in (("m", "merged"), ("u", "undid merge")):
-            from tests.browser_util import PANEL, panel_pixels
+        _only_the_changed_redrawn(page, driver, "m", "merged", voxels_loaded)
+        off_the_segments()  # undo needs no pointer
+        _only_the_changed_redrawn(page, driver, "u", "undid merge", voxels_loaded)
 
-            if key == "u":  # undo needs no pointer: pressed with the mouse off the segments
-                box = page.locator(PANEL).first.bounding_box()  # (neuroglancer highlights
-                page.mouse.move(box["x"] + 30, box["y"] + 30)   # the one under the mouse)
-                time.sleep(1.0)
-            seen = driver.router.last_sequence
-            before = panel_pixels(page)
-            frames = _frames_after(page, key, seconds=3.0)
-            report = driver.router.wait_for_report(seen, 30)
-            assert report is not None and report.ok and done in report.message, report
-            time.sleep(2.0)
-            after = panel_pixels(page)
-            moved = _steady_pixels_that_moved(frames, before, after)
-            assert len(frames) >= 8  # a screenshot takes 100-250 ms in software WebGL
-            assert max(moved) < 0.002, f"{key}: unchanged pixels moved in frames: " \
-                f"{[round(m, 4) for m in moved]}"
-            redrawn = np.abs(after - before)[:-STATUS_ROWS].max(axis=2) > 12
-            assert redrawn.mean() > 0.001  # the changed segments did change colour
+        big = largest_supervoxel(proof)
+        first, second = _far_apart_in(labels, big)
+        assert driver.press("p", first).ok
+        assert driver.press("Shift+P", second).ok
+        assert driver.press("Shift+K").ok  # the preview, then Enter with the mouse not moved
+        time.sleep(1.5)
+        _only_the_changed_redrawn(page, driver, "Enter", f"supervoxel {big} divided",
+                                  voxels_loaded)
+        off_the_segments()
+        _only_the_changed_redrawn(page, driver, "u", "undid split-supervoxel", voxels_loaded)
         session.reset_view()
+
+
+def _far_apart_in(labels: np.ndarray, supervoxel: int) -> tuple[tuple, tuple]:
+    """Two voxels of a supervoxel far apart in the section where it is largest."""
+    z = int(np.argmax((labels == supervoxel).sum(axis=(1, 2))))
+    voxels = np.argwhere(labels[z] == supervoxel)
+    far = voxels[np.argmax(np.abs(voxels - voxels[0]).sum(1))]
+    return (z,) + tuple(int(v) for v in voxels[0]), (z,) + tuple(int(v) for v in far)
 
 
 def _side_masks(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -280,3 +280,46 @@ def test_only_chunks_of_the_served_grid_are_read_and_the_cache_stays_bounded(seg
     for i in range(6):
         source.chunk(key, f"0-{cx}_0-{cy}_{i * cz}-{min((i + 1) * cz, z)}")
     assert source._cached_bytes <= 3 * cx * cy * cz * 8 and len(source._cache) < 6
+
+
+def test_a_division_loads_the_new_voxels_out_of_sight_and_then_draws_them(segmented_session,
+                                                                       monkeypatch):
+    """The viewer keeps drawing the old voxels while a hidden layer loads the divided ones,
+    and swaps once the browser has stopped asking for their chunks (long before the limit)."""
+    import server.app
+    from server.viewer import UPDATING_LAYER
+
+    monkeypatch.setattr(server.app, "VOXELS_LOAD_LIMIT", 120.0)
+    session = segmented_session
+    proof = session.proofreading
+    labels = proof.supervoxels.read(slice(None), slice(None), slice(None))
+    supervoxel = int(labels[40, 125, 125])
+    voxels = np.argwhere(labels[40] == supervoxel)
+    first = (40,) + tuple(int(v) for v in voxels[0])
+    second = (40,) + tuple(int(v) for v in voxels[np.argmax(np.abs(voxels - voxels[0]).sum(1))])
+    old_url = str(session.viewer.state.layers[SEGMENTATION_LAYER].source[0].url)
+    try:
+        session.service.split_supervoxel("proofreader", [first], [second])
+        new_url = session.source_url("segmentation")
+        state = session.viewer.state
+        assert new_url != old_url and str(state.layers[SEGMENTATION_LAYER].source[0].url) \
+            == old_url
+        loading = state.layers[UPDATING_LAYER]
+        assert str(loading.source[0].url) == new_url and loading.selected_alpha == 0
+        assert loading.equivalences.to_json() == \
+            state.layers[SEGMENTATION_LAYER].equivalences.to_json()
+        served = f"/segments/g{session.membership_view.generation}"
+        key = json.loads(request(session, f"{served}/info")[1])["scales"][0]["key"]
+        request(session, f"{served}/{key}/0-64_64-128_0-64")  # the browser asks for a chunk
+        deadline = time.monotonic() + 60  # half the limit: the swap follows the requests
+        while UPDATING_LAYER in session.viewer.state.layers and time.monotonic() < deadline:
+            time.sleep(0.05)
+        state = session.viewer.state
+        assert UPDATING_LAYER not in state.layers
+        assert str(state.layers[SEGMENTATION_LAYER].source[0].url) == new_url
+    finally:
+        session.service.undo("proofreader")
+        deadline = time.monotonic() + 30  # the undo's voxels swapped in by the limit
+        monkeypatch.setattr(server.app, "VOXELS_LOAD_LIMIT", 0.0)
+        while UPDATING_LAYER in session.viewer.state.layers and time.monotonic() < deadline:
+            time.sleep(0.05)
