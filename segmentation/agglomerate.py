@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -38,16 +38,41 @@ def check_thresholds(thresholds: Sequence[float]) -> list[float]:
     return sorted(values)
 
 
+class QuantileScore:
+    """waterz's score: one minus a quantile of the contact's affinities."""
+
+    of_regions = False  # scores depend on the contact alone, not on the regions' own stats
+
+    def __init__(self, quantile: float = 0.5):
+        if not 0.0 <= quantile <= 1.0:
+            raise InputError(f"the agglomeration quantile must lie in [0, 1], got {quantile}")
+        self.quantile = quantile
+
+    def start(self, rag: Rag, hist: np.ndarray) -> None:
+        """Called once before the first score, with the dense edge histograms."""
+
+    def scores(self, hist: np.ndarray, edges: np.ndarray, a: np.ndarray,
+               b: np.ndarray) -> np.ndarray:
+        """Scores of ``edges`` (rows of ``hist``) between regions ``a`` and ``b``."""
+        return initial_scores(hist[edges], self.quantile)
+
+    def merged(self, keep: int, gone: int, edge: int, hist: np.ndarray) -> None:
+        """Region ``gone`` joined ``keep`` across ``edge`` (before histograms are added)."""
+
+
 def agglomerate(rag: Rag, thresholds: Sequence[float], quantile: float = 0.5,
                 merge_pairs: Iterable[tuple[int, int]] = (),
-                split_pairs: Iterable[tuple[int, int]] = ()) -> Agglomeration:
+                split_pairs: Iterable[tuple[int, int]] = (),
+                score: Optional[QuantileScore] = None) -> Agglomeration:
+    """Merge lowest score first while it stays at or below each threshold in turn; ``score``
+    (default: the ``quantile`` of affinities) rescores the edges of every merged region."""
     thresholds = check_thresholds(thresholds)
-    if not 0.0 <= quantile <= 1.0:
-        raise InputError(f"the agglomeration quantile must lie in [0, 1], got {quantile}")
+    scorer = score if score is not None else QuantileScore(quantile)
     n = rag.num_nodes
     parent = list(range(n))
     a_index, b_index = rag.edge_index()
     hist = _dense_histograms(rag)
+    scorer.start(rag, hist)
     neighbours: list[dict[int, int]] = [dict() for _ in range(n)]
     for e, (a, b) in enumerate(zip(a_index.tolist(), b_index.tolist())):
         neighbours[a][b] = e
@@ -67,36 +92,39 @@ def agglomerate(rag: Rag, thresholds: Sequence[float], quantile: float = 0.5,
             parent[i], i = root, parent[i]
         return root
 
-    def score(e: int) -> float:
-        cumulative = hist[e].cumsum()
-        index = int(cumulative.searchsorted(quantile * cumulative[-1] - 1e-9))
-        return 1.0 - (index + 0.5) / BINS
-
     version = [0] * len(hist)
-    queue = list(zip(initial_scores(hist, quantile).tolist(), range(len(hist)), version,
-                     a_index.tolist(), b_index.tolist()))
+    queue = list(zip(scorer.scores(hist, np.arange(len(hist)), a_index, b_index).tolist(),
+                     range(len(hist)), version, a_index.tolist(), b_index.tolist()))
     heapq.heapify(queue)
 
     def merge(keep: int, gone: int) -> None:
         if len(neighbours[keep]) < len(neighbours[gone]):
             keep, gone = gone, keep
         parent[gone] = keep
+        scorer.merged(keep, gone, neighbours[keep].get(gone, -1), hist)
         neighbours[keep].pop(gone, None)
         neighbours[gone].pop(keep, None)
+        others = list(neighbours[gone])
         for other, e in neighbours[gone].items():
             del neighbours[other][gone]
             existing = neighbours[keep].get(other)
             if existing is None:
                 neighbours[keep][other] = e
                 neighbours[other][keep] = e
-                target = e
             else:
                 hist[existing] += hist[e]
                 version[e] += 1  # retired
-                target = existing
-            version[target] += 1
-            heapq.heappush(queue, (score(target), target, version[target], keep, other))
         neighbours[gone] = {}
+        if scorer.of_regions:  # every edge of the merged region: its region changed
+            others = list(neighbours[keep])
+        if others:
+            targets = [neighbours[keep][o] for o in others]
+            for t in targets:
+                version[t] += 1
+            rescored = scorer.scores(hist, np.array(targets), np.full(len(others), keep),
+                                     np.array(others))
+            for t, other, value in zip(targets, others, rescored.tolist()):
+                heapq.heappush(queue, (value, t, version[t], keep, other))
         for other in forbidden[gone]:
             forbidden[other].discard(gone)
             forbidden[other].add(keep)

@@ -1,0 +1,98 @@
+"""The learned merge decision: features, the oracle's training set and the agglomeration."""
+
+import numpy as np
+import pytest
+
+from segmentation import edge_classifier
+from segmentation.errors import InputError
+from segmentation.metrics import Contingency
+from segmentation.rag import BINS, block_contacts, block_node_stats, build_rag
+
+
+def cubes(seed: int = 0):
+    """Supervoxels: 4-voxel cubes on an 8 x 16 x 16 grid; neurons: pairs of cubes side by side
+    in x, through all of z. Affinities (noisy) are high inside a neuron and low between
+    neurons, except for a few strong wrong contacts: (supervoxels, neurons, affinities)."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.indices((8, 16, 16))
+    supervoxels = (1 + (z // 4) * 16 + (y // 4) * 4 + x // 4).astype(np.uint64)
+    neurons = (1 + (y // 4) * 2 + x // 8).astype(np.uint64)
+    affinities = np.zeros((3, 8, 16, 16), np.uint8)
+    for c in range(3):
+        lower = np.roll(neurons, 1, axis=c)
+        same = neurons == lower
+        value = np.where(same, rng.uniform(0.55, 1.0, same.shape), rng.uniform(0.0, 0.6,
+                                                                               same.shape))
+        affinities[c] = np.round(value * 255).astype(np.uint8)
+    return supervoxels, neurons, affinities
+
+
+def rag_of(supervoxels, affinities):
+    return build_rag(block_node_stats(supervoxels, (0, 0, 0)),
+                     block_contacts(supervoxels, affinities, (0, 0, 0)))
+
+
+def labels_of(rag, supervoxels, neurons):
+    table = Contingency.of(neurons, supervoxels)
+    return edge_classifier.majority_labels(rag, table.gt, table.seg, table.count)
+
+
+def test_features_are_the_same_whichever_region_comes_first():
+    rng = np.random.default_rng(1)
+    contact = rng.integers(0, 20, (5, BINS))
+    sizes = rng.integers(10, 1000, (2, 5)).astype(float)
+    boundary = rng.integers(0, 50, (2, 5, BINS)).astype(float)
+    forward = edge_classifier.edge_features(contact, sizes[0], sizes[1], boundary[0],
+                                            boundary[1])
+    backward = edge_classifier.edge_features(contact, sizes[1], sizes[0], boundary[1],
+                                             boundary[0])
+    assert forward.shape == (5, len(edge_classifier.FEATURES))
+    np.testing.assert_allclose(forward, backward)
+
+
+def test_the_oracle_s_training_set_holds_grown_regions_and_true_targets():
+    supervoxels, neurons, affinities = cubes()
+    rag = rag_of(supervoxels, affinities)
+    labels = labels_of(rag, supervoxels, neurons)
+    features, same = edge_classifier.training_set(rag, labels, np.ones(rag.num_nodes, bool))
+    assert len(features) > rag.num_edges  # the initial edges, then those of merged regions
+    assert 0 < same.mean() < 1
+    larger = features[:, edge_classifier.FEATURES.index("log larger size")]
+    assert larger.max() > np.log1p(rag.size.max())  # regions grew as the oracle merged them
+
+
+def test_learned_agglomeration_recovers_the_neurons_and_honours_constraints():
+    supervoxels, neurons, affinities = cubes()
+    rag = rag_of(supervoxels, affinities)
+    labels = labels_of(rag, supervoxels, neurons)
+    booster = edge_classifier.train(*edge_classifier.training_set(
+        rag, labels, np.ones(rag.num_nodes, bool)), trees=50)
+    test_supervoxels, test_neurons, test_affinities = cubes(seed=7)  # other noise
+    test_rag = rag_of(test_supervoxels, test_affinities)
+    truth = labels_of(test_rag, test_supervoxels, test_neurons)
+    (membership,) = edge_classifier.agglomerate_learned(test_rag, booster, [0.5]).memberships
+    pairs = {(int(t), int(m)) for t, m in zip(truth, membership)}
+    assert len(pairs) == len(set(truth.tolist())) == len(set(membership.tolist()))
+    first, second = (int(v) for v in test_rag.ids[truth == truth[0]][:2])
+    (kept_apart,) = edge_classifier.agglomerate_learned(
+        test_rag, booster, [0.5], split_pairs=[(first, second)]).memberships
+    index = test_rag.node_index([first, second])
+    assert kept_apart[index[0]] != kept_apart[index[1]]
+
+
+def test_a_saved_classifier_loads_and_one_for_other_features_is_refused(tmp_path):
+    supervoxels, neurons, affinities = cubes()
+    rag = rag_of(supervoxels, affinities)
+    labels = labels_of(rag, supervoxels, neurons)
+    features, same = edge_classifier.training_set(rag, labels, np.ones(rag.num_nodes, bool))
+    booster = edge_classifier.train(features, same, trees=10)
+    path = tmp_path / "edges.txt"
+    edge_classifier.save(booster, path, {"data": "cubes"})
+    loaded = edge_classifier.load(path)
+    np.testing.assert_allclose(loaded.predict(features[:20]), booster.predict(features[:20]))
+    meta = path.with_suffix(".json")
+    meta.write_text(meta.read_text().replace("log contact faces", "something else"))
+    with pytest.raises(InputError, match="other features"):
+        edge_classifier.load(path)
+    with pytest.raises(InputError, match="both merges and non-merges"):
+        edge_classifier.train(features, np.ones(len(features), bool))
