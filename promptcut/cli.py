@@ -232,13 +232,16 @@ def _open_session(config):
 
 def cmd_agglomerate(args: argparse.Namespace) -> int:
     from promptcut.config import load_config
+    from promptcut.segmenting import edge_model
+    from segmentation.edge_classifier import merge_score
     from segmentation.proofread import reagglomerate
 
     config = load_config(args.config)
     with project_lock(config.project_dir, "agglomerate"):
         project, session = _open_session(config)
         a = config.segment.agglomeration
-        result = reagglomerate(project, session, a.thresholds, a.quantile, a.default_threshold)
+        result = reagglomerate(project, session, a.thresholds, a.default_threshold,
+                               merge_score(edge_model(config), a.quantile))
     print(result)
     return 0
 
@@ -287,6 +290,33 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--export", type=Path, metavar="FILE",
                    help="then write the best checkpoint's weights (no optimiser state) here")
+    p.add_argument("--edges", type=Path, metavar="FILE", nargs="?", const=Path(""),
+                   help="train the edge classifier of the learned agglomeration instead, on "
+                        "the segmented project's RAG, and write it here (default: "
+                        "<project>/models/edges.txt)")
+
+
+def _train_edges(config, truth, output: Path) -> int:
+    from segmentation.edge_training import best, train_edges
+    from segmentation.project import Project
+
+    output = output if str(output) else config.project_dir / "models" / "edges.txt"
+    with _open_input(config.source_location(truth), truth.key, "segmentation",
+                     config.dataset.voxel_size) as labels:
+        truth_labels = labels.read(slice(None), slice(None), slice(None))
+    with project_lock(config.project_dir, "train"):
+        found = train_edges(Project.open(config.project_dir), truth_labels, output,
+                            config.train.validation_slices,
+                            list(config.segment.agglomeration.thresholds))
+    start, stop = found["validation_sections"]
+    for method, rows in found["validation"].items():
+        b = best(rows)
+        print(f"{method:>9}: best VOI on sections {start}-{stop - 1} {b['voi']:.3f} (split "
+              f"{b['voi_split']:.3f}, merge {b['voi_merge']:.3f}), ARAND {b['arand']:.3f} at "
+              f"threshold {b['threshold']}")
+    print(f"edge classifier written to {output} (metadata: {output.with_suffix('.json')}); "
+          f"use it with segment.agglomeration.method: learned and edge_model: {output}")
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -300,6 +330,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     truth = config.dataset.ground_truth
     if truth is None:
         raise InputError("training needs labels: set dataset.ground_truth in the config")
+    if args.edges is not None:
+        return _train_edges(config, truth, args.edges)
     t = asdict(config.train)
     output = config.project_dir / (t.pop("output") or f"models/{t['model']}")
     if args.iterations:

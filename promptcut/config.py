@@ -55,8 +55,12 @@ class SupervoxelConfig:
 @dataclass
 class AgglomerationConfig:
     thresholds: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7])
-    quantile: float = 0.5
+    quantile: float = 0.5  # quantile: the affinity quantile whose complement is the score
     default_threshold: float = 0.5
+    # the merge order: one minus an affinity quantile (waterz's), or one minus the edge
+    # classifier's merge probability (GALA's); its thresholds then are 1 - probability
+    method: Literal["quantile", "learned"] = "quantile"
+    edge_model: Optional[str] = None  # learned: relative to this config; None: the shipped one
 
 
 @dataclass

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 from promptcut.config import Config
 from promptcut.setup_project import prepare_project
 from segmentation.blockwise import Runner, default_workers
-from segmentation.errors import InputError
+from segmentation.edge_classifier import SHIPPED_EDGE_MODEL
+from segmentation.errors import ConfigError, InputError
 from segmentation.models.learned import make_model
 from segmentation.pipeline import PipelineParams, PipelineReport, segment
 from segmentation.editlog import remove_log
 from segmentation.proofread import LOG_NAME, edit_count
 from segmentation.proofread import archive_log as archive_log_file
 from segmentation.supervoxels import SupervoxelParams
+
+
+def edge_model(config: Config) -> Optional[Path]:
+    """The edge classifier the config's agglomeration uses (None: the quantile order)."""
+    a = config.segment.agglomeration
+    if a.method != "learned":
+        return None
+    path = config.resolve(a.edge_model) if a.edge_model else SHIPPED_EDGE_MODEL
+    if not path.is_file():
+        raise ConfigError(f"config key 'segment.agglomeration.edge_model': no edge classifier "
+                          f"at {path}")
+    return path
 
 
 def pipeline_params(config: Config) -> PipelineParams:
@@ -23,7 +37,7 @@ def pipeline_params(config: Config) -> PipelineParams:
         supervoxels=SupervoxelParams(**vars(s.supervoxels)),
         thresholds=list(s.agglomeration.thresholds), quantile=s.agglomeration.quantile,
         default_threshold=s.agglomeration.default_threshold, meshes=s.meshes,
-        mesh_reduction=s.mesh_reduction)
+        mesh_reduction=s.mesh_reduction, edge_model=edge_model(config))
 
 
 def run_segment(config: Config, reuse_affinities: bool = False, if_needed: bool = False,

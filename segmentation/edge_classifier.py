@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 import numpy as np
+import scipy.sparse
 
-from segmentation.agglomerate import Agglomeration, agglomerate
+from segmentation.agglomerate import Agglomeration, QuantileScore, agglomerate
 from segmentation.errors import InputError
 from segmentation.rag import BINS, Rag
 
+SHIPPED_EDGE_MODEL = Path(__file__).parent / "models" / "weights" / "edges_demo_v1.txt"
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 COARSE = 8  # histogram bins kept as features
 CENTRES = (np.arange(BINS) + 0.5) / BINS
@@ -28,7 +31,10 @@ FEATURES = ([f"contact affinity q{int(q * 100)}" for q in QUANTILES] + ["contact
                "contact / smaller size^(2/3)", "contact / smaller boundary",
                "contact / larger boundary", "smaller boundary median - contact median",
                "smaller boundary mean - contact mean", "larger boundary median - contact median",
-               "larger boundary mean - contact mean"])
+               "larger boundary mean - contact mean"]
+            + [f"{which} extent {axis}" for which in ("smaller", "larger") for axis in "zyx"]
+            + ["centroid distance / smaller size^(1/3)",
+               "centroid distance / larger size^(1/3)"])
 
 
 def _median_and_mean(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -38,9 +44,11 @@ def _median_and_mean(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def edge_features(contact: np.ndarray, size_a: np.ndarray, size_b: np.ndarray,
-                  boundary_a: np.ndarray, boundary_b: np.ndarray) -> np.ndarray:
-    """(k, len(FEATURES)) from contact histograms (k, BINS), region sizes (k,) and each
-    region's whole-boundary histogram (k, BINS); symmetric in a and b."""
+                  boundary_a: np.ndarray, boundary_b: np.ndarray, extent_a: np.ndarray,
+                  extent_b: np.ndarray, distance: np.ndarray) -> np.ndarray:
+    """(k, len(FEATURES)) from contact histograms (k, BINS), region sizes (k,), each region's
+    whole-boundary histogram (k, BINS) and bounding-box extent (k, 3), and the distance of
+    their centroids (k,); symmetric in a and b."""
     contact = contact.astype(np.float64)
     faces = contact.sum(axis=1)
     total = np.maximum(faces, 1)[:, None]
@@ -58,6 +66,9 @@ def edge_features(contact: np.ndarray, size_a: np.ndarray, size_b: np.ndarray,
     for side in sides:
         side_median, side_mean = _median_and_mean(side.astype(np.float64))
         columns += [side_median - median, side_mean - mean]
+    columns += [np.where(a_smaller[:, None], extent_a, extent_b),
+                np.where(a_smaller[:, None], extent_b, extent_a),
+                distance / np.cbrt(np.maximum(small, 1)), distance / np.cbrt(np.maximum(large, 1))]
     return np.column_stack(columns)
 
 
@@ -75,16 +86,24 @@ class LearnedScore:
     def start(self, rag: Rag, hist: np.ndarray) -> None:
         a, b = rag.edge_index()
         self.size = rag.size.astype(np.float64).copy()
-        self.boundary = np.zeros((rag.num_nodes, BINS), np.float64)
-        np.add.at(self.boundary, a, hist)
-        np.add.at(self.boundary, b, hist)
+        edges = np.arange(len(a))  # node x edge incidence, times the edge histograms
+        incidence = scipy.sparse.csr_matrix(
+            (np.ones(2 * len(a)), (np.r_[a, b], np.r_[edges, edges])),
+            shape=(rag.num_nodes, len(a)))
+        self.boundary = np.asarray(incidence @ hist.astype(np.float64))
+        self.lo = rag.bbox[:, :3].astype(np.float64).copy()
+        self.hi = rag.bbox[:, 3:].astype(np.float64).copy()
+        self.coord_sum = rag.centroid.astype(np.float64) * self.size[:, None]
 
     def scores(self, hist: np.ndarray, edges: np.ndarray, a: np.ndarray,
                b: np.ndarray) -> np.ndarray:
         if len(edges) == 0:
             return np.zeros(0)
+        distance = np.linalg.norm(self.coord_sum[a] / self.size[a, None]
+                                  - self.coord_sum[b] / self.size[b, None], axis=1)
         features = edge_features(hist[edges], self.size[a], self.size[b], self.boundary[a],
-                                 self.boundary[b])
+                                 self.boundary[b], self.hi[a] - self.lo[a],
+                                 self.hi[b] - self.lo[b], distance)
         if self.record:
             self.rows.append(features)
             self.pairs.append(np.stack([a, b], axis=1))
@@ -94,6 +113,9 @@ class LearnedScore:
 
     def merged(self, keep: int, gone: int, edge: int, hist: np.ndarray) -> None:
         self.size[keep] += self.size[gone]
+        self.coord_sum[keep] += self.coord_sum[gone]
+        self.lo[keep] = np.minimum(self.lo[keep], self.lo[gone])
+        self.hi[keep] = np.maximum(self.hi[keep], self.hi[gone])
         self.boundary[keep] += self.boundary[gone]
         if edge >= 0:  # the faces between them are no longer boundary
             self.boundary[keep] -= 2 * hist[edge]
@@ -113,14 +135,14 @@ def majority_labels(rag: Rag, truth_ids: np.ndarray, segment_ids: np.ndarray,
     return labels
 
 
-def training_set(rag: Rag, labels: np.ndarray, use: np.ndarray
+def training_set(rag: Rag, labels: np.ndarray, use: np.ndarray, booster=None
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Features and same-neuron targets of the edges an oracle agglomeration meets: every
     merge of two ground-truth neurons forbidden, regions grown in quantile order. ``use``
     marks the nodes (e.g. of the training sections) whose edges become rows."""
     a, b = rag.edge_index()
     wrong = (labels[a] != labels[b]) | (labels[a] == 0)
-    recorder = LearnedScore(None, record=True)
+    recorder = LearnedScore(booster, record=True)
     agglomerate(rag, [1.0], split_pairs=zip(rag.ids[a[wrong]].tolist(),
                                             rag.ids[b[wrong]].tolist()), score=recorder)
     rows, pairs = np.concatenate(recorder.rows), np.concatenate(recorder.pairs)
@@ -130,14 +152,27 @@ def training_set(rag: Rag, labels: np.ndarray, use: np.ndarray
     return rows[keep], same[keep]
 
 
-def train(features: np.ndarray, targets: np.ndarray, trees: int = 200, leaves: int = 31,
+def fit(rag: Rag, labels: np.ndarray, use: np.ndarray, epochs: int = 2, trees: int = 100):
+    """Train, then replay in the trained classifier's own order and train again on all rows
+    so far (GALA's epochs): it learns the regions its own merges make."""
+    features, targets = training_set(rag, labels, use)
+    booster = train(features, targets, trees)
+    for _ in range(1, epochs):
+        more, more_targets = training_set(rag, labels, use, booster)
+        features = np.concatenate([features, more])
+        targets = np.concatenate([targets, more_targets])
+        booster = train(features, targets, trees)
+    return booster
+
+
+def train(features: np.ndarray, targets: np.ndarray, trees: int = 100, leaves: int = 31,
           seed: int = 0):
     """A LightGBM booster predicting P(same neuron)."""
     import lightgbm
 
     if len(np.unique(targets)) < 2:
         raise InputError("the edge classifier needs both merges and non-merges to learn from")
-    params = {"objective": "binary", "num_leaves": leaves, "learning_rate": 0.05,
+    params = {"objective": "binary", "num_leaves": leaves, "learning_rate": 5.0 / trees,
               "seed": seed, "deterministic": True, "num_threads": 2, "verbose": -1}
     return lightgbm.train(params, lightgbm.Dataset(features, targets.astype(np.float64)),
                           num_boost_round=trees)
@@ -161,6 +196,12 @@ def load(path: Path):
     if meta.is_file() and json.loads(meta.read_text()).get("features") != FEATURES:
         raise InputError(f"{path} was trained on other features than this version computes")
     return lightgbm.Booster(model_file=str(path))
+
+
+def merge_score(edge_model: Optional[Path], quantile: float = 0.5):
+    """The agglomeration's score: the classifier saved at ``edge_model``, or (None) one minus
+    the affinity quantile."""
+    return QuantileScore(quantile) if edge_model is None else LearnedScore(load(edge_model))
 
 
 def agglomerate_learned(rag: Rag, booster, thresholds, merge_pairs=(), split_pairs=(),

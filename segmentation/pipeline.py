@@ -29,6 +29,7 @@ from scipy.sparse.csgraph import connected_components
 
 from segmentation.affinities import AffinityModel, boundary_from_affinities, quantize
 from segmentation.agglomerate import Agglomeration, agglomerate, check_thresholds
+from segmentation.edge_classifier import merge_score
 from segmentation.atomic import atomic_directory
 from segmentation.blockwise import Block, Runner, make_blocks
 from segmentation.errors import InputError
@@ -55,6 +56,7 @@ class PipelineParams:
     default_threshold: float = 0.5
     meshes: bool = True
     mesh_reduction: int = 10
+    edge_model: Optional[Path] = None  # the learned merge order's classifier; None: quantile
 
     def validate(self, shape: Sequence[int]) -> None:
         self.supervoxels.validate()
@@ -149,7 +151,8 @@ def segment(project: Project, model: Optional[AffinityModel], params: PipelinePa
                                     params.mesh_reduction, desc="meshes")
                 write_mesh_manifests(scratch, meshes)
     with timer("agglomerate"):
-        result = agglomerate(rag, params.thresholds, params.quantile)
+        result = agglomerate(rag, params.thresholds,
+                             score=merge_score(params.edge_model, params.quantile))
         save_segments(project.root / "segments.npz", rag.ids, result, params.default_threshold)
     project.manifest.volumes["segmentation"] = VolumeRef(target.name, "precomputed",
                                                          "promptcut segment",

@@ -129,7 +129,7 @@ def archive_log(project: Project) -> Path:
 
 
 def reagglomerate(project: Project, session: ProofreadingSession, thresholds: list[float],
-                  quantile: float, default_threshold: float) -> str:
+                  default_threshold: float, score) -> str:
     """Agglomerate again with the confirmed edges merged first and the separated ones never
     merged. Supervoxels that edits divided stay divided: their divisions move from the log
     into the project (the RAG gets their pieces, the supervoxels read them). The old log, whose
@@ -139,8 +139,8 @@ def reagglomerate(project: Project, session: ProofreadingSession, thresholds: li
     divisions = session.active_divisions()
     for split in divisions:
         rag = rag.divided(split.supervoxel, split.patch)
-    result = agglomerate(rag, thresholds, quantile, merge_pairs=confirmed,
-                         split_pairs=separated)
+    result = agglomerate(rag, thresholds, merge_pairs=confirmed, split_pairs=separated,
+                         score=score)
     if divisions:
         write_divisions(project, read_divisions(project) + divisions)
         rag.save(project.root / "rag.npz")

@@ -42,10 +42,12 @@ def test_features_are_the_same_whichever_region_comes_first():
     contact = rng.integers(0, 20, (5, BINS))
     sizes = rng.integers(10, 1000, (2, 5)).astype(float)
     boundary = rng.integers(0, 50, (2, 5, BINS)).astype(float)
+    extent = rng.integers(1, 30, (2, 5, 3)).astype(float)
+    distance = rng.uniform(0, 20, 5)
     forward = edge_classifier.edge_features(contact, sizes[0], sizes[1], boundary[0],
-                                            boundary[1])
+                                            boundary[1], extent[0], extent[1], distance)
     backward = edge_classifier.edge_features(contact, sizes[1], sizes[0], boundary[1],
-                                             boundary[0])
+                                             boundary[0], extent[1], extent[0], distance)
     assert forward.shape == (5, len(edge_classifier.FEATURES))
     np.testing.assert_allclose(forward, backward)
 

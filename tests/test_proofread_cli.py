@@ -173,3 +173,37 @@ def test_export_replaces_an_earlier_export_only_when_asked(edited, tmp_path, cap
     assert not (out / "marker").exists() and (out / "export.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("export")) == [
         "export"]
+
+
+def _with(config_path, change) -> None:
+    data = yaml.safe_load(config_path.read_text())
+    change(data)
+    config_path.write_text(yaml.safe_dump(data))
+
+
+def test_train_edges_then_agglomerate_in_the_learned_order(fresh_copy, tmp_path, capsys):
+    """`train --edges` fits the classifier on the project's graph and reports both orders on
+    the held-out sections; `agglomerate` with method learned then uses it."""
+    config_path, project = fresh_copy
+    _with(config_path, lambda d: d["dataset"].update(
+        ground_truth={"path": str(DEMO_H5), "key": "labels"}))
+    model = tmp_path / "edges.txt"
+    assert main(["train", "--config", str(config_path), "--edges", str(model)]) == 0
+    printed = capsys.readouterr().out
+    assert "quantile: best VOI on sections 120-159" in printed and "learned:" in printed
+    meta = json.loads(model.with_suffix(".json").read_text())
+    assert meta["training_sections"] == [0, 120] and len(meta["validation"]["learned"]) > 1
+    quantile = Segments.load(project.root / "segments.npz").membership
+    _with(config_path, lambda d: d.setdefault("segment", {}).setdefault(
+        "agglomeration", {}).update(method="learned", edge_model=str(model)))
+    assert main(["agglomerate", "--config", str(config_path)]) == 0
+    learned = Segments.load(project.root / "segments.npz").membership
+    assert any((a != b).any() for a, b in zip(quantile, learned))  # another order
+
+
+def test_a_learned_order_without_its_classifier_names_the_key(fresh_copy, capsys):
+    config_path, _ = fresh_copy
+    _with(config_path, lambda d: d.setdefault("segment", {}).setdefault(
+        "agglomeration", {}).update(method="learned", edge_model="no/such/edges.txt"))
+    assert main(["agglomerate", "--config", str(config_path)]) == 2
+    assert "segment.agglomeration.edge_model" in capsys.readouterr().err
