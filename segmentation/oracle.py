@@ -27,6 +27,7 @@ import edt
 import numpy as np
 
 from segmentation.errors import PromptcutError
+from segmentation.focus import ranked_questions
 from segmentation.metrics import Contingency, Scores
 
 Point = tuple[int, int, int]
@@ -271,3 +272,30 @@ def connected_pieces_floor(truth: np.ndarray) -> Scores:
 
     pieces = cc3d.connected_components(truth, connectivity=6, out_dtype=np.uint64)
     return Contingency.of(truth, pieces).scores()
+
+
+def simulate_focused(rag, segment_of_node: np.ndarray, booster, table: Contingency,
+                     decisions: int, within=None) -> list[Scores]:
+    """The focused policy: an oracle answers the queue's questions from the ground truth
+    (yes when both segments are mostly one neuron), ``decisions`` times. ``table`` holds the
+    (ground truth, supervoxel) overlaps to score and to answer from; returns the scores after
+    0, 1, 2, ... decisions."""
+    membership = np.asarray(segment_of_node, np.uint64).copy()
+    decided: set = set()
+
+    def current() -> Contingency:
+        return table.relabelled(rag.ids, membership)
+
+    scores = [current().scores()]
+    for _ in range(decisions):
+        questions = ranked_questions(rag, membership, booster, decided, within, limit=1)
+        if not questions:
+            break
+        first, second = questions[0].segments
+        owner = _majority(current())
+        if owner.get(first, 0) == owner.get(second, -1) != 0:
+            membership[membership == np.uint64(second)] = first  # yes: merged
+        else:
+            decided.add((first, second))  # no: kept apart, never asked again
+        scores.append(current().scores())
+    return scores

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from segmentation import edge_classifier
+from segmentation import edge_classifier, focus
 from segmentation.errors import InputError
 from segmentation.metrics import Contingency
+from segmentation.oracle import simulate_focused
 from segmentation.rag import BINS, block_contacts, block_node_stats, build_rag
 
 
@@ -98,3 +99,30 @@ def test_a_saved_classifier_loads_and_one_for_other_features_is_refused(tmp_path
         edge_classifier.load(path)
     with pytest.raises(InputError, match="both merges and non-merges"):
         edge_classifier.train(features, np.ones(len(features), bool))
+
+
+def test_questions_come_most_valuable_first_and_decided_ones_are_not_asked_again():
+    supervoxels, neurons, affinities = cubes()
+    rag = rag_of(supervoxels, affinities)
+    booster = edge_classifier.train(*edge_classifier.training_set(
+        rag, labels_of(rag, supervoxels, neurons), np.ones(rag.num_nodes, bool)), trees=30)
+    apart = rag.ids.copy()  # every supervoxel its own segment
+    questions = focus.ranked_questions(rag, apart, booster, limit=10)
+    values = [q.value for q in questions]
+    assert len(questions) == 10 and values == sorted(values, reverse=True)
+    again = focus.ranked_questions(rag, apart, booster, decided=[questions[0].segments[::-1]],
+                                   limit=10)
+    assert questions[0].segments not in [q.segments for q in again]
+    assert again[0] == questions[1]
+
+
+def test_an_oracle_answering_the_queue_joins_the_neurons_and_nothing_else():
+    supervoxels, neurons, affinities = cubes()
+    rag = rag_of(supervoxels, affinities)
+    booster = edge_classifier.train(*edge_classifier.training_set(
+        rag, labels_of(rag, supervoxels, neurons), np.ones(rag.num_nodes, bool)), trees=30)
+    table = Contingency.of(neurons, supervoxels)
+    scores = simulate_focused(rag, rag.ids.copy(), booster, table, decisions=200)
+    assert scores[0].voi_split > 1.0 and scores[0].voi_merge == 0
+    assert scores[-1].voi < 1e-9  # every neuron whole, none glued to another
+    assert len(scores) < 201  # the queue ran out of questions worth asking
