@@ -44,7 +44,7 @@ from server.settings import ServeSettings
 log = logging.getLogger(__name__)
 STATIC_DIR = ngview.STATIC_DIR
 OTHERS_STATUS = "promptcut-others"  # the last edit another proofreader made
-VOXELS_QUIET = 0.5  # s without a chunk request: the browser has the new voxels
+VOXELS_QUIET = 1.0  # s without a chunk request: the browser has the new voxels
 VOXELS_LOAD_LIMIT = 10.0  # s: swap anyway
 MOUNTS = {"image": ngview.IMAGE_LAYER, "segmentation": ngview.SEGMENTATION_LAYER}
 PROTOCOL = {"precomputed": "precomputed", "zarr": "zarr2", "n5": "n5"}

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from server.api import DEFAULT_USER
 from server.viewer import SEGMENTATION_LAYER, UPDATING_LAYER
 from tests.browser_util import (Driver, coloured_fraction, inside, panel_box, panel_pixels,
                                 touching_pair, wait_for_panel)
@@ -346,10 +347,15 @@ def test_an_edit_redraws_only_the_segments_it_changed(browser, segmented_session
         assert driver.press("Shift+P", second).ok
         assert driver.press("Shift+K").ok  # the preview, then Enter with the mouse not moved
         time.sleep(1.5)
-        _only_the_changed_redrawn(page, driver, "Enter", f"supervoxel {big} divided",
-                                  voxels_loaded)
-        off_the_segments()
-        _only_the_changed_redrawn(page, driver, "u", "undid split-supervoxel", voxels_loaded)
+        try:
+            _only_the_changed_redrawn(page, driver, "Enter", f"supervoxel {big} divided",
+                                      voxels_loaded)
+            off_the_segments()
+            _only_the_changed_redrawn(page, driver, "u", "undid split-supervoxel",
+                                      voxels_loaded)
+        finally:  # later tests share the session: never leave it divided
+            if not proof.segments_of(np.array([big], np.uint64))[0]:
+                session.service.undo(DEFAULT_USER)
         session.reset_view()
 
 
