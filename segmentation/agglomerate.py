@@ -71,7 +71,7 @@ def agglomerate(rag: Rag, thresholds: Sequence[float], quantile: float = 0.5,
     n = rag.num_nodes
     parent = list(range(n))
     a_index, b_index = rag.edge_index()
-    hist = _dense_histograms(rag)
+    hist = dense_histograms(rag)
     scorer.start(rag, hist)
     neighbours: list[dict[int, int]] = [dict() for _ in range(n)]
     for e, (a, b) in enumerate(zip(a_index.tolist(), b_index.tolist())):
@@ -162,7 +162,7 @@ def initial_scores(hist: np.ndarray, quantile: float) -> np.ndarray:
     return 1.0 - (index + 0.5) / BINS
 
 
-def _dense_histograms(rag: Rag) -> np.ndarray:
+def dense_histograms(rag: Rag) -> np.ndarray:
     """(E, BINS) face counts per edge: merging regions adds rows."""
     hist = np.zeros((rag.num_edges, BINS), np.int32)
     hist[rag.hist_edge, rag.hist_bin] = rag.hist_count

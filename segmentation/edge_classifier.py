@@ -19,6 +19,7 @@ import scipy.sparse
 
 from segmentation.agglomerate import Agglomeration, QuantileScore, agglomerate
 from segmentation.errors import InputError
+from segmentation.metrics import Contingency
 from segmentation.rag import BINS, Rag
 
 SHIPPED_EDGE_MODEL = Path(__file__).parent / "models" / "weights" / "edges_demo_v1.txt"
@@ -121,17 +122,14 @@ class LearnedScore:
             self.boundary[keep] -= 2 * hist[edge]
 
 
-def majority_labels(rag: Rag, truth_ids: np.ndarray, segment_ids: np.ndarray,
-                    counts: np.ndarray) -> np.ndarray:
-    """Each RAG node's ground-truth id of largest overlap (0: none), from contingency rows."""
-    order = np.lexsort((-counts, segment_ids))
-    first = np.ones(len(order), bool)
-    first[1:] = segment_ids[order][1:] != segment_ids[order][:-1]
-    winners = order[first]
+def majority_labels(rag: Rag, table: Contingency) -> np.ndarray:
+    """Each RAG node's ground-truth id of largest overlap (0: none), from a (ground truth,
+    supervoxel) table."""
+    supervoxels, truths = table.owners()
     labels = np.zeros(rag.num_nodes, np.uint64)
-    rows = rag.node_index(segment_ids[winners])
+    rows = rag.node_index(supervoxels)
     found = rows >= 0
-    labels[rows[found]] = truth_ids[winners][found]
+    labels[rows[found]] = truths[found]
     return labels
 
 

@@ -38,7 +38,7 @@ def train_edges(project: Project, truth: np.ndarray, output: Path, validation_sl
                          f"validate on, got {validation_slices} of {truth.shape[0]}")
     rag = Rag.load(project.root / "rag.npz")
     seen = Contingency.of(truth[:split], supervoxels[:split])
-    labels = edge_classifier.majority_labels(rag, seen.gt, seen.seg, seen.count)
+    labels = edge_classifier.majority_labels(rag, seen)
     started = time.perf_counter()
     booster = edge_classifier.fit(rag, labels, rag.centroid[:, 0] < split - MARGIN, epochs)
     seconds = time.perf_counter() - started

@@ -15,8 +15,9 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
+from segmentation.agglomerate import dense_histograms
 from segmentation.edge_classifier import LearnedScore
-from segmentation.rag import BINS, Rag
+from segmentation.rag import Rag
 
 Pair = tuple[int, int]
 
@@ -43,8 +44,7 @@ def ranked_questions(rag: Rag, segment_of_node: np.ndarray, booster,
     graph = rag.relabelled(np.asarray(segment_of_node, np.uint64))
     if graph.num_edges == 0:
         return []
-    hist = np.zeros((graph.num_edges, BINS), np.float64)
-    hist[graph.hist_edge, graph.hist_bin] = graph.hist_count
+    hist = dense_histograms(graph)
     scorer = LearnedScore(booster)
     scorer.start(graph, hist)
     a, b = graph.edge_index()

@@ -67,13 +67,17 @@ class Contingency:
         found = (ids[index] == self.seg) if len(ids) else np.zeros(len(self.seg), bool)
         return self.regrouped(np.where(found, new_ids[index] if len(ids) else 0, self.seg))
 
-    def best_merge(self) -> "Contingency":
-        """Each segment given to the ground-truth id it overlaps most."""
+    def owners(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each segment (ascending) and the ground-truth id it overlaps most."""
         order = np.lexsort((-self.count, self.seg))
         first = np.ones(len(order), bool)
         first[1:] = self.seg[order][1:] != self.seg[order][:-1]
         winners = order[first]
-        return self.relabelled(self.seg[winners], self.gt[winners])
+        return self.seg[winners], self.gt[winners]
+
+    def best_merge(self) -> "Contingency":
+        """Each segment given to the ground-truth id it overlaps most."""
+        return self.relabelled(*self.owners())
 
     def scores(self) -> Scores:
         _, gi = np.unique(self.gt, return_inverse=True)
@@ -141,12 +145,7 @@ def _nonzero(p: np.ndarray) -> np.ndarray:
 def best_merge(gt: np.ndarray, supervoxels: np.ndarray) -> np.ndarray:
     """Each supervoxel given to the ground-truth neuron it overlaps most: the best that merging
     alone can reach, and so the ceiling that a supervoxel set puts on proofreading."""
-    table = Contingency.of(gt, supervoxels)
-    order = np.lexsort((-table.count, table.seg))
-    first = np.ones(len(order), bool)
-    first[1:] = table.seg[order][1:] != table.seg[order][:-1]
-    winners = order[first]
-    ids, owners = table.seg[winners], table.gt[winners]
+    ids, owners = Contingency.of(gt, supervoxels).owners()
     flat = supervoxels.ravel().astype(np.uint64)
     index = np.minimum(np.searchsorted(ids, flat), max(len(ids) - 1, 0))
     found = ids[index] == flat if len(ids) else np.zeros(flat.shape, bool)

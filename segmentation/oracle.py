@@ -215,11 +215,8 @@ def _extent(flags: np.ndarray) -> slice:
 
 def _majority(table: Contingency) -> dict[int, int]:
     """Segment -> the neuron it overlaps most."""
-    order = np.lexsort((-table.count, table.seg))
-    first = np.ones(len(order), bool)
-    first[1:] = table.seg[order][1:] != table.seg[order][:-1]
-    winners = order[first]
-    return dict(zip(table.seg[winners].tolist(), table.gt[winners].tolist()))
+    segments, neurons = table.owners()
+    return dict(zip(segments.tolist(), neurons.tolist()))
 
 
 def session_operations(session, user: str) -> dict[str, Callable[[PlannedEdit], object]]:

@@ -7,6 +7,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -316,29 +317,32 @@ def _save_frames(before: np.ndarray, frames: list[np.ndarray], after: np.ndarray
     return folder
 
 
+def _off_the_segments(page) -> None:
+    """The mouse to a corner of the panel (neuroglancer highlights the segment under it)."""
+    box = panel_box(page)
+    page.mouse.move(box["x"] + 30, box["y"] + 30)
+    time.sleep(1.0)
+
+
+def _voxels_loaded(session) -> Callable[[], bool]:
+    """Whether no division's new voxels are still loading out of sight."""
+    return lambda: UPDATING_LAYER not in session.viewer.state.layers
+
+
 def test_an_edit_redraws_only_the_segments_it_changed(browser, segmented_session):
-    """Frames every 100 ms after a merge, a supervoxel division and their undos: pixels of
-    segments the edit did not touch never blank and never change colour (neuroglancer used to
-    drop the whole layer; a division's new voxels now load out of sight first)."""
+    """Frames every 100 ms after a merge and its undo: pixels of segments the edit did not
+    touch never blank and never change colour (neuroglancer used to drop the whole layer)."""
     session = segmented_session
     proof = session.proofreading
     labels = proof.supervoxels.read(slice(None), slice(None), slice(None))
-
-    def off_the_segments() -> None:  # (neuroglancer highlights the segment under the mouse)
-        box = panel_box(page)
-        page.mouse.move(box["x"] + 30, box["y"] + 30)
-        time.sleep(1.0)
-
-    def voxels_loaded() -> bool:
-        return UPDATING_LAYER not in session.viewer.state.layers
-
+    voxels_loaded = _voxels_loaded(session)
     with proofreading_page(browser, session) as (page, driver):
         sv_a, sv_b = touching_pair(proof, 1)
         assert driver.press("m", inside(labels, sv_a)).ok
         driver.hover(inside(labels, sv_b))
         time.sleep(1.5)  # the pending merge's point drawn, the hovered segment highlighted
         _only_the_changed_redrawn(page, driver, "m", "merged", voxels_loaded)
-        off_the_segments()  # undo needs no pointer
+        _off_the_segments(page)  # undo needs no pointer
         _only_the_changed_redrawn(page, driver, "u", "undid merge", voxels_loaded)
         session.reset_view()
 
@@ -346,19 +350,12 @@ def test_an_edit_redraws_only_the_segments_it_changed(browser, segmented_session
 @pytest.mark.xfail(strict=False, reason="issue 13, still open: on a fresh clone the swap to a "
                    "division's new voxels showed one blank frame (the source URL change)")
 def test_a_division_redraws_only_the_segments_it_changed(browser, segmented_session):
-    """As above, for a supervoxel division and its undo."""
+    """As above, for a supervoxel division and its undo (its new voxels load out of sight
+    first)."""
     session = segmented_session
     proof = session.proofreading
     labels = proof.supervoxels.read(slice(None), slice(None), slice(None))
-
-    def off_the_segments() -> None:
-        box = panel_box(page)
-        page.mouse.move(box["x"] + 30, box["y"] + 30)
-        time.sleep(1.0)
-
-    def voxels_loaded() -> bool:
-        return UPDATING_LAYER not in session.viewer.state.layers
-
+    voxels_loaded = _voxels_loaded(session)
     with proofreading_page(browser, session) as (page, driver):
         big = largest_supervoxel(proof)
         first, second = _far_apart_in(labels, big)
@@ -369,7 +366,7 @@ def test_a_division_redraws_only_the_segments_it_changed(browser, segmented_sess
         try:
             _only_the_changed_redrawn(page, driver, "Enter", f"supervoxel {big} divided",
                                       voxels_loaded)
-            off_the_segments()
+            _off_the_segments(page)
             _only_the_changed_redrawn(page, driver, "u", "undid split-supervoxel",
                                       voxels_loaded)
         finally:  # later tests share the session: never leave it divided

@@ -35,7 +35,7 @@ def rag_of(supervoxels, affinities):
 
 def labels_of(rag, supervoxels, neurons):
     table = Contingency.of(neurons, supervoxels)
-    return edge_classifier.majority_labels(rag, table.gt, table.seg, table.count)
+    return edge_classifier.majority_labels(rag, table)
 
 
 def test_features_are_the_same_whichever_region_comes_first():
