@@ -6,9 +6,13 @@ oracle that reads the ground truth makes one edit at a time, largest error first
 proofreading session's own operations (see segmentation/oracle.py). Policies:
 
 - ``split``: merge + plain min-cut split (positive point = source, negative point = sink);
-- ``prompt-cut``: merge + prompt cut (the same points as prompts).
+- ``prompt-cut``: merge + prompt cut (the same points as prompts);
+- ``focused``: yes/no decisions only, the session's focused-proofreading queue (most valuable
+  question first) answered from the ground truth (``simulate_focused``): a decision is one
+  key press, an edit two or more.
 
-Each starts twice, at the demo's agglomeration threshold (0.7) and at a more merged one (0.9).
+Each starts twice, from the demo config's learned agglomeration at its default threshold and
+at a more merged one.
 Both divide a supervoxel at voxel level where both points fall in it. From the demo's threshold
 the split policy also runs through a running server's HTTP API (``promptcut.client``), so the
 real path's latency is measured and its curve checked against the direct one. Reported: VOI split /
@@ -37,17 +41,22 @@ from benchmarks.common import DEMO_H5, REPO, RESULTS, SHARED_DATA, percentiles
 from segmentation.errors import PromptcutError
 from segmentation.metrics import Contingency
 from segmentation.oracle import (POLICIES, GroundTruthOracle, PlannedEdit, Simulation,
-                                 connected_pieces_floor, session_operations, simulate)
+                                 connected_pieces_floor, session_operations, simulate,
+                                 simulate_focused)
 
 CHECKPOINTS = (0, 10, 25, 50, 100, 200)
 USER = "oracle"
-# Where the oracle starts: the demo's agglomeration threshold, and a more merged one (more
-# neurons glued together, so cuts matter: at 0.7, gala_train has no merge error a cut between
-# whole supervoxels could fix).
-DEMO_THRESHOLD = 0.7  # the demo config's default_threshold: what a served project opens at
-STARTS = {"threshold 0.7 (demo)": DEMO_THRESHOLD, "threshold 0.9 (merged)": 0.9}
+# Where the oracle starts: the demo config's agglomeration at its default threshold (what a
+# served project opens at), and a more merged one (more neurons glued together, so cuts
+# matter).
+DEMO = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())["segment"]["agglomeration"]
+DEMO_THRESHOLD = DEMO["default_threshold"]
+MERGED_THRESHOLD = 0.6
+STARTS = {f"threshold {DEMO_THRESHOLD} (demo)": DEMO_THRESHOLD,
+          f"threshold {MERGED_THRESHOLD} (merged)": MERGED_THRESHOLD}
 VIA_API = " via HTTP API"
-THRESHOLDS = [0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9]
+FOCUSED = "focused yes/no"
+THRESHOLDS = sorted(set(DEMO["thresholds"]) | {DEMO_THRESHOLD, MERGED_THRESHOLD})
 VOLUMES = {
     "neuroproof_validation": (DEMO_H5, (slice(120, 160), slice(None), slice(None))),
     "gala_train": (SHARED_DATA / "gala_train.h5", (slice(None),) * 3),
@@ -151,12 +160,41 @@ def run_policy(config, truth: np.ndarray, policy: str, edits: int, threshold: fl
         session.log.close()
 
 
+def run_focused(config, truth: np.ndarray, decisions: int, threshold: float) -> dict:
+    """The focused policy from the project's agglomeration at ``threshold``: its summary
+    (decisions in place of edits)."""
+    import time
+
+    from promptcut.segmenting import edge_model
+    from segmentation import edge_classifier
+    from segmentation.project import Project
+    from segmentation.rag import Rag
+    from segmentation.pipeline import Segments
+
+    project = Project.open(config.project_dir)
+    rag = Rag.load(project.root / "rag.npz")
+    start = Segments.load(project.root / "segments.npz").at(threshold)
+    booster = edge_classifier.load(edge_model(config) or edge_classifier.SHIPPED_EDGE_MODEL)
+    table = Contingency.of(truth, project.volume("segmentation").read(*(slice(None),) * 3))
+    started = time.perf_counter()
+    scores = simulate_focused(rag, start, booster, table, decisions)
+    per_question = (time.perf_counter() - started) * 1000 / max(len(scores) - 1, 1)
+    rows = {str(n): _row(scores[min(n, len(scores) - 1)]) for n in CHECKPOINTS}
+    return {"after_edits": rows, "edits": len(scores) - 1, "refused": 0,  # decisions
+            "worse": int(sum(b.voi > a.voi + 1e-9 for a, b in zip(scores, scores[1:]))),
+            "divided": 0, "latency": {"p50_ms": per_question, "p95_ms": per_question},
+            "curve": [round(s.voi, 4) for s in scores]}
+
+
+def _row(s) -> dict:
+    return {"voi": round(s.voi, 4), "voi_split": round(s.voi_split, 4),
+            "voi_merge": round(s.voi_merge, 4), "arand": round(s.arand, 4)}
+
+
 def summary(run: Simulation) -> dict:
     rows = {}
     for n in CHECKPOINTS:  # an oracle with nothing left to try leaves the last scores
-        s = run.scores[min(n, len(run.scores) - 1)]
-        rows[str(n)] = {"voi": round(s.voi, 4), "voi_split": round(s.voi_split, 4),
-                        "voi_merge": round(s.voi_merge, 4), "arand": round(s.arand, 4)}
+        rows[str(n)] = _row(run.scores[min(n, len(run.scores) - 1)])
     applied = [r for r in run.records if not r.refused]
     return {
         "after_edits": rows,
@@ -182,18 +220,20 @@ def plot(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(len(results), len(STARTS), figsize=(6 * len(STARTS),
                                                                  4.2 * len(results)),
                              squeeze=False)
-    colours = {"split": "#2d6cdf", "prompt-cut": "#e07b39", f"split{VIA_API}": "#111111"}
+    colours = {"split": "#2d6cdf", "prompt-cut": "#e07b39", f"split{VIA_API}": "#111111",
+               FOCUSED: "#2a9d3a"}
     for ax, (name, result, started) in zip(axes.ravel(), panels):
         for policy, curve in started["curves"].items():
             ax.plot(range(len(curve)), curve, color=colours[policy],
-                    linestyle=":" if VIA_API in policy else "-", label=f"merge + {policy}")
+                    linestyle=":" if VIA_API in policy else "-",
+                    label=policy if policy == FOCUSED else f"merge + {policy}")
         ax.axhline(result["floors"]["best_merge"]["voi"], color="#777", linestyle="--",
                    label="best merge of the supervoxels")
         ax.axhline(result["floors"]["connected_pieces"]["voi"], color="#aaa", linestyle=":",
                    label="ground truth vs its connected pieces")
         ax.axhline(0.6, color="#2a9d3a", linestyle="-.", linewidth=0.8, label="goal 0.6")
         ax.set_title(name)
-        ax.set_xlabel("oracle edits")
+        ax.set_xlabel("oracle edits (focused: yes/no decisions)")
         ax.set_ylabel("VOI (bits)")
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8)
@@ -235,6 +275,11 @@ def run() -> dict:
                     print(f"{name}, {start}, merge + {label}: " + ", ".join(
                         f"{n}: {row['voi']:.3f}" for n, row in
                         started["policies"][label]["after_edits"].items()))
+                focused = run_focused(config, truth, edits, threshold)
+                started["curves"][FOCUSED] = focused.pop("curve")
+                started["policies"][FOCUSED] = focused
+                print(f"{name}, {start}, {FOCUSED}: " + ", ".join(
+                    f"{n}: {row['voi']:.3f}" for n, row in focused["after_edits"].items()))
                 if f"split{VIA_API}" in started["curves"]:  # the real path edits the same way
                     started["api_matches_direct"] = started["curves"]["split"] == \
                         started["curves"][f"split{VIA_API}"]
@@ -257,7 +302,9 @@ def table_text(results: dict) -> str:
                 at = row["after_edits"]["100"]
                 latency = row["latency"]
                 lines.append(
-                    f"| {name} | {start} | merge + {policy} | " + " | ".join(cells) +
+                    f"| {name} | {start} | "
+                    f"{policy if policy == FOCUSED else 'merge + ' + policy} | " +
+                    " | ".join(cells) +
                     f" | {at['voi_split']:.3f} / {at['voi_merge']:.3f} / {at['arand']:.3f} | "
                     f"{row['edits']} | {row['refused']} | {row['worse']} | {row['divided']} | "
                     f"{latency.get('p50_ms', 0):.1f} / {latency.get('p95_ms', 0):.1f} |")

@@ -294,6 +294,11 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                    help="train the edge classifier of the learned agglomeration instead, on "
                         "the segmented project's RAG, and write it here (default: "
                         "<project>/models/edges.txt)")
+    p.add_argument("--from-decisions", type=Path, metavar="FILE", nargs="?", const=Path(""),
+                   help="retrain the edge classifier (the config's, or the shipped one) from "
+                        "the proofreaders' decisions in the project's edit log, and write it "
+                        "here (default: <project>/models/edges_decisions.txt); needs no "
+                        "ground truth")
 
 
 def _train_edges(config, truth, output: Path) -> int:
@@ -319,6 +324,25 @@ def _train_edges(config, truth, output: Path) -> int:
     return 0
 
 
+def _train_from_decisions(config, output: Path) -> int:
+    from segmentation.edge_training import train_from_decisions
+    from segmentation.project import Project
+
+    output = output if str(output) else config.project_dir / "models" / \
+        "edges_decisions.txt"
+    base = config.serve_settings().model_files.edge_classifier
+    if base is None:
+        raise InputError("no edge classifier to retrain: set "
+                         "segment.agglomeration.edge_model")
+    with project_lock(config.project_dir, "train"):
+        found = train_from_decisions(Project.open(config.project_dir), base, output)
+    print(f"retrained {base.name} on {found['rows']} contacts ({found['same_neuron_rows']} "
+          f"same neuron) of {found['decided_segments']} segments that {found['operations']} "
+          f"logged operations decided; written to {output}; use it with "
+          f"segment.agglomeration.edge_model: {output}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -327,6 +351,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         export_weights
 
     config = load_config(args.config)
+    if args.from_decisions is not None:
+        return _train_from_decisions(config, args.from_decisions)
     truth = config.dataset.ground_truth
     if truth is None:
         raise InputError("training needs labels: set dataset.ground_truth in the config")

@@ -89,6 +89,24 @@ class Client:
     def export(self) -> str:
         return self._request("POST", "/api/v1/export", {})["folder"]
 
+    # -- focused proofreading: yes/no questions, most valuable first ----------------------------
+    def question(self, user: Optional[str] = None) -> Optional[dict]:
+        """The open question (segments, probability, points, contact), or None: none left."""
+        return self._request("GET", "/api/v1/question",
+                             query={"user": user or self.user})["question"]
+
+    def answer(self, yes: bool, user: Optional[str] = None) -> dict:
+        """Merge (yes) or keep apart (no) the open question's segments; the edit, with the
+        next question under "next"."""
+        return self._edit("answer", user, answer="yes" if yes else "no")
+
+    def skip(self, user: Optional[str] = None) -> Optional[dict]:
+        return self._edit("skip", user)["question"]
+
+    def back(self, user: Optional[str] = None) -> dict:
+        """The previous question again ("question"), its answer undone ("undone")."""
+        return self._edit("back", user)
+
     # -- questions ------------------------------------------------------------------------------
     def operations(self, after: int = 0, limit: int = 100) -> list[dict]:
         return self._request("GET", "/api/v1/operations", query={"after": after,

@@ -16,6 +16,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from segmentation.edge_classifier import SHIPPED_EDGE_MODEL
 from segmentation.errors import ConfigError
 from server.settings import (ModelFiles, ModelsConfig, ServerConfig, ServeSettings,
                              ViewerConfig)
@@ -142,9 +143,12 @@ class Config:
         """What the server is told, paths resolved."""
         sam2_config, checkpoint = self.sam2_model()
         fgnet = self.resolve(self.models.fgnet) if self.models.fgnet else None
+        edges = self.segment.agglomeration.edge_model
+        edges = self.resolve(edges) if edges else SHIPPED_EDGE_MODEL
         return ServeSettings(self.name, self.dataset.name, self.dataset.credits, self.server,
                              self.viewer, self.models,
-                             ModelFiles(sam2_config, checkpoint, fgnet),
+                             ModelFiles(sam2_config, checkpoint, fgnet,
+                                        edges if edges.is_file() else None),
                              self.segment.mesh_reduction)
 
     def source_location(self, source: SourceConfig) -> str:

@@ -164,8 +164,9 @@ def fit(rag: Rag, labels: np.ndarray, use: np.ndarray, epochs: int = 2, trees: i
 
 
 def train(features: np.ndarray, targets: np.ndarray, trees: int = 100, leaves: int = 31,
-          seed: int = 0):
-    """A LightGBM booster predicting P(same neuron)."""
+          seed: int = 0, init=None):
+    """A LightGBM booster predicting P(same neuron); with ``init``, that booster with
+    ``trees`` more trees fitted to these rows (what it knew stays)."""
     import lightgbm
 
     if len(np.unique(targets)) < 2:
@@ -173,7 +174,7 @@ def train(features: np.ndarray, targets: np.ndarray, trees: int = 100, leaves: i
     params = {"objective": "binary", "num_leaves": leaves, "learning_rate": 5.0 / trees,
               "seed": seed, "deterministic": True, "num_threads": 2, "verbose": -1}
     return lightgbm.train(params, lightgbm.Dataset(features, targets.astype(np.float64)),
-                          num_boost_round=trees)
+                          num_boost_round=trees, init_model=init)
 
 
 def save(booster, path: Path, metadata: dict) -> None:

@@ -68,3 +68,44 @@ def _scored(table: Contingency, rag: Rag, result) -> list[dict]:
 
 def best(rows: list[dict]) -> dict:
     return min(rows, key=lambda r: r["voi"])
+
+
+def train_from_decisions(project: Project, base: Path, output: Path, trees: int = 50) -> dict:
+    """Retrain the edge classifier at ``base`` from the proofreaders' decisions in the
+    project's edit log: the segments they decided on (merged, kept apart, cut, reviewed) as
+    they are now are taken for ground truth, and ``trees`` more trees are fitted to the
+    contacts inside and between them, in the order an agglomeration would meet them. The
+    rest of the volume, which nobody checked, teaches nothing. Saves and returns the
+    metadata."""
+    from segmentation.proofread import open_session
+
+    session = open_session(project)
+    try:
+        rag = Rag.load(project.root / "rag.npz")
+        labels = session.segments_before_divisions(rag.ids)
+        confirmed, separated = session.decisions()
+        touched = np.array(sorted({sv for pair in confirmed + separated for sv in pair}),
+                           np.uint64)
+        decided = set(session.segments_of(touched).tolist()) | set(session.reviewed())
+        decided.discard(0)
+        operations = len(session.log)
+    finally:
+        session.log.close()
+    use = np.isin(labels, np.array(sorted(decided), np.uint64))
+    if not decided or use.sum() < 2:
+        raise InputError(f"the edit log of {project.root} holds no decisions to learn from: "
+                         f"proofread first (focused proofreading's Y and N, merges, cuts, "
+                         f"review marks)")
+    booster = edge_classifier.load(base)
+    started = time.perf_counter()
+    features, targets = edge_classifier.training_set(rag, labels, use, booster)
+    retrained = edge_classifier.train(features, targets, trees, init=booster)
+    metadata = {"data": project.manifest.dataset or project.manifest.name,
+                "retrained_from": str(base), "operations": operations,
+                "decided_segments": len(decided), "supervoxels": int(use.sum()),
+                "rows": int(len(targets)), "same_neuron_rows": int(targets.sum()),
+                "more_trees": trees,
+                "training_seconds": round(time.perf_counter() - started, 1)}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    edge_classifier.save(retrained, output, metadata)
+    return metadata

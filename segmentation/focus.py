@@ -10,8 +10,9 @@ merged segment's contacts and sizes.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from segmentation.edge_classifier import LearnedScore
 from segmentation.rag import Rag
 
 Pair = tuple[int, int]
+Point = tuple[int, int, int]  # z, y, x voxel
 
 
 @dataclass(frozen=True)
@@ -61,3 +63,191 @@ def ranked_questions(rag: Rag, segment_of_node: np.ndarray, booster,
         if pair not in done:
             questions.append(Question(pair, float(probability[e]), float(value[e])))
     return questions
+
+
+@dataclass(frozen=True)
+class Ask:
+    """A question put to one proofreader: the two segments, a voxel of each where they
+    touch (what a yes merges and a no keeps apart), and where to look."""
+
+    question: Question
+    points: tuple[Point, Point]  # z, y, x voxels: one in each segment, face to face
+    contact: Point  # z, y, x: the middle of their largest contact
+
+    @property
+    def segments(self) -> Pair:
+        return self.question.segments
+
+
+def contact_points(read: Callable[..., np.ndarray], bbox_a: np.ndarray, bbox_b: np.ndarray,
+                   sv_a: int, sv_b: int, shape: Sequence[int]) -> tuple[Point, Point]:
+    """A voxel of supervoxel ``sv_a`` and its neighbour in ``sv_b``, near the middle of their
+    shared face. ``read(z, y, x)`` reads labels; the boxes are (z0, y0, x0, z1, y1, x1),
+    ends inclusive."""
+    lo = np.maximum(np.maximum(bbox_a[:3], bbox_b[:3]) - 1, 0)
+    hi = np.minimum(np.minimum(bbox_a[3:], bbox_b[3:]) + 2, np.asarray(shape))
+    labels = read(*(slice(int(l), int(h)) for l, h in zip(lo, hi)))
+    in_a, in_b = labels == np.uint64(sv_a), labels == np.uint64(sv_b)
+    faces = []
+    for axis in range(3):
+        for step in (1, -1):
+            facing = in_a & np.roll(in_b, -step, axis=axis)
+            edge = [slice(None)] * 3  # np.roll wraps around: the far face is no neighbour
+            edge[axis] = slice(-1, None) if step == 1 else slice(0, 1)
+            facing[tuple(edge)] = False
+            offset = np.zeros(3, np.int64)
+            offset[axis] = step
+            faces += [(v, offset) for v in np.argwhere(facing)]
+    if not faces:
+        raise ValueError(f"supervoxels {sv_a} and {sv_b} do not touch")
+    voxels = np.array([v for v, _ in faces])
+    middle = int(np.argmin(np.abs(voxels - np.median(voxels, axis=0)).sum(axis=1)))
+    voxel, offset = faces[middle]
+    point_a = tuple(int(v) for v in voxel + lo)
+    return point_a, tuple(int(v) for v in voxel + lo + offset)
+
+
+class FocusQueue:
+    """The session's questions, most valuable first, each put to one proofreader at a time.
+
+    The ranking is worked out again after every edit (``invalidate``) on the graph with the
+    current membership. A question is not put to a proofreader while another one holds a
+    question about either of its segments (their answers would edit the same segment). Each
+    proofreader has a current question, the ones they skipped, and a history for "back"."""
+
+    def __init__(self, rag: Rag, session, booster, batch: int = 50):
+        self.rag = rag
+        self.session = session  # a ProofreadingSession
+        self.booster = booster
+        self.batch = batch
+        self._lock = threading.RLock()
+        self._ranked: Optional[list[Question]] = None
+        self._edits = 0  # edits seen: the ranking is of the segmentation after this many
+        self._ranked_after = -1
+        self._current: dict[str, Ask] = {}
+        self._skipped: dict[str, set[Pair]] = {}
+        self._history: dict[str, list[tuple[Ask, Optional[int]]]] = {}
+        self.asked = 0  # questions put, for the dashboard
+
+    def invalidate(self) -> None:
+        """The segmentation changed: rank again before the next question. Called inside the
+        session's lock (its applied-edit hook), so it takes no lock of its own: the queue's
+        methods take the session's lock inside theirs, and the other order would deadlock."""
+        self._edits += 1
+
+    def current(self, user: str) -> Optional[Ask]:
+        """The user's open question, if it is still a question (another edit may have
+        merged its segments or kept them apart)."""
+        with self._lock:
+            ask = self._current.get(user)
+            if ask is not None and not self._open(ask.segments):
+                del self._current[user]
+                ask = None
+            return ask
+
+    def next(self, user: str) -> Optional[Ask]:
+        """The user's open question, or the most valuable one nobody else holds."""
+        with self._lock:
+            ask = self.current(user)
+            if ask is not None:
+                return ask
+            held = {s for other, a in self._current.items() if other != user
+                    for s in a.segments}
+            skipped = self._skipped.get(user, set())
+            for question in self._ranking():
+                a, b = question.segments
+                if a in held or b in held or question.segments in skipped or \
+                        not self._open(question.segments):
+                    continue
+                ask = self._ask(question)
+                if ask is not None:
+                    self._current[user] = ask
+                    self.asked += 1
+                    return ask
+            return None
+
+    def skip(self, user: str) -> Optional[Ask]:
+        """Put the open question aside (not asked of this user again) and ask the next."""
+        with self._lock:
+            ask = self._current.pop(user, None)
+            if ask is not None:
+                self._skipped.setdefault(user, set()).add(ask.segments)
+                self._history.setdefault(user, []).append((ask, None))
+            return self.next(user)
+
+    def answered(self, user: str, ask: Ask, operation: int) -> None:
+        with self._lock:
+            if self._current.get(user) == ask:
+                del self._current[user]
+            self._history.setdefault(user, []).append((ask, operation))
+
+    def back(self, user: str) -> Optional[tuple[Ask, Optional[int]]]:
+        """The user's previous question and the operation that answered it (None: skipped),
+        which becomes their open question again; the caller undoes the answer."""
+        with self._lock:
+            history = self._history.get(user)
+            if not history:
+                return None
+            ask, operation = history.pop()
+            self._skipped.get(user, set()).discard(ask.segments)
+            self._current[user] = ask
+            return ask, operation
+
+    def restore(self, user: str, ask: Ask, operation: Optional[int]) -> None:
+        """Undo a ``back`` that could not be carried out."""
+        with self._lock:
+            if self._current.get(user) == ask:
+                del self._current[user]
+            self._history.setdefault(user, []).append((ask, operation))
+
+    def holders(self) -> dict[str, Pair]:
+        with self._lock:
+            return {user: ask.segments for user, ask in self._current.items()}
+
+    def remaining(self) -> int:
+        """Undecided questions worth asking (any chance of a yes), up to the batch size."""
+        with self._lock:
+            return sum(1 for q in self._ranking() if self._open(q.segments))
+
+    # -- inside ---------------------------------------------------------------------------------
+    def _ranking(self) -> list[Question]:
+        if self._ranked is None or self._ranked_after != self._edits:
+            edits = self._edits
+            session = self.session
+            with session.exclusive():
+                membership = session.segments_before_divisions(self.rag.ids)
+                separated = session.decisions()[1]
+                decided = {tuple(sorted(int(s) for s in session.segments_of(
+                    np.array(pair, np.uint64)))) for pair in separated}
+            self._ranked = ranked_questions(self.rag, membership, self.booster, decided,
+                                            limit=self.batch)
+            self._ranked_after = edits
+        return self._ranked
+
+    def _open(self, pair: Pair) -> bool:
+        """Both segments exist, differ and touch, and nobody kept them apart."""
+        session = self.session
+        a, b = pair
+        contacts = session.contacts(a, b)
+        if not contacts:
+            return False
+        separated = {tuple(sorted(p)) for p in session.decisions()[1]}
+        return not any(tuple(sorted(p)) in separated for p in contacts)
+
+    def _ask(self, question: Question) -> Optional[Ask]:
+        session = self.session
+        with session.exclusive():
+            contacts = session.contacts(*question.segments)
+            if not contacts or session.supervoxels is None:
+                return None
+            sv_a, sv_b = contacts[0]
+            graph = session.graph
+            rows = graph.node_index([sv_a, sv_b])
+            labels = session.supervoxels
+            try:
+                points = contact_points(labels.read, graph.bbox[rows[0]], graph.bbox[rows[1]],
+                                        sv_a, sv_b, labels.shape)
+            except ValueError:
+                return None
+        middle = tuple((p + q) // 2 for p, q in zip(*points))
+        return Ask(question, points, middle)

@@ -192,6 +192,18 @@ class ProofreadingSession:
         rows = self.graph.node_index(supervoxels)
         return np.where(rows >= 0, self.segment[np.maximum(rows, 0)], 0).astype(np.uint64)
 
+    def segments_before_divisions(self, supervoxels: np.ndarray) -> np.ndarray:
+        """Segment of each supervoxel id of the graph as it was built (a RAG's nodes): one
+        divided since counts in the segment of its first piece."""
+        segment = self.segments_of(supervoxels)
+        gone = np.flatnonzero(segment == 0)
+        if len(gone):
+            successor = self.successors()
+            pieces = np.array([successor.get(int(sv), 0) for sv in
+                               np.asarray(supervoxels)[gone]], np.uint64)
+            segment[gone] = self.segments_of(pieces)
+        return segment
+
     def members_of(self, segment: int) -> np.ndarray:
         """Supervoxel ids of a segment."""
         with self._lock:
@@ -307,6 +319,13 @@ class ProofreadingSession:
         """Forget the prompt points earlier cuts left on the segment at ``point``."""
         return self._run(user, lambda: self._plan_clear(point))
 
+    def separate(self, user: str, point_a: Point, point_b: Point) -> OperationResult:
+        """Keep the segments at two points apart for good (a "no" to "are these one
+        neuron?"): every contact between them is recorded as separated, which later
+        agglomerations honour and focused proofreading never asks about again. Logged,
+        undoable; no supervoxel moves."""
+        return self._run(user, lambda: self._plan_separate(point_a, point_b))
+
     def review(self, user: str, segment: int, reviewed: bool = True) -> OperationResult:
         """Mark a segment reviewed (done), or no longer: logged, undoable."""
         return self._run(user, lambda: self._plan_review(segment, reviewed))
@@ -328,6 +347,12 @@ class ProofreadingSession:
                     latest[int(entry.inputs["segment"])] = entry
             return {seg: entry for seg, entry in latest.items()
                     if entry.inputs["reviewed"] and self.members.get(seg)}
+
+    def last_undoable(self, user: str) -> Optional[int]:
+        """The operation U would undo for ``user`` (None: nothing)."""
+        with self._lock:
+            stack = self._undo.get(user)
+            return stack[-1] if stack else None
 
     def undo(self, user: str) -> OperationResult:
         return self._run(user, lambda: self._plan_reverse(user, undo=True))
@@ -437,12 +462,19 @@ class ProofreadingSession:
         return changed
 
     # -- planning -------------------------------------------------------------------------------
-    def _plan_merge(self, point_a: Point, point_b: Point) -> _Plan:
+    def _two_segments(self, point_a: Point, point_b: Point, what: str
+                      ) -> tuple[int, int, int, int]:
+        """(supervoxel, segment) at each of two points, which must be in different segments:
+        (sv_a, sv_b, seg_a, seg_b)."""
         sv_a, sv_b = self.supervoxel_at(point_a, "first point"), self.supervoxel_at(point_b,
                                                                                    "second point")
         seg_a, seg_b = self.segment_of(sv_a), self.segment_of(sv_b)
         if seg_a == seg_b:
-            raise EditError(f"both points are in segment {seg_a}: nothing to merge")
+            raise EditError(f"both points are in segment {seg_a}: nothing to {what}")
+        return sv_a, sv_b, seg_a, seg_b
+
+    def _plan_merge(self, point_a: Point, point_b: Point) -> _Plan:
+        sv_a, sv_b, seg_a, seg_b = self._two_segments(point_a, point_b, "merge")
         keep, gone = (seg_a, seg_b) if len(self.members[seg_a]) >= len(self.members[seg_b]) \
             else (seg_b, seg_a)
         moved = self.members_of(gone)
@@ -593,6 +625,31 @@ class ProofreadingSession:
                   "sinks": [list(map(int, p)) for p in sinks], "supervoxel": target}
         return self._regroup("split-supervoxel", inputs, region, current, side, {segment},
                              segment, problem, [], division)
+
+    def _plan_separate(self, point_a: Point, point_b: Point) -> _Plan:
+        sv_a, sv_b, seg_a, seg_b = self._two_segments(point_a, point_b, "keep apart")
+        pairs = self.contacts(seg_a, seg_b)
+        if not pairs:
+            raise EditError(f"segments {seg_a} and {seg_b} do not touch: nothing to keep apart")
+        inputs = {"points": [list(map(int, point_a)), list(map(int, point_b))],
+                  "supervoxels": [sv_a, sv_b]}
+        return _Plan("separate", inputs, np.zeros((0, 3), np.uint64), [seg_a, seg_b], [],
+                     f"kept segments {seg_a} and {seg_b} apart ({len(pairs)} contact"
+                     f"{'s' if len(pairs) != 1 else ''})", {"separated": pairs})
+
+    def contacts(self, segment_a: int, segment_b: int) -> list[Pair]:
+        """The supervoxel pairs (in a, in b) where two segments touch, largest contact
+        first."""
+        with self._lock:
+            if not self.members.get(int(segment_a)):
+                return []
+            rows = self._rows(int(segment_a))
+            position, edges, other = self.graph.incident(rows)
+            there = self.segment[other] == np.uint64(segment_b)
+            mine, edges, other = rows[position[there]], edges[there], other[there]
+            order = np.argsort(-self.graph.area[edges], kind="stable")
+            ids = self.graph.ids
+            return [(int(ids[mine[i]]), int(ids[other[i]])) for i in order]
 
     def _plan_review(self, segment: int, reviewed: bool) -> _Plan:
         segment = int(segment)

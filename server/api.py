@@ -46,6 +46,7 @@ class ApiContext:
     viewer_url: Callable[[str], str]  # user -> their viewer URL (made on first use)
     reports: Callable[[str, int], list]  # user, after -> action reports
     show_segment: Callable[[str, int], dict]  # user, segment -> where their viewer went
+    show_question: Callable[[str, Any], None]  # user, question (or None) -> into their viewer
 
 
 class JsonHandler(tornado.web.RequestHandler):
@@ -224,6 +225,70 @@ class EditHandler(JsonHandler):
         self.send(preview_answer(result) if preview else edit_answer(result))
 
 
+def question_answer(ask) -> Optional[dict]:
+    """A focused-proofreading question as JSON (None: none left)."""
+    if ask is None:
+        return None
+
+    def xyz(zyx):
+        return {"x": int(zyx[2]), "y": int(zyx[1]), "z": int(zyx[0])}
+
+    q = ask.question
+    return {"segments": [int(s) for s in q.segments], "probability": round(q.probability, 4),
+            "value": round(q.value, 1), "points": [xyz(p) for p in ask.points],
+            "contact": xyz(ask.contact)}
+
+
+class QuestionHandler(JsonHandler):
+    """Focused proofreading. GET /api/v1/question?user=: the user's open question or the most
+    valuable one nobody else holds; POST /api/v1/answer {"answer": "yes"|"no"}: merge or keep
+    apart (logged, undoable), then the next question; POST /api/v1/skip: the next question;
+    POST /api/v1/back: the previous question again, its answer undone."""
+
+    def initialize(self, api: ApiContext, kind: str) -> None:
+        super().initialize(api)
+        self.kind = kind
+
+    async def get(self) -> None:
+        if self.kind != "question":
+            raise tornado.web.HTTPError(405, f"{self.kind} is a POST")
+        user, service = self.user(), self.service
+        self.send({"question": question_answer(await self.off_loop(
+            lambda: self._shown(user, service.question(user))))})
+
+    async def post(self) -> None:
+        data = self.body()
+        user, service = self.user(data), self.service
+        if self.kind == "answer":
+            answer = data.get("answer")
+            if answer not in ("yes", "no"):
+                raise tornado.web.HTTPError(400, "answer must be 'yes' or 'no'")
+
+            def work():
+                result = service.answer(user, answer == "yes")
+                following = self._shown(user, service.question(user))
+                return {**edit_answer(result), "next": question_answer(following)}
+            self.send(await self.off_loop(work))
+        elif self.kind == "skip":
+            self.send({"question": question_answer(await self.off_loop(
+                lambda: self._shown(user, service.skip(user))))})
+        elif self.kind == "back":
+            def back():
+                ask, undone = service.back(user)
+                return self._shown(user, ask), undone
+            ask, undone = await self.off_loop(back)
+            self.send({"question": question_answer(ask),
+                       "undone": edit_answer(undone) if undone else None})
+        else:
+            raise tornado.web.HTTPError(405, "ask for a question with GET")
+
+    def _shown(self, user: str, ask):
+        """The question, also shown in the user's viewer when they have one open (the
+        dashboard steps through questions with it)."""
+        self.api.show_question(user, ask)
+        return ask
+
+
 class ExportHandler(JsonHandler):
     """POST /api/v1/export: the corrected segmentation into PROJECT/exports/<time>/."""
 
@@ -339,6 +404,8 @@ def routes(api: ApiContext) -> list:
              ("merge", "split", "prompt_cut", "split_supervoxel", "review", "undo",
               "redo")]
     return edits + [
+        *[(rf"/api/v1/{kind}", QuestionHandler, {**context, "kind": kind})
+          for kind in ("question", "answer", "skip", "back")],
         (r"/api/v1/export", ExportHandler, context),
         (r"/api/v1/operations", OperationsHandler, context),
         (r"/api/v1/segment_at", SegmentAtHandler, context),

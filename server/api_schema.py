@@ -97,6 +97,30 @@ def openapi() -> dict:
                 "type": "object", "required": ["segment"],
                 "properties": {"user": USER, "segment": {"type": "integer"}}}}}},
             "responses": _responses(obj)}},
+        "/api/v1/question": {"get": {
+            "summary": "Focused proofreading: the user's open question, or the most valuable "
+                       "one nobody else holds (two touching segments, the chance they are one "
+                       "neuron, a voxel of each at the contact); null when none is left",
+            "parameters": [_query("user", "string")], "responses": _responses(obj)}},
+        "/api/v1/answer": {"post": {
+            "summary": "Answer the open question: yes merges the two segments, no keeps them "
+                       "apart for good (logged, undoable); answers the edit and the next "
+                       "question",
+            "requestBody": {"content": {"application/json": {"schema": {
+                "type": "object", "required": ["answer"],
+                "properties": {"user": USER, "answer": {"type": "string",
+                                                        "enum": ["yes", "no"]}}}}}},
+            "responses": _responses(obj)}},
+        "/api/v1/skip": {"post": {
+            "summary": "Put the open question aside and get the next one",
+            "requestBody": {"content": {"application/json": {"schema": {
+                "type": "object", "properties": {"user": USER}}}}},
+            "responses": _responses(obj)}},
+        "/api/v1/back": {"post": {
+            "summary": "The previous question again, its answer undone",
+            "requestBody": {"content": {"application/json": {"schema": {
+                "type": "object", "properties": {"user": USER}}}}},
+            "responses": _responses(obj)}},
         "/api/v1/info": {"get": {"summary": "Project, layers, keys and viewer URL",
                                  "responses": _responses(obj)}},
         "/api/v1/viewer": {"get": {"summary": "A user's own viewer URL",

@@ -24,11 +24,14 @@ import tornado.netutil
 import tornado.web
 from tornado.ioloop import IOLoop
 
+from segmentation import edge_classifier
 from segmentation.errors import InputError
+from segmentation.focus import FocusQueue
 from segmentation.meshes import mesh_block
 from segmentation.proofread import open_session
 from segmentation.session import OperationResult, ProofreadingSession
 from segmentation.project import Project
+from segmentation.rag import Rag
 from segmentation.stats import VoxelCounts
 from server import viewer as ngview
 from server.access import MAX_BODY, Access, answer_only_own_names
@@ -89,12 +92,21 @@ class ServerSession:
                                   self.project.volume("image"), session.supervoxels,
                                   self._model_status)
         self.service = EditService(session, self.models, self.membership_view,
-                                   self.project.root / "exports")
+                                   self.project.root / "exports", self._questions(session))
         self.service.subscribe(self._redraw)
         self.segment_source = SegmentSource(
             Path(volume.location), self.membership_view,
             lambda sv: bool(session.segments_of(np.array([sv], np.uint64))[0]),
             session.supervoxels, self._mesh_supervoxel)
+
+    def _questions(self, session: ProofreadingSession) -> Optional[FocusQueue]:
+        """Focused proofreading's queue, ranked by the configured edge classifier on the
+        graph with its edge histograms (None without a classifier)."""
+        path = self.settings.model_files.edge_classifier
+        if path is None:
+            return None
+        rag = Rag.load(self.project.root / "rag.npz")
+        return FocusQueue(rag, session, edge_classifier.load(path))
 
     def _mesh_supervoxel(self, supervoxel: int) -> list[str]:
         """Mesh a supervoxel that a division made (the pipeline meshed all the others)."""
@@ -325,9 +337,16 @@ class ServerSession:
         shown = self.membership_view.shown_as(segment)
         with viewer.txn() as s:
             s.position = [v + 0.5 for v in ngview.to_viewer(voxel)]
-            if ngview.SEGMENTATION_LAYER in s.layers:
-                s.layers[ngview.SEGMENTATION_LAYER].segments = {shown}
+            layer = ngview.segmentation_layer(s)
+            if layer is not None:
+                layer.segments = {shown}
         return {"segment": int(segment), "voxel": {"x": voxel[2], "y": voxel[1], "z": voxel[0]}}
+
+    def show_question(self, user: str, ask) -> None:
+        """A focused-proofreading question in the user's viewer, if they have one."""
+        proofreading = self.users.get(user)
+        if proofreading is not None:
+            proofreading.show_question(ask)
 
     def _model_status(self, message: Optional[str]) -> None:
         for viewer in list(self.viewers.values()):
@@ -354,9 +373,9 @@ class ServerSession:
                 with viewer.txn() as s:
                     if user in self.users:  # kept prompt points change with cuts and undo
                         self.users[user].draw_prompts(s)
-                    if ngview.SEGMENTATION_LAYER not in s.layers:
+                    layer = ngview.segmentation_layer(s)
+                    if layer is None:
                         continue  # the proofreader removed the layer from their view
-                    layer = s.layers[ngview.SEGMENTATION_LAYER]
                     if str(layer.source[0].url) != url:  # a division: new voxels
                         ngview.load_voxels(s, url)
                         loading = True
@@ -424,7 +443,7 @@ def make_app(session: ServerSession) -> tornado.web.Application:
         viewer_url=lambda user: session.viewer_for(user).get_viewer_url(),
         reports=lambda user, after: [asdict(r) for r in session.routers[user].reports_after(
             after)] if user in session.routers else [],
-        show_segment=session.show_segment)
+        show_segment=session.show_segment, show_question=session.show_question)
     live = [(r"/segments/g(\d+)/(.*)", SegmentChunkHandler, {"source": session.segment_source})
             ] if session.segment_source is not None else []
     app = tornado.web.Application(routes(api) + live + [

@@ -22,6 +22,7 @@ import numpy as np
 
 from segmentation.errors import InputError
 from segmentation.export import export_segmentation
+from segmentation.focus import Ask, FocusQueue
 from segmentation.session import EditError, OperationResult, Preview, ProofreadingSession
 from server.model_worker import ModelWorker
 from server.segments import MembershipView
@@ -47,8 +48,10 @@ class SegmentDescription:
 
 class EditService:
     def __init__(self, session: ProofreadingSession, models: ModelWorker,
-                 membership: MembershipView, exports: Path):
+                 membership: MembershipView, exports: Path,
+                 questions: Optional[FocusQueue] = None):
         self.session = session
+        self.questions = questions  # focused proofreading's queue (None: no edge classifier)
         self.models = models
         self.exports = exports  # where exports go by default
         self.membership = membership  # as the viewers draw it
@@ -56,6 +59,8 @@ class EditService:
         self._lock = threading.Lock()
         # the served membership changes with each edit, in order, inside the session's lock
         session.on_applied(lambda result: membership.apply(result.delta, result.retired))
+        if questions is not None:  # every edit, whoever made it, re-ranks the questions
+            session.on_applied(lambda result: questions.invalidate())
 
     def subscribe(self, listener: Listener) -> None:
         with self._lock:
@@ -110,6 +115,58 @@ class EditService:
 
     def review(self, user: str, segment: int, reviewed: bool = True) -> OperationResult:
         return self._publish(self.session.review(user, segment, reviewed))
+
+    def separate(self, user: str, first: Point, second: Point) -> OperationResult:
+        return self._publish(self.session.separate(user, first, second))
+
+    # -- focused proofreading -------------------------------------------------------------------
+    def question(self, user: str) -> Optional[Ask]:
+        """The user's open question, or the most valuable one no one else holds (None: no
+        question left)."""
+        return self._queue().next(user)
+
+    def answer(self, user: str, yes: bool) -> OperationResult:
+        """Answer the user's open question: yes merges the two segments (their contact
+        confirmed), no keeps them apart for good. Logged and undoable like any edit."""
+        queue = self._queue()
+        ask = queue.current(user)
+        if ask is None:
+            raise EditError("no question is open: ask for one first (F, or GET "
+                            "/api/v1/question)")
+        result = self.merge(user, *ask.points) if yes else self.separate(user, *ask.points)
+        queue.answered(user, ask, result.operation)
+        return result
+
+    def skip(self, user: str) -> Optional[Ask]:
+        """Put the open question aside and ask the next one."""
+        return self._queue().skip(user)
+
+    def back(self, user: str) -> tuple[Ask, Optional[OperationResult]]:
+        """Go back to the user's previous question: its answer is undone (it must still be
+        their last edit) and it is their open question again."""
+        queue = self._queue()
+        previous = queue.back(user)
+        if previous is None:
+            raise EditError(f"{user} has no earlier question to go back to")
+        ask, operation = previous
+        if operation is None:
+            return ask, None
+        last = self.session.last_undoable(user)
+        if last != operation:
+            queue.restore(user, ask, operation)
+            raise EditError(f"cannot go back: operation {operation} answered that question, "
+                            f"but your last edit is {last}; undo with U instead")
+        try:
+            return ask, self.undo(user)
+        except EditError:
+            queue.restore(user, ask, operation)
+            raise
+
+    def _queue(self) -> FocusQueue:
+        if self.questions is None:
+            raise EditError("focused proofreading needs an edge classifier, and this server "
+                            "has none")
+        return self.questions
 
     def forget_prompts(self, user: str, point: Point) -> OperationResult:
         return self._publish(self.session.clear_prompts(user, point))

@@ -17,7 +17,7 @@ from segmentation.session import OperationResult, Preview
 from server.actions import STATUS_KEY, Action
 from server.edit_service import EditService
 from server.segments import Picture
-from server.viewer import (SEGMENTATION_LAYER, Pointer, draw_membership, require_voxel,
+from server.viewer import (Pointer, draw_membership, require_voxel, segmentation_layer,
                            show_status, to_viewer)
 
 PROMPT_LAYER = "prompts"
@@ -106,6 +106,16 @@ class Proofreading:
              "prompts at voxel level; the negative side leaves the segment (Enter commits)",
              self.divide),
             ("promptcut-commit", "enter", "commit the previewed edit", self.commit),
+            ("promptcut-ask", "keyf", "focused proofreading: show the next question (two "
+             "segments that may be one neuron, most valuable first)", self.ask),
+            ("promptcut-yes", "keyy", "answer the question yes: merge the two segments",
+             self.yes),
+            ("promptcut-no", "keyr", "answer the question no (reject): keep the two segments "
+             "apart", self.no),
+            ("promptcut-skip", "shift+keyf", "skip the question: show the next one",
+             self.skip),
+            ("promptcut-back", "keyg", "go back to the previous question (its answer undone)",
+             self.back),
             ("promptcut-review", "keyd", "mark the segment under the mouse reviewed (done); "
              "again unmarks it", self.review),
             ("promptcut-undo", "keyu", "undo your last edit", self.undo),
@@ -276,8 +286,9 @@ class Proofreading:
         self._end_preview(restore=False)
         pending = PendingEdit(kind, first, second, preview, commit)
         with self.viewer.txn() as s:
-            if SEGMENTATION_LAYER in s.layers:
-                pending.shown_before = {int(v) for v in s.layers[SEGMENTATION_LAYER].segments}
+            layer = segmentation_layer(s)
+            if layer is not None:
+                pending.shown_before = {int(v) for v in layer.segments}
             with self._lock:
                 self.state.pending = pending
             self.draw_preview(s)
@@ -296,13 +307,13 @@ class Proofreading:
         changed (also after others' edits, which would otherwise draw over it)."""
         with self._lock:
             pending = self.state.pending
-        if pending is None or SEGMENTATION_LAYER not in state.layers:
+        if pending is None or segmentation_layer(state) is None:
             return
         picture = self.pending_picture()
         preview = pending.preview
         sides = self._side_ids(preview, picture)
         draw_membership(state, picture.groups, set(sides.values()))
-        state.layers[SEGMENTATION_LAYER].segment_colors = {
+        segmentation_layer(state).segment_colors = {
             shown: SIDE_COLOURS[i % len(SIDE_COLOURS)][1] for i, shown in enumerate(
                 sides.values())}
 
@@ -342,9 +353,10 @@ class Proofreading:
         show_status(self.viewer, MODE_STATUS, IDLE_MODE)
         with self.viewer.txn() as s:
             self.draw_prompts(s)
-            if SEGMENTATION_LAYER not in s.layers:
+            layer = segmentation_layer(s)
+            if layer is None:
                 return
-            s.layers[SEGMENTATION_LAYER].segment_colors = {}
+            layer.segment_colors = {}
             if restore:
                 view = self.service.membership
                 picture = view.picture()
@@ -391,6 +403,54 @@ class Proofreading:
 
     def export(self, pointer: Pointer) -> str:
         return f"exported to {self.service.export()}"
+
+    # -- focused proofreading -------------------------------------------------------------------
+    def ask(self, pointer: Pointer) -> str:
+        return self.show_question(self.service.question(self.user))
+
+    def yes(self, pointer: Pointer) -> str:
+        return self._answer(True)
+
+    def no(self, pointer: Pointer) -> str:
+        return self._answer(False)
+
+    def skip(self, pointer: Pointer) -> str:
+        return self.show_question(self.service.skip(self.user), "skipped; ")
+
+    def back(self, pointer: Pointer) -> str:
+        ask, undone = self.service.back(self.user)
+        return self.show_question(ask, f"{undone.message}; " if undone else "")
+
+    def _answer(self, yes: bool) -> str:
+        result = self.service.answer(self.user, yes)
+        return self.show_question(self.service.question(self.user),
+                                   f"{self._report(result)}; ")
+
+    def show_question(self, ask, done: str = "") -> str:
+        """(Also for the dashboard, through the API.) Centre the view on the question's contact and show its two segments in the side
+        colours (selected: in 3D, and brighter in 2D); the mode line says what the keys do."""
+        if ask is None:
+            show_status(self.viewer, MODE_STATUS, IDLE_MODE)
+            with self.viewer.txn() as s:
+                layer = segmentation_layer(s)
+                if layer is not None:
+                    layer.segment_colors = {}
+            return f"{done}no question left to ask"
+        membership = self.service.membership
+        shown = [membership.shown_as(segment) for segment in ask.segments]
+        with self.viewer.txn() as s:
+            s.position = [v + 0.5 for v in to_viewer(ask.contact)]
+            layer = segmentation_layer(s)
+            if layer is not None:
+                layer.segments = set(shown)
+                layer.segment_colors = {i: colour for i, (_, colour) in zip(shown,
+                                                                            SIDE_COLOURS)}
+        (a, first), (b, second) = zip(ask.segments, (name for name, _ in SIDE_COLOURS))
+        show_status(self.viewer, MODE_STATUS,
+                    f"question: are segments {a} ({first}) and {b} ({second}) one neuron? "
+                    f"Y yes (merge), R no (keep apart), Shift+F skip, G back")
+        return f"{done}question: segments {a} and {b} (model: {ask.question.probability:.0%} " \
+            f"one neuron)"
 
     def help(self, pointer: Pointer) -> str:
         """The overlay itself is drawn in the page (static/promptcut_keys.js)."""

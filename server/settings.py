@@ -57,6 +57,8 @@ class ModelFiles:
     sam2_config: str  # a package config name or an absolute YAML path
     sam2_checkpoint: Optional[Path] = None
     fgnet: Optional[Path] = None
+    # the edge classifier that ranks focused proofreading's questions (None: no questions)
+    edge_classifier: Optional[Path] = None
 
 
 @dataclass

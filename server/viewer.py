@@ -26,9 +26,14 @@ KEY_TABLE = "promptcut_keys.json"
 
 IMAGE_LAYER = "image"
 SEGMENTATION_LAYER = "segments"  # what it shows: the supervoxels with the membership applied
-# New voxels (after a supervoxel division) load here, drawn with no opacity, while the old ones
-# stay on screen; a layer whose source URL simply changed would blank until they arrived
-UPDATING_LAYER = "segments (updating)"
+# After a supervoxel division the new voxels load in a second layer, drawn with no opacity,
+# while the old ones stay on screen; once loaded, that layer is given the opacity and the old
+# one goes. The drawn layer's source never changes: neuroglancer draws a layer whose source
+# URL changed blank for a frame or more (seen in headless Chromium on a busy machine), and so
+# it does when a layer is deleted: the old one is archived (hidden, out of the layer bar) until
+# the next division reuses it. So the segmentation layer's name alternates between these two
+# with each new set of voxels.
+SEGMENTATION_LAYERS = (SEGMENTATION_LAYER, "segments (divided)")
 
 
 class Viewer(neuroglancer.Viewer):
@@ -166,26 +171,57 @@ def configure(viewer: neuroglancer.Viewer, voxel_size: Sequence[float], sources:
                                                     scales=to_viewer(voxel_size))
         if IMAGE_LAYER in sources:
             s.layers[IMAGE_LAYER] = neuroglancer.ImageLayer(source=sources[IMAGE_LAYER])
-        if SEGMENTATION_LAYER in sources:
+        segmentation = None
+        if SEGMENTATION_LAYER in sources:  # under the name it is drawn by now (no blank)
+            segmentation = segmentation_name(s) or SEGMENTATION_LAYER
+            for name in SEGMENTATION_LAYERS:
+                if name != segmentation and name in s.layers:
+                    del s.layers[name]
             layer = neuroglancer.SegmentationLayer(source=sources[SEGMENTATION_LAYER],
                                                    selected_alpha=0.5, not_selected_alpha=0.3)
             layer.segments = {int(v) for v in visible}
-            s.layers[SEGMENTATION_LAYER] = layer
+            s.layers[segmentation] = layer
         s.position = [v + 0.5 for v in to_viewer(camera.position)]  # voxel centres
         s.cross_section_scale = camera.cross_section_scale
         s.projection_scale = camera.projection_scale
         s.layout = camera.layout
         s.show_slices = True
         s.selected_layer.visible = show_layer_panel
-        if SEGMENTATION_LAYER in sources:
-            s.selected_layer.layer = SEGMENTATION_LAYER
+        if segmentation is not None:
+            s.selected_layer.layer = segmentation
+
+
+def _loading(layer: Any) -> bool:
+    """A segmentation layer whose voxels load out of sight (no opacity at all)."""
+    return not (layer.selected_alpha or layer.not_selected_alpha or layer.object_alpha)
+
+
+def segmentation_name(state: Any) -> Optional[str]:
+    """The name of the segmentation layer drawn now (None: the proofreader removed it)."""
+    for name in SEGMENTATION_LAYERS:
+        if name in state.layers and not state.layers[name].archived and \
+                not _loading(state.layers[name]):
+            return name
+    return None
+
+
+def voxels_loading(state: Any) -> bool:
+    """Whether new voxels are loading out of sight."""
+    return any(name in state.layers and not state.layers[name].archived and
+               _loading(state.layers[name]) for name in SEGMENTATION_LAYERS)
+
+
+def segmentation_layer(state: Any) -> Any:
+    """The segmentation layer drawn now (None: the proofreader removed it)."""
+    name = segmentation_name(state)
+    return state.layers[name] if name is not None else None
 
 
 def draw_membership(state: Any, groups: list[list[int]], shown: set[int]) -> None:
     """The segmentation layer's equivalence groups and the ids shown in 3D (none if the
     proofreader removed the layer from their view); new voxels loading get the same, so
     that the meshes they load are the ones to show."""
-    for name in (SEGMENTATION_LAYER, UPDATING_LAYER):
+    for name in SEGMENTATION_LAYERS:
         if name in state.layers:
             layer = state.layers[name]
             layer.equivalences = groups
@@ -194,26 +230,50 @@ def draw_membership(state: Any, groups: list[list[int]], shown: set[int]) -> Non
 
 def load_voxels(state: Any, url: str) -> None:
     """Start loading the segmentation from a new URL out of sight (chunks and the shown
-    meshes), the current one still drawn; ``show_loaded_voxels`` then swaps them."""
-    current = state.layers[SEGMENTATION_LAYER]
-    if UPDATING_LAYER in state.layers and str(state.layers[UPDATING_LAYER].source[0].url) == url:
+    meshes) in the other segmentation layer, just above the drawn one, which stays drawn;
+    ``show_loaded_voxels`` then swaps them."""
+    drawn = segmentation_name(state)
+    if drawn is None:
+        return
+    spare = next(n for n in SEGMENTATION_LAYERS if n != drawn)
+    if spare in state.layers and str(state.layers[spare].source[0].url) == url:
         return  # already loading
+    current = state.layers[drawn]
     layer = neuroglancer.SegmentationLayer(source=url, selected_alpha=0, not_selected_alpha=0,
                                            object_alpha=0)
     layer.equivalences = current.equivalences
     layer.segments = current.segments
-    state.layers[UPDATING_LAYER] = layer
+    names = [managed.name for managed in state.layers]
+    above = names[names.index(drawn) + 1:]
+    state.layers[spare] = layer
+    for name in above:  # the layers drawn over the segmentation (prompts) stay over it
+        if name != spare:
+            moved = state.layers[name]
+            del state.layers[name]
+            state.layers[name] = moved
 
 
 def show_loaded_voxels(state: Any, url: str) -> None:
-    """Draw the segmentation from ``url``, whose chunks the browser has loaded, and drop the
-    loading layer: neuroglancer reuses the loaded chunks, so nothing blanks."""
-    if UPDATING_LAYER in state.layers:
-        del state.layers[UPDATING_LAYER]
-    if SEGMENTATION_LAYER in state.layers:
-        layer = state.layers[SEGMENTATION_LAYER]
-        if str(layer.source[0].url) != url:
-            layer.source = url
+    """Draw the segmentation from ``url``, whose chunks the browser has loaded in the other
+    segmentation layer: that layer takes over the drawn one's opacity, colours and selection,
+    and the drawn one is archived. Without a loading layer (the proofreader removed it), the drawn
+    layer's source is changed."""
+    drawn = segmentation_name(state)
+    loading = next((n for n in SEGMENTATION_LAYERS if n != drawn and n in state.layers and
+                    str(state.layers[n].source[0].url) == url), None)
+    if drawn is None:
+        return
+    if loading is None:
+        if str(state.layers[drawn].source[0].url) != url:
+            state.layers[drawn].source = url
+        return
+    old, new = state.layers[drawn], state.layers[loading]
+    for setting in ("selected_alpha", "not_selected_alpha", "object_alpha", "saturation",
+                    "segment_colors", "hide_segment_zero", "visible"):
+        setattr(new, setting, getattr(old, setting))
+    old.archived = True
+    if state.selected_layer.layer == drawn:
+        state.selected_layer.layer = loading
 
 
 def show_status(viewer: neuroglancer.Viewer, key: str, message: Optional[str]) -> None:

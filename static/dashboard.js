@@ -109,6 +109,46 @@ async function show(segment) {
   }
 }
 
+function showQuestion(question) {
+  const text = document.getElementById('question');
+  for (const id of ['yes', 'no', 'skip']) document.getElementById(id).disabled = !question;
+  if (!question) {
+    text.textContent = 'no question left to ask';
+    return;
+  }
+  const [a, b] = question.segments;
+  const {x, y, z} = question.contact;
+  text.textContent = `Are segments ${a} (cyan) and ${b} (magenta) one neuron? ` +
+    `(model: ${Math.round(question.probability * 100)}%; contact at x ${x}, y ${y}, z ${z})`;
+}
+
+async function questionStep(request, describe) {
+  try {
+    const answer = await request();
+    showQuestion('next' in answer ? answer.next : answer.question);
+    document.getElementById('question-result').textContent = describe(answer);
+    showError(null);
+    await refreshHistory();
+  } catch (error) {
+    showError(error);
+  }
+}
+
+function startQuestions() {
+  const user = encodeURIComponent(me);
+  document.getElementById('ask').addEventListener('click', () => questionStep(
+    () => api(`/api/v1/question?user=${user}`), () => ''));
+  for (const [id, word] of [['yes', 'yes'], ['no', 'no']]) {
+    document.getElementById(id).addEventListener('click', () => questionStep(
+      () => api('/api/v1/answer', {user: me, answer: word}), (answer) => answer.message));
+  }
+  document.getElementById('skip').addEventListener('click', () => questionStep(
+    () => api('/api/v1/skip', {user: me}), () => 'skipped'));
+  document.getElementById('back').addEventListener('click', () => questionStep(
+    () => api('/api/v1/back', {user: me}),
+    (answer) => answer.undone ? answer.undone.message : 'back to a skipped question'));
+}
+
 async function start() {
   document.getElementById('me').textContent = me;
   const info = await api('/api/v1/info');
@@ -124,6 +164,7 @@ async function start() {
   }
   document.getElementById('undo').addEventListener('click', () => edit('/api/v1/undo', {}));
   document.getElementById('redo').addEventListener('click', () => edit('/api/v1/redo', {}));
+  startQuestions();
   await refreshHistory();
   await refreshSegments();
   setInterval(async () => {

@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 from scipy import ndimage
 
-from server.viewer import SEGMENTATION_LAYER
+from server.viewer import segmentation_name
 
 CHROMIUM = os.environ.get("PROMPTCUT_CHROMIUM", "/usr/bin/chromium")
 # Software WebGL and no calls home: what works on a headless machine with no network.
@@ -140,7 +140,7 @@ class Driver:
         seen = None
         while time.monotonic() < deadline:
             report = self.press("i", voxel)
-            seen = report.pointer.selected.get(SEGMENTATION_LAYER)
+            seen = report.pointer.selected.get(segmentation_name(self.session.viewer.state))
             if seen == self.session.membership_view.shown_as(expected):
                 return expected
             time.sleep(0.5)

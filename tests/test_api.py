@@ -18,7 +18,7 @@ from segmentation.errors import InputError
 from segmentation.proofread import LOG_NAME
 from server.access import Access
 from server.app import ServerSession
-from server.viewer import SEGMENTATION_LAYER
+from server.viewer import segmentation_layer, segmentation_name
 from tests.browser_util import inside, touching_pair
 
 
@@ -168,7 +168,7 @@ def test_openapi_description_lists_every_route(served):
     assert status == 200 and schema["openapi"].startswith("3.")
     for route in ("merge", "split", "prompt_cut", "split_supervoxel", "review", "undo", "redo",
                   "operations", "segment_at", "segments", "segments/{segment}/members", "show",
-                  "export"):
+                  "export", "question", "answer", "skip", "back"):
         assert f"/api/v1/{route}" in schema["paths"]
 
 
@@ -265,13 +265,13 @@ def test_a_viewer_without_its_segmentation_layer_does_not_turn_edits_into_errors
     session, labels = served
     viewer = session.viewer_for("mallory")
     with viewer.txn() as s:
-        del s.layers[SEGMENTATION_LAYER]
+        del s.layers[segmentation_name(s)]
     sv_a, sv_b = touching_pair(session.proofreading, 2)
     at_a, at_b = xyz(inside(labels, sv_a)), xyz(inside(labels, sv_b))
     merged = client.merge(at_a, at_b)
     assert "merged" in merged["message"]
     assert client.undo()["type"] == "undo"  # and the next edit too
-    other = session.viewer.state.layers[SEGMENTATION_LAYER]  # others were updated
+    other = segmentation_layer(session.viewer.state)  # others were updated
     assert sorted(sorted(int(v) for v in g) for g in other.equivalences.sets()) == \
         sorted(session.membership_view.picture().groups)
 
@@ -510,3 +510,40 @@ def test_a_preview_over_the_api_answers_the_sides_and_logs_nothing(served, clien
     merged = client.merge(at_a, at_b)
     assert merged["segments"] == [side["segment"]]
     client.undo()
+
+
+def test_focused_proofreading_questions_answers_skip_and_back_through_the_client(served):
+    session, labels = served
+    alice = Client(session.base_url, session.access.token, user="alice")
+    bob = Client(session.base_url, session.access.token, user="bob")
+    asked = alice.question()
+    assert asked is not None and asked == alice.question()  # open until answered
+    assert not set(asked["segments"]) & set(bob.question()["segments"])  # not shared
+    first, second = asked["points"]
+    assert labels[first["z"], first["y"], first["x"]] != 0
+    assert alice.segment_at(**first)["segment"] == asked["segments"][0]
+    operations = len(alice.operations(limit=1000))
+
+    answered = alice.answer(yes=False)  # kept apart: logged, nothing moved
+    assert answered["type"] == "separate" and "apart" in answered["message"]
+    assert answered["next"] is not None and answered["next"]["segments"] != asked["segments"]
+    assert len(alice.operations(limit=1000)) == operations + 1
+    assert alice.segment_at(**first)["segment"] != alice.segment_at(**second)["segment"]
+
+    merged = alice.answer(yes=True)  # the next one, merged
+    points = answered["next"]["points"]
+    assert merged["type"] == "merge"
+    assert alice.segment_at(**points[0])["segment"] == alice.segment_at(**points[1])["segment"]
+
+    back = alice.back()  # the merge undone, its question open again
+    assert back["undone"]["type"] == "undo" and back["question"] == answered["next"]
+    assert alice.segment_at(**points[0])["segment"] != alice.segment_at(**points[1])["segment"]
+    skipped = alice.skip()
+    assert skipped is not None and skipped["segments"] != answered["next"]["segments"]
+    with pytest.raises(ApiError, match="'yes' or 'no'") as refused:
+        alice._request("POST", "/api/v1/answer", {"user": "alice", "answer": "maybe"})
+    assert refused.value.status == 400
+    alice.back(), alice.back()  # the skip, then the "no" undone: as it was
+    bob.skip()
+    assert len(alice.operations(limit=1000)) == operations + 4  # separate, merge, two undos
+    assert alice.question() == asked  # the first question, open again

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from server.viewer import SEGMENTATION_LAYER, to_viewer
+from server.viewer import segmentation_layer, segmentation_name, to_viewer
 from tests.browser_util import (PANEL, coloured_fraction, grey_and_textured, panel_pixels,
                                 wait_for_panel)
 
@@ -37,12 +37,12 @@ def page(browser, demo_session):
 def test_em_and_coloured_segments_render(page, demo_session):
     viewer = demo_session.viewer
     with viewer.txn() as s:
-        s.layers[SEGMENTATION_LAYER].visible = False
+        segmentation_layer(s).visible = False
     page.goto(demo_session.viewer_url)
     em = wait_for_panel(page, grey_and_textured)
     assert em.std() > 10  # the image panel is not uniform
     with viewer.txn() as s:
-        s.layers[SEGMENTATION_LAYER].visible = True
+        segmentation_layer(s).visible = True
     coloured = wait_for_panel(page, lambda p: coloured_fraction(p) > 0.3)
     assert coloured_fraction(coloured) > 0.3 and coloured_fraction(em) < 0.01
 
@@ -53,7 +53,7 @@ def test_key_over_a_segment_reports_the_id_the_volume_holds(page, demo_session):
     target = interior_voxel(labels, 80)
     with demo_session.viewer.txn() as s:
         s.position = [v + 0.5 for v in to_viewer(target)]
-        s.layers[SEGMENTATION_LAYER].visible = True
+        segmentation_layer(s).visible = True
     page.goto(demo_session.viewer_url)
     wait_for_panel(page, lambda p: coloured_fraction(p) > 0.3)
     box = page.locator(PANEL).first.bounding_box()
@@ -69,7 +69,8 @@ def test_key_over_a_segment_reports_the_id_the_volume_holds(page, demo_session):
     expected = int(labels[reported])
     assert expected == labels[target] != 0
     assert report.message.startswith(f"segment {expected}:")
-    assert report.pointer.selected.get(SEGMENTATION_LAYER) == expected  # the client's id too
+    drawn = segmentation_name(demo_session.viewer.state)
+    assert report.pointer.selected.get(drawn) == expected  # the client's id too
     page.wait_for_function("text => document.body.innerText.includes(text)",
                            arg=report.message, timeout=10000)
 
@@ -99,11 +100,11 @@ def test_a_zarr_project_renders_too(browser, tmp_path, demo_h5):
     try:
         assert session.source_url("image").startswith("zarr2://http://")
         with session.viewer.txn() as s:
-            s.layers[SEGMENTATION_LAYER].visible = False
+            segmentation_layer(s).visible = False
         page.goto(session.viewer_url)
         wait_for_panel(page, grey_and_textured)
         with session.viewer.txn() as s:
-            s.layers[SEGMENTATION_LAYER].visible = True
+            segmentation_layer(s).visible = True
         wait_for_panel(page, lambda p: coloured_fraction(p) > 0.3)
     finally:
         page.close()
@@ -113,7 +114,7 @@ def test_a_zarr_project_renders_too(browser, tmp_path, demo_h5):
 def test_agglomerated_neurons_show_as_meshes_in_3d(browser, segmented_session):
     session = segmented_session
     state = session.viewer.state
-    visible = [int(v) for v in state.layers[SEGMENTATION_LAYER].segments]
+    visible = [int(v) for v in segmentation_layer(state).segments]
     assert len(visible) == 1  # the neuron at the starting position (by its smallest member)
     segment = session.membership_view.segment_of(visible[0])
     members = session.proofreading.members_of(segment)
@@ -133,7 +134,7 @@ def test_agglomerated_neurons_show_as_meshes_in_3d(browser, segmented_session):
         with_mesh = coloured_fraction(panel_pixels(page))
         assert with_mesh > 0.05, f"no mesh in the 3D panel ({with_mesh:.3f} coloured)"
         with session.viewer.txn() as s:
-            s.layers[SEGMENTATION_LAYER].segments = set()
+            segmentation_layer(s).segments = set()
         time.sleep(1.5)
         # what stays is the outline box and the axes: the colour was the mesh
         assert coloured_fraction(panel_pixels(page)) < with_mesh / 3

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from server.api import DEFAULT_USER
-from server.viewer import SEGMENTATION_LAYER, UPDATING_LAYER
+from server.viewer import segmentation_layer, voxels_loading
 from tests.browser_util import (Driver, coloured_fraction, inside, panel_box, panel_pixels,
                                 touching_pair, wait_for_panel)
 
@@ -326,7 +326,7 @@ def _off_the_segments(page) -> None:
 
 def _voxels_loaded(session) -> Callable[[], bool]:
     """Whether no division's new voxels are still loading out of sight."""
-    return lambda: UPDATING_LAYER not in session.viewer.state.layers
+    return lambda: not voxels_loading(session.viewer.state)
 
 
 def test_an_edit_redraws_only_the_segments_it_changed(browser, segmented_session):
@@ -347,8 +347,9 @@ def test_an_edit_redraws_only_the_segments_it_changed(browser, segmented_session
         session.reset_view()
 
 
-@pytest.mark.xfail(strict=False, reason="issue 13, still open: on a fresh clone the swap to a "
-                   "division's new voxels showed one blank frame (the source URL change)")
+@pytest.mark.xfail(strict=False, reason="issue 13, still open: under load, one frame in a few "
+                   "runs is drawn without the segmentation when a division's new voxels "
+                   "arrive (seen at the swap, and once at the commit)")
 def test_a_division_redraws_only_the_segments_it_changed(browser, segmented_session):
     """As above, for a supervoxel division and its undo (its new voxels load out of sight
     first)."""
@@ -433,7 +434,7 @@ def test_a_split_and_a_merge_are_previewed_before_they_are_committed(browser,
         assert report.ok and report.message.startswith("split"), report.message
         assert len(proof.log) == operations + 1
         assert proof.segment_of(first) != proof.segment_of(second)
-        assert not session.viewer.state.layers[SEGMENTATION_LAYER].segment_colors
+        assert not segmentation_layer(session.viewer.state).segment_colors
         time.sleep(1.5)  # the new segment drawn in its own colour
         plain = wait_for_panel(page, lambda p: True)
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from server.viewer import SEGMENTATION_LAYER, from_viewer
+from server.viewer import from_viewer, segmentation_layer
 from tests.browser_util import inside, touching_pair
 
 pytestmark = pytest.mark.browser
@@ -49,7 +49,7 @@ def test_the_dashboard_follows_edits_live_moves_the_viewer_and_marks_reviews(bro
         viewer = session.viewers["alice"]
         _wait(lambda: proof.segment_of(int(labels[from_viewer(viewer.state.position)]))
               == segment, what="the viewer at the segment")
-        shown = {int(v) for v in viewer.state.layers[SEGMENTATION_LAYER].segments}
+        shown = {int(v) for v in segmentation_layer(viewer.state).segments}
         assert shown == {session.membership_view.shown_as(segment)}
 
         # the review box is a logged edit; undo from the dashboard takes it back
@@ -61,5 +61,41 @@ def test_the_dashboard_follows_edits_live_moves_the_viewer_and_marks_reviews(bro
         page.click("#undo")
         _wait(lambda: segment not in proof.reviewed(), what="the undo")
         assert [e.kind for e in proof.log.entries()][-2:] == ["review", "undo"]
+    finally:
+        page.close()
+
+
+def test_the_dashboard_steps_through_questions_and_takes_the_viewer_to_each(browser,
+                                                                            segmented_session):
+    from server.viewer import to_viewer
+
+    session = segmented_session
+    proof, queue = session.proofreading, session.service.questions
+    page = browser.new_page()
+    try:
+        page.goto(f"{session.base_url}/static/dashboard.html#token={session.access.token}"
+                  f"&user=carol")
+        page.wait_for_selector("#segments tbody tr", timeout=30000)
+        assert page.is_disabled("#yes")  # nothing to answer before a question
+        page.click("#ask")
+        _wait(lambda: queue.current("carol") is not None, what="a question")
+        ask = queue.current("carol")
+        a, b = ask.segments
+        page.wait_for_function("t => document.getElementById('question').innerText"
+                               ".includes(t)", arg=f"segments {a} (cyan) and {b} (magenta)",
+                               timeout=10000)
+        viewer = session.viewers["carol"]
+        _wait(lambda: list(viewer.state.position) == [v + 0.5 for v in to_viewer(ask.contact)],
+              what="carol's viewer at the contact")
+        operations = len(proof.log)
+        page.click("#no")
+        _wait(lambda: len(proof.log) == operations + 1, what="the answer logged")
+        assert [e.kind for e in proof.log.entries(operations)] == ["separate"]
+        _wait(lambda: queue.current("carol") not in (None, ask), what="the next question")
+        page.click("#back")
+        _wait(lambda: queue.current("carol") == ask, what="back to the first question")
+        assert [e.kind for e in proof.log.entries(operations)] == ["separate", "undo"]
+        page.wait_for_function("t => document.getElementById('question-result').innerText"
+                               ".includes(t)", arg="undid separate", timeout=10000)
     finally:
         page.close()

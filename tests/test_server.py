@@ -11,7 +11,7 @@ import pytest
 
 from segmentation.errors import InputError
 from server.actions import Action
-from server.viewer import SEGMENTATION_LAYER, Pointer, from_viewer, to_viewer
+from server.viewer import Pointer, from_viewer, segmentation_layer, to_viewer
 
 
 def request(session, path: str, method: str = "GET", headers: dict | None = None):
@@ -121,7 +121,7 @@ def test_viewer_state_is_set_explicitly(demo_session):
     assert list(state.position) == [125.5, 125.5, 80.5]
     assert state.cross_section_scale > 0
     assert state.layers["image"].source[0].url.startswith("precomputed://http://127.0.0.1:")
-    assert state.layers[SEGMENTATION_LAYER].type == "segmentation"
+    assert segmentation_layer(state).type == "segmentation"
     bindings = demo_session.viewer.config_state.state.input_event_bindings.viewer
     assert bindings["keyi"] == "promptcut: show the segment under the mouse"  # readable in H
 
@@ -234,7 +234,7 @@ def test_supervoxel_chunks_and_meshes_are_served_and_viewers_hold_the_membership
     response, _ = request(session, f"/segments/g{generation}/mesh/..%2Finfo")
     assert response.status == 404
     # the viewer draws each segment as one equivalence group of its supervoxels
-    layer = session.viewer.state.layers[SEGMENTATION_LAYER]
+    layer = segmentation_layer(session.viewer.state)
     segment = session.proofreading.segment_of(supervoxel)
     members = sorted(session.proofreading.members_of(segment).tolist())
     (group,) = [{int(v) for v in g} for g in layer.equivalences.sets() if members[0] in g]
@@ -284,10 +284,11 @@ def test_only_chunks_of_the_served_grid_are_read_and_the_cache_stays_bounded(seg
 
 def test_a_division_loads_the_new_voxels_out_of_sight_and_then_draws_them(segmented_session,
                                                                        monkeypatch):
-    """The viewer keeps drawing the old voxels while a hidden layer loads the divided ones,
-    and swaps once the browser has stopped asking for their chunks (long before the limit)."""
+    """The viewer keeps drawing the old voxels while the other segmentation layer loads the
+    divided ones with no opacity, and swaps once the browser has stopped asking for their
+    chunks (long before the limit): the drawn layer's source never changes."""
     import server.app
-    from server.viewer import UPDATING_LAYER
+    from server.viewer import SEGMENTATION_LAYERS, segmentation_name, voxels_loading
 
     monkeypatch.setattr(server.app, "VOXELS_LOAD_LIMIT", 120.0)
     session = segmented_session
@@ -297,29 +298,37 @@ def test_a_division_loads_the_new_voxels_out_of_sight_and_then_draws_them(segmen
     voxels = np.argwhere(labels[40] == supervoxel)
     first = (40,) + tuple(int(v) for v in voxels[0])
     second = (40,) + tuple(int(v) for v in voxels[np.argmax(np.abs(voxels - voxels[0]).sum(1))])
-    old_url = str(session.viewer.state.layers[SEGMENTATION_LAYER].source[0].url)
+    drawn = segmentation_name(session.viewer.state)
+    spare = next(n for n in SEGMENTATION_LAYERS if n != drawn)
+    old_url = str(session.viewer.state.layers[drawn].source[0].url)
+
+    def loading() -> bool:
+        return voxels_loading(session.viewer.state)
+
     try:
         session.service.split_supervoxel("proofreader", [first], [second])
         new_url = session.source_url("segmentation")
         state = session.viewer.state
-        assert new_url != old_url and str(state.layers[SEGMENTATION_LAYER].source[0].url) \
-            == old_url
-        loading = state.layers[UPDATING_LAYER]
-        assert str(loading.source[0].url) == new_url and loading.selected_alpha == 0
-        assert loading.equivalences.to_json() == \
-            state.layers[SEGMENTATION_LAYER].equivalences.to_json()
+        assert new_url != old_url and segmentation_name(state) == drawn
+        assert str(state.layers[drawn].source[0].url) == old_url
+        assert str(state.layers[spare].source[0].url) == new_url
+        assert state.layers[spare].selected_alpha == 0 == state.layers[spare].object_alpha
+        assert state.layers[spare].equivalences.to_json() == \
+            state.layers[drawn].equivalences.to_json()
         served = f"/segments/g{session.membership_view.generation}"
         key = json.loads(request(session, f"{served}/info")[1])["scales"][0]["key"]
         request(session, f"{served}/{key}/0-64_64-128_0-64")  # the browser asks for a chunk
         deadline = time.monotonic() + 60  # half the limit: the swap follows the requests
-        while UPDATING_LAYER in session.viewer.state.layers and time.monotonic() < deadline:
+        while loading() and time.monotonic() < deadline:
             time.sleep(0.05)
         state = session.viewer.state
-        assert UPDATING_LAYER not in state.layers
-        assert str(state.layers[SEGMENTATION_LAYER].source[0].url) == new_url
+        assert state.layers[drawn].archived and segmentation_name(state) == spare
+        assert str(state.layers[spare].source[0].url) == new_url
+        assert state.layers[spare].selected_alpha == 0.5
+        assert state.selected_layer.layer == spare
     finally:
         session.service.undo("proofreader")
         deadline = time.monotonic() + 30  # the undo's voxels swapped in by the limit
         monkeypatch.setattr(server.app, "VOXELS_LOAD_LIMIT", 0.0)
-        while UPDATING_LAYER in session.viewer.state.layers and time.monotonic() < deadline:
+        while loading() and time.monotonic() < deadline:
             time.sleep(0.05)
