@@ -290,11 +290,11 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--export", type=Path, metavar="FILE",
                    help="then write the best checkpoint's weights (no optimiser state) here")
-    p.add_argument("--edges", type=Path, metavar="FILE", nargs="?", const=Path(""),
+    p.add_argument("--edges", type=Path, metavar="FILE", nargs="?", const="",
                    help="train the edge classifier of the learned agglomeration instead, on "
                         "the segmented project's RAG, and write it here (default: "
                         "<project>/models/edges.txt)")
-    p.add_argument("--from-decisions", type=Path, metavar="FILE", nargs="?", const=Path(""),
+    p.add_argument("--from-decisions", type=Path, metavar="FILE", nargs="?", const="",
                    help="retrain the edge classifier (the config's, or the shipped one) from "
                         "the proofreaders' decisions in the project's edit log, and write it "
                         "here (default: <project>/models/edges_decisions.txt); needs no "
@@ -305,7 +305,7 @@ def _train_edges(config, truth, output: Path) -> int:
     from segmentation.edge_training import best, train_edges
     from segmentation.project import Project
 
-    output = output if str(output) else config.project_dir / "models" / "edges.txt"
+    output = Path(output) if output else config.project_dir / "models" / "edges.txt"
     with _open_input(config.source_location(truth), truth.key, "segmentation",
                      config.dataset.voxel_size) as labels:
         truth_labels = labels.read(slice(None), slice(None), slice(None))
@@ -328,7 +328,7 @@ def _train_from_decisions(config, output: Path) -> int:
     from segmentation.edge_training import train_from_decisions
     from segmentation.project import Project
 
-    output = output if str(output) else config.project_dir / "models" / \
+    output = Path(output) if output else config.project_dir / "models" / \
         "edges_decisions.txt"
     base = config.serve_settings().model_files.edge_classifier
     if base is None:

@@ -19,6 +19,7 @@ import numpy as np
 from segmentation.agglomerate import dense_histograms
 from segmentation.edge_classifier import LearnedScore
 from segmentation.rag import Rag
+from segmentation.session import EditError
 
 Pair = tuple[int, int]
 Point = tuple[int, int, int]  # z, y, x voxel
@@ -115,7 +116,7 @@ class FocusQueue:
     question about either of its segments (their answers would edit the same segment). Each
     proofreader has a current question, the ones they skipped, and a history for "back"."""
 
-    def __init__(self, rag: Rag, session, booster, batch: int = 50):
+    def __init__(self, rag: Rag, session, booster, batch: int = 200):
         self.rag = rag
         self.session = session  # a ProofreadingSession
         self.booster = booster
@@ -127,6 +128,7 @@ class FocusQueue:
         self._current: dict[str, Ask] = {}
         self._skipped: dict[str, set[Pair]] = {}
         self._history: dict[str, list[tuple[Ask, Optional[int]]]] = {}
+        self._before_back: dict[str, Optional[Ask]] = {}
         self.asked = 0  # questions put, for the dashboard
 
     def invalidate(self) -> None:
@@ -151,8 +153,8 @@ class FocusQueue:
             ask = self.current(user)
             if ask is not None:
                 return ask
-            held = {s for other, a in self._current.items() if other != user
-                    for s in a.segments}
+            held = {s for other, a in self._current.items() if other != user and
+                    self._open(a.segments) for s in a.segments}
             skipped = self._skipped.get(user, set())
             for question in self._ranking():
                 a, b = question.segments
@@ -175,6 +177,11 @@ class FocusQueue:
                 self._history.setdefault(user, []).append((ask, None))
             return self.next(user)
 
+    def drop(self, user: str) -> None:
+        """Forget the user's open question (it no longer holds)."""
+        with self._lock:
+            self._current.pop(user, None)
+
     def answered(self, user: str, ask: Ask, operation: int) -> None:
         with self._lock:
             if self._current.get(user) == ask:
@@ -188,15 +195,26 @@ class FocusQueue:
             history = self._history.get(user)
             if not history:
                 return None
-            ask, operation = history.pop()
+            ask, operation = history[-1]
+            holder = next((other for other, a in self._current.items() if other != user and
+                           set(a.segments) & set(ask.segments)), None)
+            if holder is not None:
+                raise EditError(f"cannot go back: {holder} holds a question about segment "
+                                f"{ask.segments[0]} or {ask.segments[1]} now")
+            history.pop()
             self._skipped.get(user, set()).discard(ask.segments)
+            self._before_back[user] = self._current.get(user)
             self._current[user] = ask
             return ask, operation
 
     def restore(self, user: str, ask: Ask, operation: Optional[int]) -> None:
-        """Undo a ``back`` that could not be carried out."""
+        """Undo a ``back`` that could not be carried out: the question the user had open
+        before is open again."""
         with self._lock:
-            if self._current.get(user) == ask:
+            previous = self._before_back.pop(user, None)
+            if previous is not None:
+                self._current[user] = previous
+            elif self._current.get(user) == ask:
                 del self._current[user]
             self._history.setdefault(user, []).append((ask, operation))
 
@@ -228,10 +246,11 @@ class FocusQueue:
         """Both segments exist, differ and touch, and nobody kept them apart."""
         session = self.session
         a, b = pair
-        contacts = session.contacts(a, b)
-        if not contacts:
-            return False
-        separated = {tuple(sorted(p)) for p in session.decisions()[1]}
+        with session.exclusive():  # decisions change with every undo
+            contacts = session.contacts(a, b)
+            if not contacts:
+                return False
+            separated = {tuple(sorted(p)) for p in session.decisions()[1]}
         return not any(tuple(sorted(p)) in separated for p in contacts)
 
     def _ask(self, question: Question) -> Optional[Ask]:

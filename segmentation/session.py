@@ -348,6 +348,11 @@ class ProofreadingSession:
             return {seg: entry for seg, entry in latest.items()
                     if entry.inputs["reviewed"] and self.members.get(seg)}
 
+    def in_effect(self, operation: int) -> bool:
+        """Whether a logged operation is in effect now (not undone)."""
+        with self._lock:
+            return self._in_effect(operation)
+
     def last_undoable(self, user: str) -> Optional[int]:
         """The operation U would undo for ``user`` (None: nothing)."""
         with self._lock:

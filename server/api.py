@@ -11,6 +11,7 @@ The description of all of it is served at ``/api/v1/openapi.json``.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional, Sequence
@@ -24,6 +25,7 @@ from server.access import Access, refusal, require_token
 from server.api_schema import openapi
 from server.edit_service import EditService
 
+log = logging.getLogger(__name__)
 USER_HELP = "a user name is 1 to 64 letters, digits, '-', '_' or '.'"
 DEFAULT_USER = "proofreader"
 
@@ -284,8 +286,12 @@ class QuestionHandler(JsonHandler):
 
     def _shown(self, user: str, ask):
         """The question, also shown in the user's viewer when they have one open (the
-        dashboard steps through questions with it)."""
-        self.api.show_question(user, ask)
+        dashboard steps through questions with it); a viewer's trouble is logged, never the
+        request's (an answer is saved by then)."""
+        try:
+            self.api.show_question(user, ask)
+        except Exception:  # noqa: BLE001
+            log.exception("could not show %s's question in their viewer", user)
         return ask
 
 

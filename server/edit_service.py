@@ -128,14 +128,22 @@ class EditService:
     def answer(self, user: str, yes: bool) -> OperationResult:
         """Answer the user's open question: yes merges the two segments (their contact
         confirmed), no keeps them apart for good. Logged and undoable like any edit."""
-        queue = self._queue()
+        queue, session = self._queue(), self.session
         ask = queue.current(user)
         if ask is None:
             raise EditError("no question is open: ask for one first (F, or GET "
                             "/api/v1/question)")
-        result = self.merge(user, *ask.points) if yes else self.separate(user, *ask.points)
+        with session.exclusive():  # the segments checked and edited with no edit between
+            at = tuple(session.segment_of(session.supervoxel_at(p)) for p in ask.points)
+            if at != ask.segments:  # another edit cut or divided one of them meanwhile
+                queue.drop(user)
+                raise EditError(f"the question changed since it was asked (segments "
+                                f"{ask.segments[0]} and {ask.segments[1]} were edited): "
+                                f"ask again for the next one")
+            result = session.merge(user, *ask.points) if yes else \
+                session.separate(user, *ask.points)
         queue.answered(user, ask, result.operation)
-        return result
+        return self._publish(result)
 
     def skip(self, user: str) -> Optional[Ask]:
         """Put the open question aside and ask the next one."""
@@ -149,8 +157,8 @@ class EditService:
         if previous is None:
             raise EditError(f"{user} has no earlier question to go back to")
         ask, operation = previous
-        if operation is None:
-            return ask, None
+        if operation is None or not self.session.in_effect(operation):
+            return ask, None  # skipped, or its answer already undone (U)
         last = self.session.last_undoable(user)
         if last != operation:
             queue.restore(user, ask, operation)

@@ -269,7 +269,8 @@ def show_loaded_voxels(state: Any, url: str) -> None:
         return
     old, new = state.layers[drawn], state.layers[loading]
     for setting in ("selected_alpha", "not_selected_alpha", "object_alpha", "saturation",
-                    "segment_colors", "hide_segment_zero", "visible"):
+                    "segment_colors", "hide_segment_zero", "visible", "segments",
+                    "color_seed", "segment_query"):
         setattr(new, setting, getattr(old, setting))
     old.archived = True
     if state.selected_layer.layer == drawn:

@@ -547,3 +547,15 @@ def test_focused_proofreading_questions_answers_skip_and_back_through_the_client
     bob.skip()
     assert len(alice.operations(limit=1000)) == operations + 4  # separate, merge, two undos
     assert alice.question() == asked  # the first question, open again
+
+
+def test_back_after_undoing_an_answer_with_u_reopens_the_question(served):
+    session, _ = served
+    dave = Client(session.base_url, session.access.token, user="dave")
+    asked = dave.question()
+    dave.answer(yes=False)
+    dave.undo()  # U instead of back: the answer is undone already
+    back = dave.back()
+    assert back["question"] == asked and back["undone"] is None
+    assert dave.question() == asked
+    dave.skip()
