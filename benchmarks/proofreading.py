@@ -165,7 +165,6 @@ def run_focused(config, truth: np.ndarray, decisions: int, threshold: float) -> 
     (decisions in place of edits)."""
     import time
 
-    from promptcut.segmenting import edge_model
     from segmentation import edge_classifier
     from segmentation.project import Project
     from segmentation.rag import Rag
@@ -174,7 +173,7 @@ def run_focused(config, truth: np.ndarray, decisions: int, threshold: float) -> 
     project = Project.open(config.project_dir)
     rag = Rag.load(project.root / "rag.npz")
     start = Segments.load(project.root / "segments.npz").at(threshold)
-    booster = edge_classifier.load(edge_model(config) or edge_classifier.SHIPPED_EDGE_MODEL)
+    booster = edge_classifier.load(config.edge_classifier())
     table = Contingency.of(truth, project.volume("segmentation").read(*(slice(None),) * 3))
     started = time.perf_counter()
     scores = simulate_focused(rag, start, booster, table, decisions)

@@ -330,10 +330,10 @@ def _train_from_decisions(config, output: Path) -> int:
 
     output = Path(output) if output else config.project_dir / "models" / \
         "edges_decisions.txt"
-    base = config.serve_settings().model_files.edge_classifier
-    if base is None:
-        raise InputError("no edge classifier to retrain: set "
-                         "segment.agglomeration.edge_model")
+    base = config.edge_classifier()
+    if not base.is_file():
+        raise InputError(f"no edge classifier to retrain at {base}: set "
+                         f"segment.agglomeration.edge_model")
     with project_lock(config.project_dir, "train"):
         found = train_from_decisions(Project.open(config.project_dir), base, output)
     print(f"retrained {base.name} on {found['rows']} contacts ({found['same_neuron_rows']} "

@@ -130,6 +130,12 @@ class Config:
         """A path from the config, relative to the config file's folder."""
         return (self.base_dir / os.path.expanduser(os.path.expandvars(path))).resolve()
 
+    def edge_classifier(self) -> Path:
+        """The edge classifier file: the agglomeration's ``edge_model``, or the shipped one
+        (it may not exist; callers that need it say so)."""
+        path = self.segment.agglomeration.edge_model
+        return self.resolve(path) if path else SHIPPED_EDGE_MODEL
+
     def sam2_model(self) -> tuple[str, Optional[Path]]:
         """SAM2's config (a package name, or a YAML file found next to this config) and its
         checkpoint file, if one is configured."""
@@ -143,8 +149,7 @@ class Config:
         """What the server is told, paths resolved."""
         sam2_config, checkpoint = self.sam2_model()
         fgnet = self.resolve(self.models.fgnet) if self.models.fgnet else None
-        edges = self.segment.agglomeration.edge_model
-        edges = self.resolve(edges) if edges else SHIPPED_EDGE_MODEL
+        edges = self.edge_classifier()
         return ServeSettings(self.name, self.dataset.name, self.dataset.credits, self.server,
                              self.viewer, self.models,
                              ModelFiles(sam2_config, checkpoint, fgnet,

@@ -8,7 +8,6 @@ from typing import Optional
 from promptcut.config import Config
 from promptcut.setup_project import prepare_project
 from segmentation.blockwise import Runner, default_workers
-from segmentation.edge_classifier import SHIPPED_EDGE_MODEL
 from segmentation.errors import ConfigError, InputError
 from segmentation.models.learned import make_model
 from segmentation.pipeline import PipelineParams, PipelineReport, segment
@@ -20,10 +19,9 @@ from segmentation.supervoxels import SupervoxelParams
 
 def edge_model(config: Config) -> Optional[Path]:
     """The edge classifier the config's agglomeration uses (None: the quantile order)."""
-    a = config.segment.agglomeration
-    if a.method != "learned":
+    if config.segment.agglomeration.method != "learned":
         return None
-    path = config.resolve(a.edge_model) if a.edge_model else SHIPPED_EDGE_MODEL
+    path = config.edge_classifier()
     if not path.is_file():
         raise ConfigError(f"config key 'segment.agglomeration.edge_model': no edge classifier "
                           f"at {path}")

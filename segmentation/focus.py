@@ -73,11 +73,15 @@ class Ask:
 
     question: Question
     points: tuple[Point, Point]  # z, y, x voxels: one in each segment, face to face
-    contact: Point  # z, y, x: the middle of their largest contact
 
     @property
     def segments(self) -> Pair:
         return self.question.segments
+
+    @property
+    def contact(self) -> Point:
+        """Where to look: between the two points (the middle of the largest contact)."""
+        return tuple((p + q) // 2 for p, q in zip(*self.points))
 
 
 def contact_points(read: Callable[..., np.ndarray], bbox_a: np.ndarray, bbox_b: np.ndarray,
@@ -128,8 +132,6 @@ class FocusQueue:
         self._current: dict[str, Ask] = {}
         self._skipped: dict[str, set[Pair]] = {}
         self._history: dict[str, list[tuple[Ask, Optional[int]]]] = {}
-        self._before_back: dict[str, Optional[Ask]] = {}
-        self.asked = 0  # questions put, for the dashboard
 
     def invalidate(self) -> None:
         """The segmentation changed: rank again before the next question. Called inside the
@@ -153,18 +155,18 @@ class FocusQueue:
             ask = self.current(user)
             if ask is not None:
                 return ask
+            separated = self._separated()
             held = {s for other, a in self._current.items() if other != user and
-                    self._open(a.segments) for s in a.segments}
+                    self._open(a.segments, separated) for s in a.segments}
             skipped = self._skipped.get(user, set())
             for question in self._ranking():
                 a, b = question.segments
                 if a in held or b in held or question.segments in skipped or \
-                        not self._open(question.segments):
+                        not self._open(question.segments, separated):
                     continue
                 ask = self._ask(question)
                 if ask is not None:
                     self._current[user] = ask
-                    self.asked += 1
                     return ask
             return None
 
@@ -188,9 +190,10 @@ class FocusQueue:
                 del self._current[user]
             self._history.setdefault(user, []).append((ask, operation))
 
-    def back(self, user: str) -> Optional[tuple[Ask, Optional[int]]]:
+    def previous(self, user: str) -> Optional[tuple[Ask, Optional[int]]]:
         """The user's previous question and the operation that answered it (None: skipped),
-        which becomes their open question again; the caller undoes the answer."""
+        changing nothing: the caller undoes the answer, then ``reopen``s it. Refused while
+        another proofreader holds a question about either segment."""
         with self._lock:
             history = self._history.get(user)
             if not history:
@@ -201,31 +204,19 @@ class FocusQueue:
             if holder is not None:
                 raise EditError(f"cannot go back: {holder} holds a question about segment "
                                 f"{ask.segments[0]} or {ask.segments[1]} now")
-            history.pop()
-            self._skipped.get(user, set()).discard(ask.segments)
-            self._before_back[user] = self._current.get(user)
-            self._current[user] = ask
             return ask, operation
 
-    def restore(self, user: str, ask: Ask, operation: Optional[int]) -> None:
-        """Undo a ``back`` that could not be carried out: the question the user had open
-        before is open again."""
+    def reopen(self, user: str) -> Ask:
+        """The user's previous question (``previous``) is their open question again."""
         with self._lock:
-            previous = self._before_back.pop(user, None)
-            if previous is not None:
-                self._current[user] = previous
-            elif self._current.get(user) == ask:
-                del self._current[user]
-            self._history.setdefault(user, []).append((ask, operation))
+            ask, _ = self._history[user].pop()
+            self._skipped.get(user, set()).discard(ask.segments)
+            self._current[user] = ask
+            return ask
 
     def holders(self) -> dict[str, Pair]:
         with self._lock:
             return {user: ask.segments for user, ask in self._current.items()}
-
-    def remaining(self) -> int:
-        """Undecided questions worth asking (any chance of a yes), up to the batch size."""
-        with self._lock:
-            return sum(1 for q in self._ranking() if self._open(q.segments))
 
     # -- inside ---------------------------------------------------------------------------------
     def _ranking(self) -> list[Question]:
@@ -242,16 +233,17 @@ class FocusQueue:
             self._ranked_after = edits
         return self._ranked
 
-    def _open(self, pair: Pair) -> bool:
+    def _separated(self) -> set[Pair]:
+        """The supervoxel contacts kept apart now (smaller id first)."""
+        return {tuple(sorted(p)) for p in self.session.decisions()[1]}
+
+    def _open(self, pair: Pair, separated: Optional[set[Pair]] = None) -> bool:
         """Both segments exist, differ and touch, and nobody kept them apart."""
-        session = self.session
-        a, b = pair
-        with session.exclusive():  # decisions change with every undo
-            contacts = session.contacts(a, b)
-            if not contacts:
-                return False
-            separated = {tuple(sorted(p)) for p in session.decisions()[1]}
-        return not any(tuple(sorted(p)) in separated for p in contacts)
+        with self.session.exclusive():  # decisions change with every undo
+            contacts = self.session.contacts(*pair)
+            if separated is None:
+                separated = self._separated()
+        return bool(contacts) and not any(tuple(sorted(p)) in separated for p in contacts)
 
     def _ask(self, question: Question) -> Optional[Ask]:
         session = self.session
@@ -268,5 +260,4 @@ class FocusQueue:
                                         sv_a, sv_b, labels.shape)
             except ValueError:
                 return None
-        middle = tuple((p + q) // 2 for p, q in zip(*points))
-        return Ask(question, points, middle)
+        return Ask(question, points)

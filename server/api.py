@@ -227,14 +227,16 @@ class EditHandler(JsonHandler):
         self.send(preview_answer(result) if preview else edit_answer(result))
 
 
+def xyz(zyx: Sequence[int]) -> dict:
+    """A z, y, x voxel as the API writes points."""
+    z, y, x = (int(v) for v in zyx)
+    return {"x": x, "y": y, "z": z}
+
+
 def question_answer(ask) -> Optional[dict]:
     """A focused-proofreading question as JSON (None: none left)."""
     if ask is None:
         return None
-
-    def xyz(zyx):
-        return {"x": int(zyx[2]), "y": int(zyx[1]), "z": int(zyx[0])}
-
     q = ask.question
     return {"segments": [int(s) for s in q.segments], "probability": round(q.probability, 4),
             "value": round(q.value, 1), "points": [xyz(p) for p in ask.points],
@@ -346,8 +348,8 @@ class SegmentAtHandler(JsonHandler):
         zyx = self.point(point, "the point")
         described = await self.off_loop(lambda: self.api.describe(zyx), 404)
         answer = asdict(described)
-        z, y, x = answer.pop("voxel")
-        self.send({**answer, "voxel": {"x": x, "y": y, "z": z}})
+        voxel = xyz(answer.pop("voxel"))
+        self.send({**answer, "voxel": voxel})
 
 
 class SegmentHandler(JsonHandler):

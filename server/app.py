@@ -15,7 +15,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import neuroglancer
 import numpy as np
@@ -36,7 +36,7 @@ from segmentation.stats import VoxelCounts
 from server import viewer as ngview
 from server.access import MAX_BODY, Access, answer_only_own_names
 from server.actions import Action, ActionRouter
-from server.api import DEFAULT_USER, USER_HELP, ApiContext, routes, valid_user
+from server.api import DEFAULT_USER, USER_HELP, ApiContext, routes, valid_user, xyz
 from server.data import DataHandler
 from server.edit_service import EditService, SegmentDescription
 from server.model_worker import ModelWorker
@@ -99,14 +99,14 @@ class ServerSession:
             lambda sv: bool(session.segments_of(np.array([sv], np.uint64))[0]),
             session.supervoxels, self._mesh_supervoxel)
 
-    def _questions(self, session: ProofreadingSession) -> Optional[FocusQueue]:
-        """Focused proofreading's queue, ranked by the configured edge classifier on the
-        graph with its edge histograms (None without a classifier)."""
+    def _questions(self, session: ProofreadingSession) -> Optional[Callable[[], FocusQueue]]:
+        """What builds focused proofreading's queue: ranked by the configured edge
+        classifier on the graph with its edge histograms (None without a classifier)."""
         path = self.settings.model_files.edge_classifier
         if path is None:
             return None
-        rag = Rag.load(self.project.root / "rag.npz")
-        return FocusQueue(rag, session, edge_classifier.load(path))
+        return lambda: FocusQueue(Rag.load(self.project.root / "rag.npz"), session,
+                                  edge_classifier.load(path))
 
     def _mesh_supervoxel(self, supervoxel: int) -> list[str]:
         """Mesh a supervoxel that a division made (the pipeline meshed all the others)."""
@@ -340,7 +340,7 @@ class ServerSession:
             layer = ngview.segmentation_layer(s)
             if layer is not None:
                 layer.segments = {shown}
-        return {"segment": int(segment), "voxel": {"x": voxel[2], "y": voxel[1], "z": voxel[0]}}
+        return {"segment": int(segment), "voxel": xyz(voxel)}
 
     def show_question(self, user: str, ask) -> None:
         """A focused-proofreading question in the user's viewer, if they have one."""

@@ -49,9 +49,13 @@ class SegmentDescription:
 class EditService:
     def __init__(self, session: ProofreadingSession, models: ModelWorker,
                  membership: MembershipView, exports: Path,
-                 questions: Optional[FocusQueue] = None):
+                 questions: Optional[Callable[[], FocusQueue]] = None):
         self.session = session
-        self.questions = questions  # focused proofreading's queue (None: no edge classifier)
+        # focused proofreading's queue, built on first use (its graph and classifier take a
+        # while to load, and most sessions never ask); None: no edge classifier
+        self._make_questions = questions
+        self._questions: Optional[FocusQueue] = None
+        self._questions_lock = threading.Lock()
         self.models = models
         self.exports = exports  # where exports go by default
         self.membership = membership  # as the viewers draw it
@@ -59,8 +63,8 @@ class EditService:
         self._lock = threading.Lock()
         # the served membership changes with each edit, in order, inside the session's lock
         session.on_applied(lambda result: membership.apply(result.delta, result.retired))
-        if questions is not None:  # every edit, whoever made it, re-ranks the questions
-            session.on_applied(lambda result: questions.invalidate())
+        # every edit, whoever made it, re-ranks the questions (once there are any)
+        session.on_applied(lambda result: self._questions and self._questions.invalidate())
 
     def subscribe(self, listener: Listener) -> None:
         with self._lock:
@@ -116,9 +120,6 @@ class EditService:
     def review(self, user: str, segment: int, reviewed: bool = True) -> OperationResult:
         return self._publish(self.session.review(user, segment, reviewed))
 
-    def separate(self, user: str, first: Point, second: Point) -> OperationResult:
-        return self._publish(self.session.separate(user, first, second))
-
     # -- focused proofreading -------------------------------------------------------------------
     def question(self, user: str) -> Optional[Ask]:
         """The user's open question, or the most valuable one no one else holds (None: no
@@ -153,28 +154,32 @@ class EditService:
         """Go back to the user's previous question: its answer is undone (it must still be
         their last edit) and it is their open question again."""
         queue = self._queue()
-        previous = queue.back(user)
+        previous = queue.previous(user)
         if previous is None:
             raise EditError(f"{user} has no earlier question to go back to")
-        ask, operation = previous
-        if operation is None or not self.session.in_effect(operation):
-            return ask, None  # skipped, or its answer already undone (U)
-        last = self.session.last_undoable(user)
-        if last != operation:
-            queue.restore(user, ask, operation)
-            raise EditError(f"cannot go back: operation {operation} answered that question, "
-                            f"but your last edit is {last}; undo with U instead")
-        try:
-            return ask, self.undo(user)
-        except EditError:
-            queue.restore(user, ask, operation)
-            raise
+        _, operation = previous
+        undone = None
+        if operation is not None and self.session.in_effect(operation):  # else skipped, or U
+            last = self.session.last_undoable(user)
+            if last != operation:
+                raise EditError(f"cannot go back: operation {operation} answered that "
+                                f"question, but your last edit is {last}; undo with U instead")
+            undone = self.undo(user)
+        return queue.reopen(user), undone
+
+    @property
+    def questions(self) -> Optional[FocusQueue]:
+        with self._questions_lock:
+            if self._questions is None and self._make_questions is not None:
+                self._questions = self._make_questions()
+            return self._questions
 
     def _queue(self) -> FocusQueue:
-        if self.questions is None:
+        queue = self.questions
+        if queue is None:
             raise EditError("focused proofreading needs an edge classifier, and this server "
                             "has none")
-        return self.questions
+        return queue
 
     def forget_prompts(self, user: str, point: Point) -> OperationResult:
         return self._publish(self.session.clear_prompts(user, point))

@@ -427,8 +427,9 @@ class Proofreading:
                                    f"{self._report(result)}; ")
 
     def show_question(self, ask, done: str = "") -> str:
-        """(Also for the dashboard, through the API.) Centre the view on the question's contact and show its two segments in the side
-        colours (selected: in 3D, and brighter in 2D); the mode line says what the keys do."""
+        """Centre the view on the question's contact and show its two segments in the side
+        colours (selected: in 3D, and brighter in 2D); the mode line says what the keys do.
+        The dashboard's questions come here too, through the API."""
         if ask is None:
             show_status(self.viewer, MODE_STATUS, IDLE_MODE)
             with self.viewer.txn() as s:

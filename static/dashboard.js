@@ -138,8 +138,8 @@ function startQuestions() {
   const user = encodeURIComponent(me);
   document.getElementById('ask').addEventListener('click', () => questionStep(
     () => api(`/api/v1/question?user=${user}`), () => ''));
-  for (const [id, word] of [['yes', 'yes'], ['no', 'no']]) {
-    document.getElementById(id).addEventListener('click', () => questionStep(
+  for (const word of ['yes', 'no']) {
+    document.getElementById(word).addEventListener('click', () => questionStep(
       () => api('/api/v1/answer', {user: me, answer: word}), (answer) => answer.message));
   }
   document.getElementById('skip').addEventListener('click', () => questionStep(

@@ -75,7 +75,8 @@ def test_skip_asks_another_and_back_returns_to_the_skipped_one(queue):
     second = queue.skip("alice")
     assert second is not None and second.segments != first.segments
     assert queue.next("alice") == second
-    ask, operation = queue.back("alice")
+    ask, operation = queue.previous("alice")
+    queue.reopen("alice")
     assert ask == first and operation is None and queue.current("alice") == first
 
 
