@@ -94,7 +94,7 @@ def train_from_decisions(project: Project, base: Path, output: Path, trees: int 
     use = np.isin(labels, np.array(sorted(decided), np.uint64))
     if not decided or use.sum() < 2:
         raise InputError(f"the edit log of {project.root} holds no decisions to learn from: "
-                         f"proofread first (focused proofreading's Y and R, merges, cuts, "
+                         f"proofread first (focused proofreading's Y and W, merges, cuts, "
                          f"review marks)")
     booster = edge_classifier.load(base)
     started = time.perf_counter()

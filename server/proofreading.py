@@ -110,8 +110,8 @@ class Proofreading:
              "segments that may be one neuron, most valuable first)", self.ask),
             ("promptcut-yes", "keyy", "answer the question yes: merge the two segments",
              self.yes),
-            ("promptcut-no", "keyr", "answer the question no (reject): keep the two segments "
-             "apart", self.no),
+            ("promptcut-no", "keyw", "answer the question no (wrong pair): keep the two "
+             "segments apart", self.no),
             ("promptcut-skip", "shift+keyf", "skip the question: show the next one",
              self.skip),
             ("promptcut-back", "keyg", "go back to the previous question (its answer undone)",
@@ -449,7 +449,7 @@ class Proofreading:
         (a, first), (b, second) = zip(ask.segments, (name for name, _ in SIDE_COLOURS))
         show_status(self.viewer, MODE_STATUS,
                     f"question: are segments {a} ({first}) and {b} ({second}) one neuron? "
-                    f"Y yes (merge), R no (keep apart), Shift+F skip, G back")
+                    f"Y yes (merge), W no (keep apart), Shift+F skip, G back")
         return f"{done}question: segments {a} and {b} (model: {ask.question.probability:.0%} " \
             f"one neuron)"
 

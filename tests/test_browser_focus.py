@@ -1,4 +1,4 @@
-"""Focused proofreading from the keyboard in headless Chromium: F asks, R keeps apart, Y
+"""Focused proofreading from the keyboard in headless Chromium: F asks, W keeps apart, Y
 merges, G goes back, Shift+F skips; the mouse never moves between keys."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import pytest
 
 from server.proofreading import MODE_STATUS
 from server.viewer import segmentation_layer, to_viewer
+from tests.browser_util import panel_box
 from tests.test_browser_proofreading import proofreading_page
 
 pytestmark = pytest.mark.browser
@@ -19,6 +20,9 @@ def test_questions_are_asked_answered_skipped_and_taken_back_from_the_keyboard(
     proof, service = session.proofreading, session.service
     with proofreading_page(browser, session) as (page, driver):
         operations = len(proof.log)
+        box = panel_box(page)  # the mouse rests on the data panel, as a person's does: the
+        page.mouse.move(box["x"] + box["width"] / 2,  # panel's own key bindings come first
+                        box["y"] + box["height"] / 2)
 
         def shown() -> tuple[str, set, list]:
             state = session.viewer.state
@@ -34,7 +38,7 @@ def test_questions_are_asked_answered_skipped_and_taken_back_from_the_keyboard(
         assert segments == {service.membership.shown_as(a), service.membership.shown_as(b)}
         assert np.allclose(position, [v + 0.5 for v in to_viewer(first.contact)])
 
-        report = driver.press("r")  # no: kept apart, and the next question is shown
+        report = driver.press("w")  # no: kept apart, and the next question is shown
         assert report.ok and "apart" in report.message, report.message
         assert [e.kind for e in proof.log.entries(operations)] == ["separate"]
         second = service.questions.current("proofreader")
