@@ -236,7 +236,9 @@ def test_log_exports_as_json_lines(tmp_path):
     count = session.log.export_jsonl(tmp_path / "log.jsonl")
     lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert count == 2 and [l["kind"] for l in lines] == ["merge", "undo"]
-    assert lines[1]["target"] == 1 and lines[0]["delta"] == [[2, 2, 1]] or lines[0]["delta"]
+    assert [l["user"] for l in lines] == ["alice", "alice"] and lines[1]["target"] == 1
+    # rows are (supervoxel, old segment, new segment): the undo moves 2 back where it was
+    assert lines[0]["delta"] == [[2, 2, 1]] and lines[1]["delta"] == [[2, 1, 2]]
 
 
 def test_undo_after_redo_and_redo_after_undo_alternate_freely(tmp_path):
