@@ -147,6 +147,9 @@ def _segment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--archive-log", action="store_true",
                    help="the project has proofreading edits: keep their log aside and start "
                         "a fresh one (without this, segment refuses)")
+    p.add_argument("--restart", action="store_true",
+                   help="start over: drop the blocks an interrupted run finished (without "
+                        "this, a rerun on the same inputs and settings resumes)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -162,7 +165,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     with project_lock(config.project_dir, "segment"):
         report = run_segment(config, args.reuse_affinities, args.if_needed, not args.quiet,
-                             args.archive_log)
+                             args.archive_log, args.restart)
     if report is None:
         print("already segmented (use without --if-needed to redo)")
         return 0
@@ -171,6 +174,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
           f"{report.workers} worker(s): {report.supervoxels} supervoxels, {report.edges} edges; "
           f"{report.megavoxels_per_second:.2f} Mvox/s for supervoxels + RAG + agglomeration "
           f"({stages})")
+    if report.resumed:
+        done = ", ".join(f"{stage} {report.skipped[stage]}/{report.skipped[stage] + n}"
+                         for stage, n in report.computed.items())
+        print(f"resumed an interrupted run: blocks already done and skipped: {done}")
     return 0
 
 

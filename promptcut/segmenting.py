@@ -39,7 +39,8 @@ def pipeline_params(config: Config) -> PipelineParams:
 
 
 def run_segment(config: Config, reuse_affinities: bool = False, if_needed: bool = False,
-                progress: bool = True, archive_log: bool = False) -> Optional[PipelineReport]:
+                progress: bool = True, archive_log: bool = False,
+                restart: bool = False) -> Optional[PipelineReport]:
     project = prepare_project(config, progress=progress)
     if if_needed and (project.root / "segments.npz").exists() and project.has("segmentation"):
         return None
@@ -61,4 +62,4 @@ def run_segment(config: Config, reuse_affinities: bool = False, if_needed: bool 
     workers = config.segment.workers
     workers = default_workers() if workers is None else workers
     with Runner(workers, config.segment.scheduler, progress) as runner:
-        return segment(project, model, pipeline_params(config), runner, progress)
+        return segment(project, model, pipeline_params(config), runner, progress, restart)

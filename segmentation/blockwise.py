@@ -2,13 +2,19 @@
 
 Tasks read their inputs from and write their outputs to tensorstore volumes on disk, and return
 only small summaries, so memory is bounded by the block size whatever the volume's size.
+
+A stage run with :class:`Marks` resumes: each block leaves a completion mark (holding its summary)
+once its output is on disk, and a later run computes only the unmarked blocks (daisy's
+``check_function``, as files).
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from tqdm import tqdm
@@ -64,6 +70,78 @@ def make_blocks(shape: Sequence[int], block_shape: Sequence[int]) -> list[Block]
     return blocks
 
 
+Save = Callable[[Any, Path], None]  # write a task's result to a (temporary) mark file
+Load = Callable[[Path], Any]  # read it back
+
+
+def save_nothing(result: Any, path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def load_nothing(path: Path) -> None:
+    return None
+
+
+class Marks:
+    """Completion marks of one stage's blocks, in ``folder``: one file per finished block.
+
+    ``key`` names everything the stage's output depends on (inputs, settings, model); marks
+    left under another key are dropped, so ``fresh`` says the stage's output must be made anew.
+    A mark is renamed into place only after the task returned, i.e. after its writes completed
+    (tensorstore syncs them), so a killed run never leaves a mark for a half-written block.
+    """
+
+    def __init__(self, folder: Path, key: str, save: Save = save_nothing,
+                 load: Load = load_nothing):
+        self.folder = Path(folder)
+        self.key = key
+        self.save, self.load = save, load
+        key_file = self.folder / "KEY"
+        self.fresh = not (key_file.is_file() and key_file.read_text() == key)
+        if self.fresh:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder.mkdir(parents=True)
+            scratch = key_file.with_name("KEY.tmp")
+            scratch.write_text(key)
+            os.replace(scratch, key_file)
+        self.computed = 0
+        self.skipped = 0
+
+    def path(self, block: "Block") -> Path:
+        return self.folder / f"{block.index}.mark"
+
+    def done(self, block: "Block") -> bool:
+        return self.path(block).is_file()
+
+    def complete(self, blocks: Sequence["Block"]) -> bool:
+        return all(self.done(b) for b in blocks)
+
+    def finish(self) -> None:
+        """Say that every block of the stage is done (for readers that know no block list)."""
+        (self.folder / "DONE").touch()
+
+    @property
+    def finished(self) -> bool:
+        return (self.folder / "DONE").is_file()
+
+
+class _Marked:
+    """fn(block, *args), then the block's mark (picklable: it runs on Dask workers)."""
+
+    def __init__(self, fn: Callable, folder: Path, save: Save):
+        self.fn, self.folder, self.save = fn, Path(folder), save
+
+    def __call__(self, block: "Block", *args: Any) -> Any:
+        result = self.fn(block, *args)
+        final = self.folder / f"{block.index}.mark"
+        scratch = self.folder / f"{block.index}.mark.{os.getpid()}.tmp"
+        self.save(result, scratch)
+        with open(scratch, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(scratch, final)
+        return result
+
+
 class Runner:
     """Maps a function over blocks: in this process (``workers=0``), on a local Dask cluster of
     ``workers`` processes, or on an existing cluster at ``scheduler``."""
@@ -101,10 +179,18 @@ class Runner:
             return 1
         return max(1, sum(self.client.nthreads().values()))
 
-    def imap(self, fn: Callable, blocks: Sequence[Block], *args: Any,
-             desc: str = "") -> Iterator:
+    def imap(self, fn: Callable, blocks: Sequence[Block], *args: Any, desc: str = "",
+             marks: Optional[Marks] = None) -> Iterator:
         """fn(block, *args) for every block, yielded as they finish (in any order); each result
-        is let go of by the workers once yielded, so results need not all fit at once."""
+        is let go of by the workers once yielded, so results need not all fit at once. With
+        ``marks``, blocks marked done yield their saved result instead of running again."""
+        if marks is not None:
+            done = [b for b in blocks if marks.done(b)]
+            blocks = [b for b in blocks if not marks.done(b)]
+            marks.skipped, marks.computed = len(done), len(blocks)
+            for block in done:
+                yield marks.load(marks.path(block))
+            fn = _Marked(fn, marks.folder, marks.save)
         bar = tqdm(total=len(blocks), desc=desc, disable=not self.progress, leave=False,
                    unit="block")
         try:
@@ -124,8 +210,18 @@ class Runner:
         finally:
             bar.close()
 
-    def map(self, fn: Callable, blocks: Sequence[Block], *args: Any, desc: str = "") -> list:
-        """fn(block, *args) for every block; results in block order."""
+    def map(self, fn: Callable, blocks: Sequence[Block], *args: Any, desc: str = "",
+            marks: Optional[Marks] = None) -> list:
+        """fn(block, *args) for every block; results in block order. With ``marks``, blocks
+        marked done give their saved result instead of running again."""
+        if marks is not None:
+            todo = [b for b in blocks if not marks.done(b)]
+            computed = dict(zip((b.index for b in todo),
+                                self.map(_Marked(fn, marks.folder, marks.save), todo, *args,
+                                         desc=desc)))
+            marks.skipped, marks.computed = len(blocks) - len(todo), len(todo)
+            return [computed[b.index] if b.index in computed else marks.load(marks.path(b))
+                    for b in blocks]
         bar = tqdm(total=len(blocks), desc=desc, disable=not self.progress, leave=False,
                    unit="block")
         try:

@@ -5,6 +5,7 @@ Stages and what each leaves in the project folder::
     affinities/        uint8 (C, z, y, x) zarr, from the affinity model
     work/seeds/        provisional seed labels per block (removed at the end)
     work/fragments/    flooded fragments with stitched ids (removed at the end)
+    work/marks/STAGE/  per-block completion marks of the block stages (removed at the end)
     supervoxels/       uint64 precomputed segmentation (small fragments merged, ids 1..N),
                        with per-supervoxel meshes in supervoxels/mesh/
     rag.npz            the region adjacency graph (see segmentation.rag)
@@ -12,11 +13,20 @@ Stages and what each leaves in the project folder::
 
 Every block task reads its input from disk and writes its output there, returning summaries, so
 the same code runs in this process or on any number of Dask workers.
+
+An interrupted run resumes: the block stages (affinities, seeds, flood, RAG) mark each finished
+block, and a rerun computes only unmarked blocks. Each stage's marks carry a key (a hash of the
+image, the model and its weights, the settings and the key of the stage before), so marks made
+for other inputs are dropped with that stage's output. Relabelling, the pyramid and meshes write
+the final folder atomically and are redone in full.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import itertools
+import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -31,7 +41,7 @@ from segmentation.affinities import AffinityModel, boundary_from_affinities, qua
 from segmentation.agglomerate import Agglomeration, agglomerate, check_thresholds
 from segmentation.edge_classifier import merge_score
 from segmentation.atomic import atomic_directory
-from segmentation.blockwise import Block, Runner, make_blocks
+from segmentation.blockwise import Block, Marks, Runner, make_blocks
 from segmentation.errors import InputError
 from segmentation.importer import scale_plan, write_pyramid
 from segmentation.meshes import mesh_block, write_mesh_manifests
@@ -74,6 +84,12 @@ class PipelineReport:
     supervoxels: int
     edges: int
     seconds: dict[str, float] = field(default_factory=dict)
+    computed: dict[str, int] = field(default_factory=dict)  # blocks run, per marked stage
+    skipped: dict[str, int] = field(default_factory=dict)  # blocks a previous run had done
+
+    @property
+    def resumed(self) -> bool:
+        return sum(self.skipped.values()) > 0
 
     @property
     def segmentation_seconds(self) -> float:
@@ -90,45 +106,59 @@ SEGMENTATION_STAGES = ("seeds", "stitch", "flood", "rag", "merge small", "relabe
 
 
 def segment(project: Project, model: Optional[AffinityModel], params: PipelineParams,
-            runner: Runner, progress: bool = True) -> PipelineReport:
-    """Run every stage; ``model=None`` reuses the affinities already in the project."""
+            runner: Runner, progress: bool = True, restart: bool = False) -> PipelineReport:
+    """Run every stage; ``model=None`` reuses the affinities already in the project. Blocks an
+    interrupted run finished for the same inputs and settings are not run again, unless
+    ``restart``."""
     image = project.volume("image")
     params.validate(image.shape)
     blocks = make_blocks(image.shape, params.block_shape)
     report = PipelineReport(int(np.prod(image.shape)), len(blocks), runner.parallelism, 0, 0)
     work = project.root / "work"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    if restart:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
     timer = _Timer(report)
     affinities_path = project.root / "affinities"
     if model is not None:
         with timer("affinities"):
-            compute_affinities(image, model, affinities_path, blocks, runner)
-    elif not affinities_path.exists():
-        raise InputError(f"{affinities_path} does not exist: run with an affinity model first")
+            marks = compute_affinities(image, model, affinities_path, blocks, runner,
+                                       work / "marks" / "affinities", image_key(project))
+        report.computed["affinities"], report.skipped["affinities"] = marks.computed, marks.skipped
+    else:
+        check_reusable_affinities(affinities_path, work / "marks" / "affinities")
+    upstream = affinities_key(affinities_path)
     sv = params.supervoxels
     voxel_size = image.voxel_size
     with timer("seeds"):
-        create_zarr(work / "seeds", np.uint64, image.shape, CHUNK)
+        key = stage_key(upstream, "seeds", settings(sv), voxel_size,
+                        params.block_shape, image.shape)
+        marks = _stage_marks(work, "seeds", key, work / "seeds", image.shape, save_seeds,
+                             load_seeds)
         found = runner.map(seed_task, blocks, str(affinities_path), str(work / "seeds"), sv,
-                           voxel_size, desc="seeds")
+                           voxel_size, desc="seeds", marks=marks)
+        _count(report, "seeds", marks)
     with timer("stitch"):
         np.savez(work / "seed_table.npz", **stitch_seeds(blocks, found))
     with timer("flood"):
-        create_zarr(work / "fragments", np.uint64, image.shape, CHUNK)
+        key = stage_key(key, "flood", params.flood_halo)
+        marks = _stage_marks(work, "flood", key, work / "fragments", image.shape)
         runner.map(flood_task, blocks, str(affinities_path), str(work / "seeds"),
                    str(work / "seed_table.npz"), str(work / "fragments"), params.flood_halo,
-                   desc="flood")
+                   desc="flood", marks=marks)
+        _count(report, "flood", marks)
     with timer("rag"):
+        marks = Marks(work / "marks" / "rag", stage_key(key, "rag"), save_rag, load_rag)
         contacts, stats = Contacts.empty(), NodeStats.concatenate([])
         pending: list = []
         for part in runner.imap(rag_task, blocks, str(work / "fragments"),
-                                str(affinities_path), desc="rag"):
+                                str(affinities_path), desc="rag", marks=marks):
             pending.append(part)
             if len(pending) == 8:  # fold as results arrive: memory stays near the result's
                 contacts, stats = _fold(contacts, stats, pending)
                 pending = []
         rag = build_rag(*reversed(_fold(contacts, stats, pending)))
+        _count(report, "rag", marks)
     with timer("merge small"):
         final_ids = merge_small_fragments(rag, sv.min_size)
         np.savez(work / "relabel.npz", old=rag.ids, new=final_ids)
@@ -165,6 +195,87 @@ def segment(project: Project, model: Optional[AffinityModel], params: PipelinePa
     return report
 
 
+def _stage_marks(work: Path, stage: str, key: str, output: Path, shape, save=None,
+                 load=None) -> Marks:
+    """A stage's marks; its uint64 output volume is made anew when the marks are (or the
+    volume is gone)."""
+    if not output.exists():
+        shutil.rmtree(work / "marks" / stage, ignore_errors=True)
+    extra = {} if save is None else {"save": save, "load": load}
+    marks = Marks(work / "marks" / stage, key, **extra)
+    if marks.fresh:
+        create_zarr(output, np.uint64, shape, CHUNK)
+    return marks
+
+
+def _count(report: PipelineReport, stage: str, marks: Marks) -> None:
+    report.computed[stage], report.skipped[stage] = marks.computed, marks.skipped
+
+
+# -- what a stage's output depends on -----------------------------------------------------------
+
+def stage_key(*parts) -> str:
+    """A hash of everything given (JSON, with tuples as lists and paths as text)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def settings(params) -> dict:
+    """A settings object's fields (a dataclass's or a pydantic model's)."""
+    if dataclasses.is_dataclass(params):
+        return dataclasses.asdict(params)
+    if hasattr(params, "model_dump"):
+        return params.model_dump()
+    return dict(vars(params))
+
+
+def image_key(project: Project) -> str:
+    """The image as the project references it: where from and, for imported stacks, the
+    source file's size and time; plus its shape, type and voxel size."""
+    ref = project.manifest.volumes["image"]
+    image = project.volume("image")
+    return stage_key("image", dataclasses.asdict(ref), image.shape, str(image.dtype),
+                     image.voxel_size)
+
+
+def model_key(model: AffinityModel) -> str:
+    """The model's class, settings, context and weights (a hash of the checkpoint file)."""
+    parts: dict = {"class": type(model).__qualname__, "describe": model.describe(),
+                   "context": model.context, "whole_sections": model.whole_sections}
+    if dataclasses.is_dataclass(model):
+        parts["settings"] = settings(model)
+    for name in ("bf16", "device"):
+        if hasattr(model, name):
+            parts[name] = getattr(model, name)
+    checkpoint = getattr(model, "checkpoint", None)
+    if checkpoint is not None and Path(checkpoint).is_file():
+        digest = hashlib.sha256()
+        with open(checkpoint, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        parts["weights"] = digest.hexdigest()
+    return stage_key(parts)
+
+
+def affinities_key(path: Path) -> str:
+    """What the stages after the affinities depend on: the key the affinity stage wrote into
+    the volume's attributes (or, for affinities of an older run, the attributes themselves)."""
+    attributes = json.loads((path / ".zattrs").read_text()) if (path / ".zattrs").is_file() \
+        else {}
+    return attributes.get("fingerprint") or stage_key(attributes)
+
+
+def check_reusable_affinities(path: Path, marks: Path) -> None:
+    if not path.exists():
+        raise InputError(f"{path} does not exist: run with an affinity model first")
+    key = marks / "KEY"
+    if key.is_file() and affinities_key(path) == key.read_text() \
+            and not (marks / "DONE").is_file():
+        done = sum(1 for _ in marks.glob("*.mark"))
+        raise InputError(f"{path} is incomplete: an interrupted run had predicted {done} "
+                         f"block(s); run without --reuse-affinities to finish them")
+
+
 class _Timer:
     def __init__(self, report: PipelineReport):
         self.report = report
@@ -185,17 +296,36 @@ class _Timer:
 # -- affinities ---------------------------------------------------------------------------------
 
 def compute_affinities(image: Volume, model: AffinityModel, path: Path, blocks: list[Block],
-                       runner: Runner) -> None:
-    model.fit(calibration_samples(image))
-    attributes = {"model": model.describe(), "offsets": [list(o) for o in model.offsets],
-                  "voxel_size": list(image.voxel_size), "dtype": "uint8 (affinity * 255)"}
-    create_zarr(path, np.uint8, (len(model.offsets),) + image.shape, (len(model.offsets),) + CHUNK,
-                attributes)
+                       runner: Runner, marks_folder: Optional[Path] = None,
+                       image_id: str = "") -> Marks:
+    """Predict the affinities of every block not marked done in ``marks_folder`` (default: a
+    scratch folder beside ``path``, removed at the end)."""
     if model.whole_sections:  # slabs of whole sections, as deep as the other stages' blocks
         depth = blocks[0].core[0].stop - blocks[0].core[0].start
         blocks = make_blocks(image.shape, (depth,) + tuple(image.shape[1:]))
+    scratch = marks_folder is None
+    if scratch:
+        marks_folder = path.with_name(path.name + ".marks")
+        shutil.rmtree(marks_folder, ignore_errors=True)
+    if not path.exists():
+        shutil.rmtree(marks_folder, ignore_errors=True)
+    key = stage_key("affinities", image_id or image.location, model_key(model),
+                    [b.core for b in blocks[:1]], len(blocks))
+    marks = Marks(marks_folder, key)
+    if marks.fresh:
+        attributes = {"model": model.describe(), "offsets": [list(o) for o in model.offsets],
+                      "voxel_size": list(image.voxel_size), "dtype": "uint8 (affinity * 255)",
+                      "fingerprint": key}
+        create_zarr(path, np.uint8, (len(model.offsets),) + image.shape,
+                    (len(model.offsets),) + CHUNK, attributes)
+    if not marks.complete(blocks):  # the fit is the same every run, so resumed blocks agree
+        model.fit(calibration_samples(image))
     runner.map(affinity_task, blocks, image.location, image.format, image.voxel_size, model,
-               str(path), desc="affinities")
+               str(path), desc="affinities", marks=marks)
+    marks.finish()
+    if scratch:
+        shutil.rmtree(marks_folder, ignore_errors=True)
+    return marks
 
 
 def calibration_samples(image: Volume, size: int = 128, count: int = 4) -> list[np.ndarray]:
@@ -260,6 +390,19 @@ def seed_task(block: Block, affinities: str, seeds: str, params: SupervoxelParam
     return count, faces
 
 
+def save_seeds(found: tuple[int, list], path: Path) -> None:
+    count, faces = found
+    arrays = {f"{axis}{side}": face for axis, pair in enumerate(faces)
+              for side, face in zip("lh", pair)}
+    with open(path, "wb") as handle:
+        np.savez(handle, count=np.int64(count), **arrays)
+
+
+def load_seeds(path: Path) -> tuple[int, list]:
+    with np.load(path) as data:
+        return int(data["count"]), [(data[f"{axis}l"], data[f"{axis}h"]) for axis in range(3)]
+
+
 def stitch_seeds(blocks: list[Block], found: list) -> dict[str, np.ndarray]:
     """Global ids for the provisional seeds, joined where seeds touch across block faces.
 
@@ -322,6 +465,21 @@ def rag_task(block: Block, fragments: str, affinities: str) -> tuple[Contacts, N
     affinity = open_zarr(Path(affinities))[(slice(0, 3),) + block.core].read().result()
     core = labels[tuple(slice(l, None) for l in lower)]
     return block_contacts(labels, affinity, lower), block_node_stats(core, block.origin)
+
+
+def save_rag(part: tuple[Contacts, NodeStats], path: Path) -> None:
+    contacts, stats = part
+    arrays = {f"c_{k}": v for k, v in dataclasses.asdict(contacts).items()}
+    arrays.update({f"s_{k}": v for k, v in dataclasses.asdict(stats).items()})
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def load_rag(path: Path) -> tuple[Contacts, NodeStats]:
+    with np.load(path) as data:
+        fields = {name: data[name] for name in data.files}
+    return (Contacts(**{k[2:]: v for k, v in fields.items() if k.startswith("c_")}),
+            NodeStats(**{k[2:]: v for k, v in fields.items() if k.startswith("s_")}))
 
 
 def _fold(contacts: Contacts, stats: NodeStats, parts: list) -> tuple[Contacts, NodeStats]:
