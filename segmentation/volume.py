@@ -210,8 +210,10 @@ def storage_dtype(dtype: np.dtype, kind: Kind) -> np.dtype:
 
 
 def create_precomputed_scale(root: Path, kind: Kind, dtype: np.dtype, shape: Sequence[int],
-                             voxel_size: Sequence[float], chunk: Sequence[int]) -> ts.TensorStore:
-    """Add one scale to a precomputed volume (created on first call); return its z, y, x view."""
+                             voxel_size: Sequence[float], chunk: Sequence[int],
+                             sharding: Optional[dict] = None) -> ts.TensorStore:
+    """Add one scale to a precomputed volume (created on first call); return its z, y, x view.
+    ``sharding``: a neuroglancer_uint64_sharded_v1 spec, for volumes of many chunks."""
     scale = {
         "size": [int(s) for s in shape[::-1]],
         "resolution": [float(v) for v in voxel_size[::-1]],
@@ -220,6 +222,8 @@ def create_precomputed_scale(root: Path, kind: Kind, dtype: np.dtype, shape: Seq
     }
     if kind == "segmentation":
         scale["compressed_segmentation_block_size"] = [8, 8, 8]
+    if sharding is not None:
+        scale["sharding"] = sharding
     spec = {
         "driver": "neuroglancer_precomputed",
         "kvstore": kvstore(str(root)),

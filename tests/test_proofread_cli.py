@@ -23,7 +23,8 @@ def test_export_writes_exactly_the_membership_applied(edited, tmp_path, capsys):
     out = tmp_path / "export"
     assert _export(config_path, out) == 0
     truth = np.vectorize(lambda v: expected.get(int(v), int(v)), otypes=[np.uint64])(labels)
-    for location in (out / "segmentation", out / "segmentation.zarr"):
+    labels = out / "segmentation.zarr" / "labels" / "segmentation"  # an OME-Zarr label image
+    for location in (out / "segmentation", labels):
         volume = open_volume(str(location), "segmentation")
         np.testing.assert_array_equal(volume.read(slice(None), slice(None), slice(None)), truth)
     info = json.loads((out / "segmentation" / "info").read_text())
