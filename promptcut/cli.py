@@ -266,9 +266,10 @@ def cmd_export(args: argparse.Namespace) -> int:
             project.root / "exports" / time.strftime("%Y%m%d-%H%M%S")
         ids, segments = session.membership()
         try:
+            image = project.volume("image") if project.has("image") else None
             folder = export_segmentation(session.supervoxels, ids, segments, session.log,
                                          output, progress=not args.quiet,
-                                         overwrite=args.overwrite)
+                                         overwrite=args.overwrite, image=image)
         finally:
             session.log.close()
     print(f"exported {len(np.unique(segments))} segments to {folder}")
