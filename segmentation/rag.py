@@ -49,6 +49,10 @@ class Contacts:
         """Rows with equal (a, b, bin) summed, sorted by a, b, bin."""
         if len(self.a) == 0:
             return self
+        a, b, bins = self.a, self.b, self.bin
+        if ((a[1:] > a[:-1]) | ((a[1:] == a[:-1]) & ((b[1:] > b[:-1]) | (
+                (b[1:] == b[:-1]) & (bins[1:] > bins[:-1]))))).all():
+            return self  # already reduced, as one block's contacts come
         order = np.lexsort((self.bin, self.b, self.a))
         a, b, bins = self.a[order], self.b[order], self.bin[order]
         start = np.ones(len(a), bool)
@@ -104,65 +108,124 @@ class NodeStats:
         return NodeStats(ids, size, lo, hi, coord)
 
 
+def compact_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``labels`` as small consecutive integers (0 stays 0) in the order of the ids, and the id
+    of each (``ids[k]`` for ``k``): comparing and packing them is several times faster than
+    comparing uint64 ids, and their order is the ids' order."""
+    flat = labels.reshape(-1)
+    top = int(flat.max(initial=0))
+    if top < 4 * flat.size + 65536:  # ids fit a lookup table
+        index = flat.view(np.int64) if flat.dtype == np.uint64 else flat
+        present = np.bincount(index, minlength=top + 1) > 0
+        present[0] = True
+        ids = np.flatnonzero(present)
+        table = np.zeros(top + 1, np.uint16 if len(ids) <= 65536 else np.uint32)
+        table[ids] = np.arange(len(ids))
+        return table[index].reshape(labels.shape), ids.astype(np.uint64)
+    compact, mapping = fastremap.renumber(labels, in_place=False, preserve_zero=True)
+    found = np.array(sorted(mapping.items()), np.uint64).reshape(-1, 2)
+    if len(found) == 0 or found[0, 0] != 0:  # no background in the block
+        found = np.concatenate([np.zeros((1, 2), np.uint64), found])
+    rank = np.zeros(int(found[:, 1].max()) + 1, np.uint32)
+    rank[found[:, 1].astype(np.int64)] = np.arange(len(found), dtype=np.uint32)
+    return rank[compact], found[:, 0]
+
+
 def block_contacts(labels: np.ndarray, affinities: np.ndarray,
                    lower: Sequence[int]) -> Contacts:
     """Contacts between ``labels[v]`` and ``labels[v - e_c]`` for every voxel v of the block.
 
-    ``labels`` covers the block plus ``lower[c]`` (0 or 1) voxels before it along each axis, so
+    ``labels`` covers the block plus ``lower[c]`` (>= 0) voxels before it along each axis, so
     faces on a block's lower side are counted by that block and by no other. ``affinities``
     (uint8, C >= 3) covers the block only.
+
+    Every face becomes one int64 key (pair of compact labels, uint8 affinity) and one sort
+    counts them all: no per-edge Python objects. Faces are found on the flat array, where the
+    voxel before v along axis c is v - stride[c]; faces that wrap around a row or reach out of
+    the block are masked off before they are gathered.
     """
-    core = tuple(slice(l, None) for l in lower)
-    block = labels[core]
-    parts = []
+    compact, ids = compact_labels(labels)
+    n = len(ids)
+    if n >= 2 ** 27:
+        raise ValueError(f"a block of {n} supervoxels is too large for packed contact keys")
+    shape = compact.shape
+    flat = compact.reshape(-1)
+    if any(lower):  # affinities padded to the labels' shape: a face's voxel indexes both
+        padded = np.zeros((3,) + shape, np.uint8)
+        padded[(slice(None),) + tuple(slice(l, None) for l in lower)] = affinities[:3]
+        affinities = padded
+    values_of = np.ascontiguousarray(affinities[:3]).reshape(3, -1)
+    strides = (shape[1] * shape[2], shape[2], 1)
+    keys = []
     for c in range(3):
-        here = [slice(None)] * 3
-        there = list(core)
-        if lower[c]:
-            there[c] = slice(lower[c] - 1, -1)
-        else:
-            here[c] = slice(1, None)
-            there[c] = slice(lower[c], -1)
-        u = block[tuple(here)]
-        w = labels[tuple(there)]
-        touching = (u != w) & (u != 0) & (w != 0)
+        step = strides[c]
+        if shape[c] < 2:
+            continue
+        differs = np.zeros(flat.size, bool)  # at the voxel before the face, v - e_c
+        np.not_equal(flat[step:], flat[:-step], out=differs[:-step])
+        grid = differs.reshape(shape)
+        for d in range(3):  # v = before + e_c must lie in the block, after its margin
+            first = max(lower[d] - (d == c), 0)
+            grid[(slice(None),) * d + (slice(0, first),)] = False
+        grid[(slice(None),) * c + (slice(shape[c] - 1, None),)] = False
+        before = np.flatnonzero(differs)
+        a, b = flat[before + step], flat[before]
+        touching = (a != 0) & (b != 0)
         if not touching.any():
             continue
-        a, b = u[touching], w[touching]
-        values = affinities[c][tuple(here)][touching].astype(np.int64)
-        parts.append(Contacts(np.minimum(a, b), np.maximum(a, b),
-                              (values // BIN_WIDTH).astype(np.uint8),
-                              np.ones(len(a), np.int64), values))
-    return Contacts.concatenate(parts).reduced()
+        before = before[touching]
+        a, b = a[touching].astype(np.int64), b[touching].astype(np.int64)
+        values = values_of[c][before + step].astype(np.int64)
+        keys.append(((np.minimum(a, b) * n + np.maximum(a, b)) << 8) | values)
+    if not keys:
+        return Contacts.empty()
+    unique, faces = np.unique(np.concatenate(keys), return_counts=True)
+    values = unique & 255
+    row = (unique >> 8) * BINS + values // BIN_WIDTH  # (pair, bin): runs of equal rows
+    start = np.ones(len(row), bool)
+    start[1:] = row[1:] != row[:-1]
+    index = np.flatnonzero(start)
+    row = row[index]
+    pair = row // BINS
+    return Contacts(ids[pair // n], ids[pair % n], (row % BINS).astype(np.uint8),
+                    np.add.reduceat(faces, index).astype(np.int64),
+                    np.add.reduceat(faces * values, index).astype(np.int64))
 
 
 def block_node_stats(labels: np.ndarray, origin: Sequence[int]) -> NodeStats:
-    """Node statistics of one block; ``origin`` is its first voxel in the volume (z, y, x)."""
-    compact, mapping = fastremap.renumber(labels, in_place=False, preserve_zero=True)
-    ids_of = np.zeros(len(mapping) + 1, np.uint64)
-    for original, new in mapping.items():
-        ids_of[new] = original
-    flat = compact.ravel().astype(np.int64)
-    n = int(flat.max(initial=0)) + 1
-    size = np.bincount(flat, minlength=n)
-    coord = np.zeros((n, 3))
-    lo = np.zeros((n, 3), np.int64)
-    hi = np.zeros((n, 3), np.int64)
-    shape = labels.shape
-    for axis in range(3):
-        along = np.arange(shape[axis]) + origin[axis]
-        coords = np.broadcast_to(along.reshape([-1 if i == axis else 1 for i in range(3)]),
-                                 shape).ravel()
-        coord[:, axis] = np.bincount(flat, weights=coords, minlength=n)
-    from scipy import ndimage  # find_objects: one pass for every bounding box
+    """Node statistics of one block; ``origin`` is its first voxel in the volume (z, y, x).
 
-    for index, box in enumerate(ndimage.find_objects(compact.astype(np.int64)), start=1):
-        if box is not None:
-            lo[index] = [s.start + o for s, o in zip(box, origin)]
-            hi[index] = [s.stop + o for s, o in zip(box, origin)]
-    keep = np.arange(1, n)
-    keep = keep[size[1:] > 0]
-    return NodeStats(ids_of[keep], size[keep], lo[keep], hi[keep], coord[keep])
+    From the runs of equal labels along x (a few per object and row, far fewer than voxels):
+    sizes and coordinate sums are run lengths added up, bounding boxes the runs' extremes.
+    """
+    compact, ids = compact_labels(labels)
+    n = len(ids)
+    depth, height, width = labels.shape
+    if compact.size == 0:
+        return NodeStats.concatenate([])
+    rows = compact.reshape(-1, width)
+    change = np.ones(rows.shape, bool)
+    change[:, 1:] = rows[:, 1:] != rows[:, :-1]
+    starts = np.flatnonzero(change)
+    label = rows.reshape(-1)[starts].astype(np.int64)
+    length = np.diff(np.append(starts, rows.size))
+    row, x = np.divmod(starts, width)
+    z, y = np.divmod(row, height)
+    keep = label != 0
+    label, length, x, y, z = label[keep], length[keep], x[keep], y[keep], z[keep]
+    size = np.bincount(label, weights=length, minlength=n).astype(np.int64)
+    coord = np.zeros((n, 3))
+    lo = np.full((n, 3), np.iinfo(np.int64).max, np.int64)
+    hi = np.full((n, 3), np.iinfo(np.int64).min, np.int64)
+    for axis, (first, last) in enumerate([(z, z), (y, y), (x, x + length - 1)]):
+        along = first * length if axis < 2 else length * x + length * (length - 1) // 2
+        coord[:, axis] = np.bincount(label, weights=along, minlength=n) + origin[axis] * size
+        np.minimum.at(lo[:, axis], label, first)
+        np.maximum.at(hi[:, axis], label, last)
+    keep = np.flatnonzero(size > 0)
+    keep = keep[keep > 0]
+    return NodeStats(ids[keep], size[keep], lo[keep] + np.asarray(origin, np.int64),
+                     hi[keep] + 1 + np.asarray(origin, np.int64), coord[keep])
 
 
 @dataclass

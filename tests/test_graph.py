@@ -114,6 +114,44 @@ def test_rag_quantiles_follow_the_stated_definition():
     assert rag.mean[0] == pytest.approx(112.5 / 255)
 
 
+@pytest.mark.parametrize("offset", [0, 2 ** 40])  # small ids, and ids no table can hold
+def test_contacts_and_node_stats_equal_a_voxel_by_voxel_count(offset):
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 6, (6, 7, 8)).astype(np.uint64)
+    labels = np.where(labels > 0, labels + np.uint64(offset), np.uint64(0))
+    affinities = rng.integers(0, 256, (3, 6, 7, 8)).astype(np.uint8)
+    lower = (2, 1, 0)  # the block starts at (2, 1, 0) of ``labels``
+    expected: dict = {}
+    for v in np.ndindex(labels.shape):
+        if any(i < l for i, l in zip(v, lower)):
+            continue
+        for c in range(3):
+            w = tuple(i - (d == c) for d, i in enumerate(v))
+            u, t = int(labels[v]), int(labels[w]) if w[c] >= 0 else 0
+            if u != t and u and t:
+                value = int(affinities[(c,) + v])
+                row = expected.setdefault((min(u, t), max(u, t), value // 4), [0, 0])
+                row[0] += 1
+                row[1] += value
+    core = tuple(slice(l, None) for l in lower)
+    contacts = block_contacts(labels, affinities[(slice(None),) + core], lower)
+    found = {(int(a), int(b), int(k)): [int(n), int(t)] for a, b, k, n, t in zip(
+        contacts.a, contacts.b, contacts.bin, contacts.count, contacts.total)}
+    assert found == expected
+    assert list(found) == sorted(found)  # rows come sorted by (a, b, bin)
+
+    origin = (10, 20, 30)
+    stats = block_node_stats(labels[core], origin)
+    ids = sorted(set(labels[core].ravel().tolist()) - {0})
+    assert stats.ids.tolist() == ids
+    for i, sv in enumerate(ids):
+        where = np.argwhere(labels[core] == sv) + origin
+        assert stats.size[i] == len(where)
+        assert stats.lo[i].tolist() == where.min(axis=0).tolist()
+        assert stats.hi[i].tolist() == (where.max(axis=0) + 1).tolist()
+        assert stats.coord_sum[i].tolist() == where.sum(axis=0).tolist()
+
+
 def test_relabelled_rag_equals_the_rag_of_the_merged_volume():
     rng = np.random.default_rng(1)
     labels = rng.integers(1, 9, (6, 7, 8)).astype(np.uint64)
