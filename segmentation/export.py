@@ -23,11 +23,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 import tensorstore as ts
-import zarr
-from cloudvolume.datasource.precomputed.sharding import (compute_shard_params_for_image,
-                                                         image_shard_shape_from_spec)
-from ome_zarr.format import FormatV04
-from ome_zarr.writer import write_label_metadata, write_multiscales_metadata
 from tqdm import tqdm
 
 from segmentation.atomic import atomic_directory
@@ -73,6 +68,9 @@ def sharding_for(shape: Sequence[int], chunk: Sequence[int] = CHUNK,
     chunks = int(np.prod([-(-s // c) for s, c in zip(shape, chunk)]))
     if chunks <= shard_above:
         return None
+    # cloud-volume and ome-zarr take seconds to import (dask): imported where an export runs
+    from cloudvolume.datasource.precomputed.sharding import compute_shard_params_for_image
+
     spec = compute_shard_params_for_image(
         tuple(int(s) for s in shape[::-1]), tuple(int(c) for c in chunk[::-1]),
         "compressed_segmentation", np.uint64, uncompressed_shard_bytesize=SHARD_BYTES)
@@ -84,6 +82,8 @@ def write_block_shape(shape: Sequence[int], sharding: Optional[dict],
     """Blocks that never share a shard (a shared one is rewritten by every block) or chunk."""
     if sharding is None:
         return tuple(c * 2 for c in chunk)
+    from cloudvolume.datasource.precomputed.sharding import image_shard_shape_from_spec
+
     shard = image_shard_shape_from_spec(sharding, tuple(int(s) for s in shape[::-1]),
                                         tuple(int(c) for c in chunk[::-1]))
     return tuple(int(s) for s in shard[::-1])
@@ -156,6 +156,10 @@ def _pyramid(precomputed: Optional[Path], zarr_folder: Path, base: Optional[ts.T
 def _ome_zarr(root: Path, labels: Path, image: Optional[Volume], plan: list) -> None:
     """OME-NGFF 0.4 metadata through ome-zarr-py: the label image at labels/<name> and, with
     ``image``, the EM pyramid at the root that it labels."""
+    import zarr
+    from ome_zarr.format import FormatV04
+    from ome_zarr.writer import write_label_metadata, write_multiscales_metadata
+
     fmt = FormatV04()
     axes = [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"]
     datasets = _datasets([size for _, size, _ in plan])

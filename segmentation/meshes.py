@@ -23,10 +23,6 @@ from typing import Sequence
 import DracoPy
 import numpy as np
 import zmesh
-from cloudvolume.datasource.precomputed.mesh.multilod import MultiLevelPrecomputedMeshManifest
-from cloudvolume.datasource.precomputed.sharding import (ShardingSpecification,
-                                                         compute_shard_params_for_hashed,
-                                                         synthesize_shard_files)
 
 QUANTIZATION_BITS = 16  # exact for zmesh's half-voxel vertices in chunks up to 2**15 voxels
 
@@ -87,10 +83,14 @@ class MultiresMeshes:
             self.fragments[segment][lod][tuple(int(p) for p in position)] = DracoPy.encode(
                 stored.astype(np.float32), mesh.faces.astype(np.uint32).ravel(),
                 quantization_bits=QUANTIZATION_BITS, quantization_range=top,
-                quantization_origin=[0.0, 0.0, 0.0], compression_level=4)
+                quantization_origin=[0.0, 0.0, 0.0], compression_level=1)
 
     def write(self, folder: Path) -> int:
         """Write ``folder`` (info and shard files); return the number of segments."""
+        # cloud-volume takes a second to import: only the writers that need it pay for it
+        from cloudvolume.datasource.precomputed.sharding import (
+            ShardingSpecification, compute_shard_params_for_hashed, synthesize_shard_files)
+
         folder.mkdir(parents=True, exist_ok=True)
         data, manifest_sizes = {}, {}
         for segment, lods in self.fragments.items():
@@ -114,6 +114,9 @@ class MultiresMeshes:
     def _segment(self, segment: int, lods: dict) -> tuple[bytes, bytes]:
         """One segment's manifest and fragment data. Every fragment's parent exists (empty
         if the coarser scale lost the segment there), as neuroglancer's octree needs."""
+        from cloudvolume.datasource.precomputed.mesh.multilod import (
+            MultiLevelPrecomputedMeshManifest)
+
         levels = [dict(lods.get(lod, {})) for lod in range(self.num_lods)]
         for lod in range(self.num_lods - 1):
             for x, y, z in levels[lod]:
