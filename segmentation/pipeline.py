@@ -123,7 +123,8 @@ def segment(project: Project, model: Optional[AffinityModel], params: PipelinePa
     if model is not None:
         with timer("affinities"):
             marks = compute_affinities(image, model, affinities_path, blocks, runner,
-                                       work / "marks" / "affinities", image_key(project))
+                                       work / "marks" / "affinities", image_key(project),
+                                       timer)
         report.computed["affinities"], report.skipped["affinities"] = marks.computed, marks.skipped
     else:
         check_reusable_affinities(affinities_path, work / "marks" / "affinities")
@@ -277,7 +278,7 @@ def check_reusable_affinities(path: Path, marks: Path) -> None:
 
 
 class _Timer:
-    def __init__(self, report: PipelineReport):
+    def __init__(self, report: Optional[PipelineReport]):
         self.report = report
 
     def __call__(self, stage: str):
@@ -288,7 +289,8 @@ class _Timer:
                 self.started = time.perf_counter()
 
             def __exit__(self, *exc):
-                report.seconds[stage] = round(time.perf_counter() - self.started, 3)
+                if report is not None:
+                    report.seconds[stage] = round(time.perf_counter() - self.started, 3)
 
         return _Stage()
 
@@ -297,9 +299,10 @@ class _Timer:
 
 def compute_affinities(image: Volume, model: AffinityModel, path: Path, blocks: list[Block],
                        runner: Runner, marks_folder: Optional[Path] = None,
-                       image_id: str = "") -> Marks:
+                       image_id: str = "", timer: Optional["_Timer"] = None) -> Marks:
     """Predict the affinities of every block not marked done in ``marks_folder`` (default: a
-    scratch folder beside ``path``, removed at the end)."""
+    scratch folder beside ``path``, removed at the end). ``timer`` times the model's
+    calibration apart (it runs here, before the blocks, and is part of the stage's time)."""
     if model.whole_sections:  # slabs of whole sections, as deep as the other stages' blocks
         depth = blocks[0].core[0].stop - blocks[0].core[0].start
         blocks = make_blocks(image.shape, (depth,) + tuple(image.shape[1:]))
@@ -319,7 +322,8 @@ def compute_affinities(image: Volume, model: AffinityModel, path: Path, blocks: 
         create_zarr(path, np.uint8, (len(model.offsets),) + image.shape,
                     (len(model.offsets),) + CHUNK, attributes)
     if not marks.complete(blocks):  # the fit is the same every run, so resumed blocks agree
-        model.fit(calibration_samples(image))
+        with (timer or _Timer(None))("affinity calibration"):
+            model.fit(calibration_samples(image))
     runner.map(affinity_task, blocks, image.location, image.format, image.voxel_size, model,
                str(path), desc="affinities", marks=marks)
     marks.finish()

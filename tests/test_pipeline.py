@@ -9,7 +9,7 @@ from promptcut.config import load_config
 from promptcut.segmenting import run_segment
 from segmentation.affinities import AffinityModel
 from segmentation.blockwise import Block, Runner, make_blocks
-from segmentation.errors import InputError
+from segmentation.errors import ConfigError, InputError
 from segmentation.metrics import scores
 from segmentation.pipeline import Segments
 from segmentation.project import Project
@@ -141,13 +141,14 @@ def test_volume_smaller_than_a_block_and_all_background(tmp_path):
 
 
 def test_bad_segment_settings_are_refused(tmp_path, demo_h5):
-    for segment, message in (({"agglomeration": {"thresholds": [0.2, 1.5]}}, r"\[0, 1\]"),
+    for segment, message in (({"agglomeration": {"thresholds": [0.2, 1.5]}},
+                              r"\[0, 1\]|at most 1"),
                              ({"supervoxels": {"threshold": 0.0}}, "threshold"),
                              ({"block_shape": [100, 128, 128]}, "multiple")):
-        config = load_config(write_config(tmp_path, demo_h5, segmentation=None,
-                                          segment={"workers": 0, **segment}))
-        with pytest.raises(InputError, match=message):
-            run_segment(config, progress=False)
+        path = write_config(tmp_path, demo_h5, segmentation=None,
+                            segment={"workers": 0, **segment})
+        with pytest.raises((InputError, ConfigError), match=message):  # at load or at run
+            run_segment(load_config(path), progress=False)
 
 
 class SectionRecorder(AffinityModel):
