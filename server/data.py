@@ -3,14 +3,22 @@
 Each mount is a named folder (``/data/<mount>/<path>``). Requests that try to leave it (``..``,
 absolute paths, symlinks out of it) are refused. Chunks are gzip-compressed for clients that
 accept it, and CORS headers let the neuroglancer client on another port fetch them.
+
+Like tornado's StaticFileHandler: a single byte range (``Range: bytes=a-b``, what sharded
+precomputed volumes and meshes are read with) answers 206 with only those bytes read from disk,
+416 when it lies outside the file; an ETag from the file's size and modification time answers a
+matching ``If-None-Match`` with 304.
 """
 
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path, PurePosixPath
+from typing import Optional
 
 import tornado.web
+from tornado import httputil
 from tornado.ioloop import IOLoop
 
 JSON_NAMES = {"info", ".zarray", ".zattrs", ".zgroup", "zarr.json", "attributes.json",
@@ -45,12 +53,17 @@ def safe_relative(path: str) -> PurePosixPath | None:
     return PurePosixPath(*parts)
 
 
+class RangeNotSatisfiable(Exception):
+    """A byte range that starts past the file's end (or ends before it starts): HTTP 416."""
+
+
 class CorsMixin:
     def set_default_headers(self) -> None:
         self.set_header("Access-Control-Allow-Origin", "*")
         self.set_header("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
         self.set_header("Access-Control-Allow-Headers", "*")
         self.set_header("Access-Control-Max-Age", "86400")
+        self.set_header("Access-Control-Expose-Headers", "Content-Range, Content-Length, ETag")
 
     def options(self, *_args) -> None:
         self.set_status(204)
@@ -79,18 +92,63 @@ class DataHandler(CorsMixin, tornado.web.RequestHandler):
             raise tornado.web.HTTPError(403, "path leaves the data folder")
         if not full.is_file():
             raise tornado.web.HTTPError(404)
-        body = await IOLoop.current().run_in_executor(None, full.read_bytes)
+        stat = full.stat()
         self.set_header("Content-Type", content_type(full.name))
         self.set_header("Cache-Control", "no-cache")
-        if self._wants_gzip(full.name, body):
+        self.set_header("Accept-Ranges", "bytes")
+        self.set_header("Vary", "Accept-Encoding")
+        try:
+            requested = self._byte_range(stat.st_size)
+        except RangeNotSatisfiable:
+            self.set_status(416)
+            self.set_header("Content-Range", f"bytes */{stat.st_size}")
+            return
+        zipped = requested is None and self._wants_gzip(full.name, stat.st_size)
+        # one ETag per file version and encoding (a gzip body is another representation)
+        self._set_etag(stat, zipped)
+        if self.check_etag_header():
+            self.set_status(304)
+            return
+        start, stop = requested or (0, stat.st_size)
+        body = await IOLoop.current().run_in_executor(None, read_bytes, full, start, stop)
+        if requested is not None:
+            self.set_status(206)
+            self.set_header("Content-Range", f"bytes {start}-{stop - 1}/{stat.st_size}")
+        elif zipped:
             body = gzip.compress(body, compresslevel=1)
             self.set_header("Content-Encoding", "gzip")
-        self.set_header("Vary", "Accept-Encoding")
         self.set_header("Content-Length", str(len(body)))
         if include_body:
             self.write(body)
 
-    def _wants_gzip(self, name: str, body: bytes) -> bool:
+    def _set_etag(self, stat: os.stat_result, zipped: bool) -> None:
+        self.set_header("Etag", f'"{stat.st_mtime_ns:x}-{stat.st_size:x}'
+                                f'{"-gzip" if zipped else ""}"')
+
+    def _byte_range(self, size: int) -> Optional[tuple[int, int]]:
+        """The [start, stop) a single-range ``Range`` header asks for; None without one (or
+        with one this server ignores, as HTTP allows: several ranges, another unit)."""
+        header = self.request.headers.get("Range")
+        parsed = httputil._parse_request_range(header) if header else None  # StaticFileHandler's
+        if parsed is None:
+            return None
+        start, stop = parsed
+        if start is not None and start < 0:  # bytes=-n: the last n bytes
+            start, stop = max(size + start, 0), size
+        start = 0 if start is None else start
+        stop = size if stop is None else min(stop, size)
+        if start >= size or start >= stop:
+            raise RangeNotSatisfiable(header)
+        return start, stop
+
+    def _wants_gzip(self, name: str, size: int) -> bool:
         accepted = self.request.headers.get("Accept-Encoding", "")
-        return ("gzip" in accepted and len(body) >= MIN_GZIP_BYTES
+        return ("gzip" in accepted and size >= MIN_GZIP_BYTES
                 and PurePosixPath(name).suffix not in PRECOMPRESSED_SUFFIXES)
+
+
+def read_bytes(path: Path, start: int, stop: int) -> bytes:
+    """Bytes [start, stop) of a file: a range of a large shard reads only that range."""
+    with open(path, "rb") as file:
+        file.seek(start)
+        return file.read(stop - start)
