@@ -101,24 +101,30 @@ def agglomerate(rag: Rag, thresholds: Sequence[float], quantile: float = 0.5,
         if len(neighbours[keep]) < len(neighbours[gone]):
             keep, gone = gone, keep
         parent[gone] = keep
-        scorer.merged(keep, gone, neighbours[keep].get(gone, -1), hist)
-        neighbours[keep].pop(gone, None)
-        neighbours[gone].pop(keep, None)
-        others = list(neighbours[gone])
-        for other, e in neighbours[gone].items():
-            del neighbours[other][gone]
-            existing = neighbours[keep].get(other)
+        mine, theirs = neighbours[keep], neighbours[gone]
+        scorer.merged(keep, gone, mine.get(gone, -1), hist)
+        mine.pop(gone, None)
+        theirs.pop(keep, None)
+        others = list(theirs)
+        into, added = [], []  # contacts with a common neighbour: histograms add, one op
+        for other, e in theirs.items():
+            across = neighbours[other]
+            del across[gone]
+            existing = mine.get(other)
             if existing is None:
-                neighbours[keep][other] = e
-                neighbours[other][keep] = e
+                mine[other] = e
+                across[keep] = e
             else:
-                hist[existing] += hist[e]
+                into.append(existing)
+                added.append(e)
                 version[e] += 1  # retired
+        if into:
+            hist[into] += hist[added]
         neighbours[gone] = {}
         if scorer.of_regions:  # every edge of the merged region: its region changed
-            others = list(neighbours[keep])
+            others = list(mine)
         if others:
-            targets = [neighbours[keep][o] for o in others]
+            targets = [mine[o] for o in others]
             for t in targets:
                 version[t] += 1
             rescored = scorer.scores(hist, np.array(targets), np.full(len(others), keep),

@@ -38,39 +38,49 @@ FEATURES = ([f"contact affinity q{int(q * 100)}" for q in QUANTILES] + ["contact
                "centroid distance / larger size^(1/3)"])
 
 
-def _median_and_mean(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    total = np.maximum(hist.sum(axis=1), 1)
-    below = hist.cumsum(axis=1) < 0.5 * total[:, None]
-    return below.sum(axis=1) / BINS, (hist * CENTRES).sum(axis=1) / total
-
-
 def edge_features(contact: np.ndarray, size_a: np.ndarray, size_b: np.ndarray,
                   boundary_a: np.ndarray, boundary_b: np.ndarray, extent_a: np.ndarray,
                   extent_b: np.ndarray, distance: np.ndarray) -> np.ndarray:
     """(k, len(FEATURES)) from contact histograms (k, BINS), region sizes (k,), each region's
     whole-boundary histogram (k, BINS) and bounding-box extent (k, 3), and the distance of
-    their centroids (k,); symmetric in a and b."""
-    contact = contact.astype(np.float64)
-    faces = contact.sum(axis=1)
-    total = np.maximum(faces, 1)[:, None]
-    cumulative = contact.cumsum(axis=1) / total
-    quantiles = [(cumulative < q).sum(axis=1) / BINS for q in QUANTILES]
-    median, mean = _median_and_mean(contact)
-    coarse = contact.reshape(len(contact), COARSE, BINS // COARSE).sum(axis=2) / total
-    a_smaller = size_a <= size_b
-    small, large = np.where(a_smaller, size_a, size_b), np.where(a_smaller, size_b, size_a)
-    columns = quantiles + [mean, coarse, np.log1p(faces), np.log1p(small), np.log1p(large),
-                           faces / np.maximum(small, 1) ** (2 / 3)]
-    sides = [np.where(a_smaller[:, None], boundary_a, boundary_b),
-             np.where(a_smaller[:, None], boundary_b, boundary_a)]
-    columns += [faces / np.maximum(side.sum(axis=1), 1) for side in sides]
-    for side in sides:
-        side_median, side_mean = _median_and_mean(side.astype(np.float64))
-        columns += [side_median - median, side_mean - mean]
-    columns += [np.where(a_smaller[:, None], extent_a, extent_b),
-                np.where(a_smaller[:, None], extent_b, extent_a),
-                distance / np.cbrt(np.maximum(small, 1)), distance / np.cbrt(np.maximum(large, 1))]
-    return np.column_stack(columns)
+    their centroids (k,); symmetric in a and b.
+
+    The agglomeration calls this once per merge with a handful of rows, so the three
+    histograms of a row (contact, smaller and larger region's boundary) go through each
+    NumPy operation together: a few dozen calls whatever k is.
+    """
+    k = len(contact)
+    a_smaller = (size_a <= size_b)
+    first = a_smaller[:, None]
+    stacked = np.concatenate([contact, np.where(first, boundary_a, boundary_b),
+                              np.where(first, boundary_b, boundary_a)]).astype(np.float64)
+    sums = stacked.sum(axis=1)
+    total = np.maximum(sums, 1)
+    cumulative = stacked.cumsum(axis=1)
+    median = (cumulative < 0.5 * total[:, None]).sum(axis=1) / BINS
+    mean = (stacked * CENTRES).sum(axis=1) / total
+    small = np.where(a_smaller, size_a, size_b)
+    large = np.where(a_smaller, size_b, size_a)
+    faces = sums[:k]
+    out = np.empty((k, len(FEATURES)))
+    out[:, :5] = ((cumulative[:k] / total[:k, None])[:, :, None] < QUANTILES).sum(axis=1) / BINS
+    out[:, 5] = mean[:k]
+    out[:, 6:14] = stacked[:k].reshape(k, COARSE, BINS // COARSE).sum(axis=2) / total[:k, None]
+    out[:, 14] = np.log1p(faces)
+    out[:, 15] = np.log1p(small)
+    out[:, 16] = np.log1p(large)
+    out[:, 17] = faces / np.maximum(small, 1) ** (2 / 3)
+    out[:, 18] = faces / total[k:2 * k]
+    out[:, 19] = faces / total[2 * k:]
+    out[:, 20] = median[k:2 * k] - median[:k]
+    out[:, 21] = mean[k:2 * k] - mean[:k]
+    out[:, 22] = median[2 * k:] - median[:k]
+    out[:, 23] = mean[2 * k:] - mean[:k]
+    out[:, 24:27] = np.where(first, extent_a, extent_b)
+    out[:, 27:30] = np.where(first, extent_b, extent_a)
+    out[:, 30] = distance / np.cbrt(np.maximum(small, 1))
+    out[:, 31] = distance / np.cbrt(np.maximum(large, 1))
+    return out
 
 
 class LearnedScore:

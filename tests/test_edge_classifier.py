@@ -53,6 +53,35 @@ def test_features_are_the_same_whichever_region_comes_first():
     np.testing.assert_allclose(forward, backward)
 
 
+def test_each_feature_column_holds_what_its_name_says():
+    contact = np.zeros((1, BINS))
+    contact[0, 10], contact[0, 50] = 3, 1  # 4 faces: three of affinity bin 10, one of bin 50
+    small_boundary, large_boundary = np.zeros((1, BINS)), np.zeros((1, BINS))
+    small_boundary[0, 20] = 8
+    large_boundary[0, 60] = 16
+    row = edge_classifier.edge_features(
+        contact, np.array([1000.0]), np.array([27.0]), large_boundary, small_boundary,
+        np.array([[9.0, 8.0, 7.0]]), np.array([[3.0, 2.0, 1.0]]), np.array([6.0]))[0]
+    value = dict(zip(edge_classifier.FEATURES, row.tolist()))
+    assert value["contact affinity q50"] == value["contact affinity q75"] == 10 / BINS
+    assert value["contact affinity q90"] == 50 / BINS
+    assert value["contact affinity mean"] == pytest.approx((3 * 10.5 + 50.5) / 4 / BINS)
+    assert value["contact affinity fraction 1/8"] == 0.75  # bins 8-15
+    assert value["contact affinity fraction 6/8"] == 0.25  # bins 48-55
+    assert value["log contact faces"] == pytest.approx(np.log(5))
+    assert value["log smaller size"] == pytest.approx(np.log(28))  # b is the smaller region
+    assert value["contact / smaller size^(2/3)"] == pytest.approx(4 / 9)
+    assert value["contact / smaller boundary"] == 0.5
+    assert value["contact / larger boundary"] == 0.25
+    assert value["smaller boundary median - contact median"] == pytest.approx(10 / BINS)
+    assert value["larger boundary mean - contact mean"] == pytest.approx(
+        60.5 / BINS - (3 * 10.5 + 50.5) / 4 / BINS)
+    assert [value[f"smaller extent {a}"] for a in "zyx"] == [3, 2, 1]
+    assert [value[f"larger extent {a}"] for a in "zyx"] == [9, 8, 7]
+    assert value["centroid distance / smaller size^(1/3)"] == pytest.approx(2)
+    assert value["centroid distance / larger size^(1/3)"] == pytest.approx(0.6)
+
+
 def test_the_oracle_s_training_set_holds_grown_regions_and_true_targets():
     supervoxels, neurons, affinities = cubes()
     rag = rag_of(supervoxels, affinities)
