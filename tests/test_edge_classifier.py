@@ -122,6 +122,9 @@ def test_a_saved_classifier_loads_and_one_for_other_features_is_refused(tmp_path
     edge_classifier.save(booster, path, {"data": "cubes"})
     loaded = edge_classifier.load(path)
     np.testing.assert_allclose(loaded.predict(features[:20]), booster.predict(features[:20]))
+    for rows in (features[:1], features[:7], features[3:40:3]):  # what merges ask, exactly
+        np.testing.assert_array_equal(edge_classifier.row_predictor(loaded)(rows),
+                                      booster.predict(rows))
     meta = path.with_suffix(".json")
     meta.write_text(meta.read_text().replace("log contact faces", "something else"))
     with pytest.raises(InputError, match="other features"):
