@@ -77,8 +77,12 @@ def test_propagation_stops_at_the_thresholds(prompter, volume):
     assert sorted(alone) == [2]  # no score reaches 2: only the prompted slice
     everywhere = prompter.segment(read, key, 2, [(20, 24)], [1], count=5,
                                   score_threshold=-1.0, overlap_threshold=-1.0)
-    assert sorted(everywhere) == [0, 1, 2, 3, 4] or not all(m.mask.any()
-                                                          for m in everywhere.values())
+    # this seeded model's mask there is not empty on any slice: nothing stops it but the ends
+    assert sorted(everywhere) == [0, 1, 2, 3, 4]
+    assert all(m.mask.any() for m in everywhere.values())
+    apart = prompter.segment(read, key, 2, [(20, 24)], [1], count=5, score_threshold=-1.0,
+                             overlap_threshold=1.01)
+    assert sorted(apart) == [2]  # no IoU reaches 1.01: only the prompted slice
 
 
 def test_supervoxel_probabilities_are_mask_fractions():
