@@ -16,8 +16,11 @@ from segmentation.editlog import remove_log
 from segmentation.models.sam2_prompt import build_model
 from segmentation.project import Project
 from segmentation.proofread import LOG_NAME
+from segmentation.session import EditError
 from server.app import ServerSession
 from server.viewer import Pointer
+
+POINT = (80, 125, 125)  # z, y, x: inside a large segment of the segmented demo
 
 
 @pytest.fixture(scope="module")
@@ -45,16 +48,22 @@ def test_prompt_cut_uses_the_sam2_mask(segmented_config, tmp_path, tiny_checkpoi
         assert session.info()["models"] == "SAM2 mask + affinities"
         labels = Project.open(config.project_dir).volume("segmentation").read(
             slice(80, 81), slice(None), slice(None))[0]
-        router = session.router
-        assert router.submit("promptcut-positive", Pointer((80, 125, 125), {})).result().ok
-        evidence = session.models.prompt_evidence([(80, 125, 125)], [])
+        proof, router, here = session.proofreading, session.router, Pointer(POINT, {})
+        # the point alone (no mask) is refused there: what the cut below does is the mask's
+        with pytest.raises(EditError, match="one side empty"):
+            proof.preview("prompt-cut", [POINT], [], None)
+        assert router.submit("promptcut-positive", here).result().ok
+        evidence = session.models.prompt_evidence([POINT], [])
         mask, used = evidence.mask, evidence.used
         assert used.startswith("SAM2 mask on") and set(mask) >= set(np.unique(labels)) - {0}
         assert all(0.0 <= p <= 1.0 for p in mask.values())
-        report = router.submit("promptcut-cut", Pointer((80, 125, 125), {})).result()
-        if report.ok:  # a preview: Enter commits it
-            report = router.submit("promptcut-commit", Pointer((80, 125, 125), {})).result()
-        assert "SAM2 mask on" in report.message or "leaves every segment" in report.message
+        # this seeded model's mask there is not empty: the cut changes segments
+        assert any(p > 0.5 for p in mask.values()) and any(p < 0.5 for p in mask.values())
+        report = router.submit("promptcut-cut", here).result()
+        assert report.ok and report.message.startswith("preview of prompt cut"), report.message
+        report = router.submit("promptcut-commit", here).result()  # Enter commits the preview
+        assert report.ok and "(from SAM2 mask on" in report.message, report.message
+        assert [e.kind for e in proof.log.entries()] == ["prompt-cut"]
     finally:
         session.stop()
 
@@ -100,7 +109,7 @@ def test_fgnet_reweights_the_graph_around_the_prompt_before_the_cut(segmented_co
     try:
         assert session.info()["models"] == "SAM2 mask + FGNet affinities"
         # the prompter's cached features of the section are what FGNet reads
-        evidence = session.models.prompt_evidence([(80, 125, 125)], [])
+        evidence = session.models.prompt_evidence([POINT], [])
         assert session.models.prompter.cached((id(session.models.image), 0, 80))
         edges = evidence.edges
         assert len(edges.pairs) > 10 and (edges.pairs[:, 0] < edges.pairs[:, 1]).all()
@@ -112,14 +121,15 @@ def test_fgnet_reweights_the_graph_around_the_prompt_before_the_cut(segmented_co
         before = session_graph.graph.capacity.copy()
         assert session_graph.reweight(edges.pairs, edges.faces, edges.affinity) > 0
         assert (session_graph.graph.capacity != before).sum() > 0
-        report = session.router.submit("promptcut-positive", Pointer((80, 125, 125), {}))
-        assert report.result().ok
-        report = session.router.submit("promptcut-cut", Pointer((80, 125, 125), {})).result()
-        if report.ok:  # a preview: Enter commits it
-            report = session.router.submit("promptcut-commit",
-                                           Pointer((80, 125, 125), {})).result()
-        assert "FGNet affinities on" in report.message or "leaves every segment" in \
-            report.message
+        router, here = session.router, Pointer(POINT, {})
+        with pytest.raises(EditError, match="one side empty"):  # no mask: refused there
+            session_graph.preview("prompt-cut", [POINT], [], None)
+        assert router.submit("promptcut-positive", here).result().ok
+        report = router.submit("promptcut-cut", here).result()
+        assert report.ok and report.message.startswith("preview of prompt cut"), report.message
+        report = router.submit("promptcut-commit", here).result()  # Enter commits the preview
+        assert report.ok and "FGNet affinities on" in report.message, report.message
+        assert [e.kind for e in session_graph.log.entries()] == ["prompt-cut"]
     finally:
         session.stop()
 

@@ -143,11 +143,13 @@ def test_export_never_replaces_a_folder_it_did_not_write(edited, tmp_path, capsy
             ("-wal", "-shm", ".lock")))
 
     before = listing()
-    for extra in ((), ("--overwrite",)):  # the project itself: refused, nothing touched
+    # the project itself: refused either way, nothing touched
+    for extra, why in (((), "already exists (pass --overwrite"),
+                       (("--overwrite",), "is not a promptcut export: refusing")):
         assert _export(config_path, project.root, *extra) == 2
-        assert "refusing" in capsys.readouterr().err or not extra
+        assert why in capsys.readouterr().err
     assert listing() == before
-    assert Project.open(project.root).volume("segmentation").shape
+    assert Project.open(project.root).volume("segmentation").shape == edited[2].shape
     theirs = tmp_path / "results"
     theirs.mkdir()
     (theirs / "notes.txt").write_text("mine")
