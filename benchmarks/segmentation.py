@@ -1,12 +1,20 @@
-"""The segmentation pipeline on the demo: throughput on 1 and 2 workers, quality against the
-data authors' supervoxels, and peak memory on the demo against the demo tiled 2 x 2 x 2.
+"""The segmentation pipeline at the demo's size (1x, 10 Mvox) and the demo tiled 2 x 2 x 2 (8x),
+on 1 and 2 Dask workers: per-stage time, Mvox/s and peak memory per worker; waterz on the same
+affinities and fragments; the affinity model inside the pipeline against the model alone.
 
-Throughput counts supervoxels + RAG + agglomeration (the pipeline's own stage timings; the
-affinity model, meshes and the Dask cluster's start-up are reported apart).
+Each run is `promptcut segment` in a fresh process (`run_segment`), sampled for memory. The
+affinities are predicted once at 1x with the shipped student on 2 workers (that run times the
+affinity stage); the other runs reuse them (`--reuse-affinities`), and the 8x volume's
+affinities are the 1x ones tiled like its image, so every run segments the same evidence.
+Throughput counts supervoxels + RAG + agglomeration (``PipelineReport.segmentation_seconds``);
+meshes and the Dask cluster's start-up are reported apart. ``PROMPTCUT_BENCH_SCALES=1`` runs the
+1x part only.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -19,37 +27,53 @@ import numpy as np
 import psutil
 import yaml
 
-from benchmarks.common import DEMO_H5, REPO, write_result
+from benchmarks.common import DEMO_H5, REPO, RESULTS
 
-BLOCK = [192, 128, 128]  # the demo's z in one block: a halo only in y and x
-AUTHORS = {"voi_split": 2.41, "voi_merge": 0.32, "best_merge_split": 0.37,
-           "best_merge_merge": 0.38}
+BLOCK = [128, 128, 128]  # the demo config's
+CHECKPOINT = REPO / "segmentation" / "models" / "weights" / "unet3d_demo_v2.pt"
+WATERZ_SCORE = "OneMinus<HistogramQuantileAffinity<RegionGraphType, 50, ScoreValue, 256>>"
+THRESHOLDS = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+GOALS = {"segmentation_Mvox_per_s_2_workers": 3.0, "speedup_2_vs_1": 1.6,
+         "affinities_in_pipeline_vs_standalone": 0.8, "meshes_vs_supervoxels_seconds": 1.0,
+         "peak_worker_MB_8x_vs_1x": 1.0}
 
 
-def config_for(folder: Path, image: dict, block_shape, workers: int, meshes: bool) -> Path:
+def config_for(folder: Path, image: dict, workers: int) -> Path:
+    """The demo's segment settings (student, quantile order so that waterz is comparable)."""
     config = {"name": "benchmark", "project": str(folder / "project"),
               "dataset": {"name": "neuroproof_ts2_dev", "voxel_size": [10, 10, 10]},
               "image": image,
-              "segment": {"block_shape": block_shape, "workers": workers, "meshes": meshes}}
+              "segment": {"model": "unet3d", "checkpoint": str(CHECKPOINT),
+                          "block_shape": BLOCK, "workers": workers, "meshes": True,
+                          "agglomeration": {"method": "quantile", "thresholds": THRESHOLDS,
+                                            "default_threshold": 0.5}}}
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
 
-def run_segment(config: Path) -> tuple[dict, float]:
-    """Run `promptcut segment` in a fresh process; return its timings and the peak resident
-    memory of it and all its Dask workers together (MB)."""
-    command = [sys.executable, "-c", SEGMENT_SNIPPET, str(config)]
+def sampled(command: list[str]) -> tuple[str, dict]:
+    """Run ``command``; return its output and peak resident memory (MB): of the whole process
+    tree at once, and of the largest single process (a Dask worker, or the main process)."""
     process = psutil.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
-    peak = 0.0
+    peaks: dict[int, float] = {}
+    total = 0.0
     done = threading.Event()
 
     def sample():
-        nonlocal peak
+        nonlocal total
         while not done.is_set():
             try:
                 tree = [process] + process.children(recursive=True)
-                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()) / 1e6)
+                now = {}
+                for p in tree:
+                    try:
+                        now[p.pid] = p.memory_info().rss / 1e6
+                    except psutil.Error:
+                        pass
+                for pid, rss in now.items():
+                    peaks[pid] = max(peaks.get(pid, 0.0), rss)
+                total = max(total, sum(now.values()))
             except psutil.Error:
                 pass
             time.sleep(0.05)
@@ -60,8 +84,11 @@ def run_segment(config: Path) -> tuple[dict, float]:
     done.set()
     sampler.join()
     if process.returncode != 0:
-        raise RuntimeError(f"segment failed: {out}")
-    return yaml.safe_load(out.strip().splitlines()[-1]), peak
+        raise RuntimeError(f"{command[:3]} failed: {out[-2000:]}")
+    main = peaks.pop(process.pid, 0.0)
+    workers = [v for v in peaks.values() if v > 100]  # Dask workers (not the fork helpers)
+    return out, {"peak_total_MB": round(total, 1), "peak_main_MB": round(main, 1),
+                 "peak_worker_MB": round(max(workers), 1) if workers else None}
 
 
 SEGMENT_SNIPPET = """
@@ -69,72 +96,227 @@ import sys, time, json
 from promptcut.config import load_config
 from promptcut.segmenting import run_segment
 started = time.perf_counter()
-report = run_segment(load_config(sys.argv[1]), progress=False)
+report = run_segment(load_config(sys.argv[1]), reuse_affinities=sys.argv[2] == "reuse",
+                     progress=False)
 print(json.dumps({"seconds": report.seconds, "supervoxels": report.supervoxels,
                   "edges": report.edges, "voxels": report.voxels, "blocks": report.blocks,
-                  "segmentation_seconds": report.segmentation_seconds,
-                  "Mvox_per_s": report.megavoxels_per_second,
-                  "wall_seconds": time.perf_counter() - started}))
+                  "workers": report.workers,
+                  "segmentation_seconds": round(report.segmentation_seconds, 3),
+                  "Mvox_per_s": round(report.megavoxels_per_second, 3),
+                  "wall_seconds": round(time.perf_counter() - started, 3)}))
 """
 
 
-def quality(project: Path) -> dict:
-    from segmentation.evaluation import contingency_table, evaluate
-    from segmentation.project import Project
-    from segmentation.stacks import open_stack
-
-    with open_stack(DEMO_H5, "labels") as truth:
-        rows = evaluate(Project.open(project), truth)
-        with open_stack(DEMO_H5, "supervoxels") as authors:
-            table = contingency_table(truth, authors)
-    ours = {(r.name, r.threshold): r.scores.as_dict() | {"segments": r.segments} for r in rows}
-    agglomerations = [(k[1], v) for k, v in ours.items() if k[0] == "agglomeration"]
-    best_threshold, best = min(agglomerations, key=lambda kv: kv[1]["voi"])
-    return {
-        "ours_supervoxels": ours[("supervoxels", None)],
-        "ours_best_merge": ours[("supervoxels, best merge", None)],
-        "ours_agglomeration_best": {"threshold": best_threshold, **best},
-        "ours_agglomeration_all": {str(t): v for t, v in agglomerations},
-        "authors_supervoxels": table.scores().as_dict() | {"segments": int(len(np.unique(
-            table.seg)))},
-        "authors_best_merge": table.best_merge().scores().as_dict(),
-        "authors_published_here": AUTHORS,
-    }
-
-
-def tiled_image(folder: Path, factor: int = 2) -> Path:
-    with h5py.File(DEMO_H5, "r") as f:
-        raw = f["raw"][:]
-    path = folder / "tiled.npy"
-    np.save(path, np.tile(raw, (factor, factor, factor)))
-    return path
-
-
-def run() -> dict:
-    figures = {}
-    image = {"path": str(DEMO_H5), "key": "raw"}
-    with tempfile.TemporaryDirectory() as scratch:
-        scratch = Path(scratch)
-        for workers in (1, 2):
-            folder = scratch / f"w{workers}"
-            folder.mkdir()
-            timings, peak = run_segment(config_for(folder, image, BLOCK, workers, False))
-            figures[f"{workers}_worker"] = {**timings, "peak_MB": round(peak, 1)}
-            if workers == 2:
-                figures["quality"] = quality(folder / "project")
-        one, two = figures["1_worker"], figures["2_worker"]
-        figures["speedup_2_vs_1"] = round(two["Mvox_per_s"] / one["Mvox_per_s"], 2)
-
-        folder = scratch / "tiled"
-        folder.mkdir()
-        tiled = {"path": str(tiled_image(folder))}
-        timings, peak = run_segment(config_for(folder, tiled, BLOCK, 2, False))
-        figures["tiled_8x_2_worker"] = {**timings, "peak_MB": round(peak, 1)}
-        figures["memory_ratio_8x_vs_demo"] = round(peak / two["peak_MB"], 2)
-    figures["goals"] = {"Mvox_per_s_2_workers": 3.0, "speedup_2_vs_1": 1.6,
-                        "memory_ratio_8x_vs_demo": 1.5}
+def run_segment(config: Path, reuse: bool) -> dict:
+    out, memory = sampled([sys.executable, "-c", SEGMENT_SNIPPET, str(config),
+                           "reuse" if reuse else "predict"])
+    figures = json.loads(out.strip().splitlines()[-1])
+    seconds = figures["seconds"]
+    voxels = figures["voxels"] / 1e6
+    figures["stage_Mvox_per_s"] = {k: round(voxels / v, 3) for k, v in seconds.items() if v > 0}
+    figures = {**figures, **memory}
+    print(f"{config.parent.name} reuse={reuse}: {json.dumps(figures)}", file=sys.stderr,
+          flush=True)  # as it goes: a long run shows its parts
     return figures
 
 
+WATERZ_SNIPPET = """
+import sys, time, json
+import numpy as np, waterz
+from segmentation.project import Project
+from segmentation.volume import open_zarr
+project = Project.open(sys.argv[1])
+thresholds = json.loads(sys.argv[2])
+fragments = project.volume("segmentation").read(slice(None), slice(None), slice(None))
+affinities = open_zarr(project.root / "affinities")[0:3].read().result()
+started = time.perf_counter()
+affs = affinities.astype(np.float32) / 255.0
+results = [s.copy() for s in waterz.agglomerate(affs, thresholds, fragments=fragments.copy(),
+           scoring_function=sys.argv[3], discretize_queue=256)]
+seconds = time.perf_counter() - started
+np.savez_compressed(sys.argv[4], *results)
+print(json.dumps({"seconds": round(seconds, 3),
+                  "Mvox_per_s": round(fragments.size / 1e6 / seconds, 3)}))
+"""
+
+
+def run_waterz(project: Path, out: Path) -> dict:
+    text, memory = sampled([sys.executable, "-c", WATERZ_SNIPPET, str(project),
+                            json.dumps(THRESHOLDS), WATERZ_SCORE, str(out)])
+    found = {**json.loads(text.strip().splitlines()[-1]), "peak_MB": memory["peak_total_MB"]}
+    print(f"waterz {project.parent.name}: {json.dumps(found)}", file=sys.stderr, flush=True)
+    return found
+
+
+def voi_curves(project: Path, waterz_file: Path) -> dict:
+    """VOI (split + merge) against the ground truth at every threshold: ours and waterz's."""
+    from segmentation.metrics import scores
+    from segmentation.pipeline import Segments
+    from segmentation.project import Project
+
+    with h5py.File(DEMO_H5, "r") as f:
+        truth = f["labels"][:]
+    supervoxels = Project.open(project).volume("segmentation").read(
+        slice(None), slice(None), slice(None))
+    segments = Segments.load(project / "segments.npz")
+    ours, theirs = {}, {}
+    index = np.searchsorted(segments.ids, supervoxels)
+    with np.load(waterz_file) as found:
+        for i, threshold in enumerate(THRESHOLDS):
+            mine = segments.at(threshold)[index]
+            ours[str(threshold)] = round(scores(truth, mine).voi, 3)
+            theirs[str(threshold)] = round(scores(truth, found[f"arr_{i}"]).voi, 3)
+    return {"ours": ours, "waterz": theirs, "ours_best": min(ours.values()),
+            "waterz_best": min(theirs.values())}
+
+
+def standalone_affinities() -> dict:
+    """The student alone on the whole demo volume (one array, the process's threads)."""
+    out, memory = sampled([sys.executable, "-c", STANDALONE_SNIPPET, str(CHECKPOINT),
+                           str(DEMO_H5)])
+    found = {**json.loads(out.strip().splitlines()[-1]), "peak_MB": memory["peak_total_MB"]}
+    print(f"standalone: {json.dumps(found)}", file=sys.stderr, flush=True)
+    return found
+
+
+STANDALONE_SNIPPET = """
+import sys, time, json
+import h5py, torch
+from segmentation.models.learned import StudentAffinities
+model = StudentAffinities(sys.argv[1], device="cpu")
+with h5py.File(sys.argv[2], "r") as f:
+    raw = f["raw"][:]
+model.fit([raw[16:144, 61:189, 61:189]])
+model.predict(raw[:32, :64, :64])  # warm-up
+started = time.perf_counter()
+model.predict(raw)
+seconds = time.perf_counter() - started
+print(json.dumps({"seconds": round(seconds, 3), "Mvox_per_s": round(raw.size / 1e6 / seconds, 3),
+                  "bf16": model.bf16, "threads": torch.get_num_threads()}))
+"""
+
+
+def tile_project(source: Path, folder: Path, factor: int = 2) -> Path:
+    """A project over the demo tiled ``factor`` times per axis, with its affinities tiled the
+    same way (so `--reuse-affinities` segments the same evidence as at 1x)."""
+    from segmentation.volume import create_zarr, open_zarr
+
+    with h5py.File(DEMO_H5, "r") as f:
+        raw = f["raw"][:]
+    image = folder / "tiled.npy"
+    np.save(image, np.tile(raw, (factor,) * 3))
+    config = config_for(folder, {"path": str(image)}, 2)
+    from promptcut.config import load_config
+    from promptcut.setup_project import prepare_project
+
+    project = prepare_project(load_config(config), progress=False)
+    affinities = open_zarr(source / "affinities")
+    attributes = json.loads((source / "affinities" / ".zattrs").read_text())
+    attributes["fingerprint"] = f"tiled {factor}x of {attributes.get('fingerprint')}"
+    data = affinities.read().result()
+    tiled = np.tile(data, (1,) + (factor,) * 3)
+    create_zarr(project.root / "affinities", np.uint8, tiled.shape,
+                (tiled.shape[0], 64, 64, 64), attributes).write(tiled).result()
+    return folder
+
+
+def with_workers(folder: Path, workers: int) -> Path:
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config["segment"]["workers"] = workers
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    return folder / "config.yaml"
+
+
+def run() -> dict:
+    scales = [int(s) for s in os.environ.get("PROMPTCUT_BENCH_SCALES", "1,8").split(",")]
+    figures: dict = {"load_average_at_start": os.getloadavg(), "block_shape": BLOCK}
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        one = scratch / "x1"
+        one.mkdir()
+        figures["standalone_affinities"] = standalone_affinities()
+        runs: dict = {}
+        runs["1x_2_workers"] = run_segment(config_for(one, {"path": str(DEMO_H5),
+                                                             "key": "raw"}, 2), reuse=False)
+        affinities_rate = runs["1x_2_workers"]["stage_Mvox_per_s"]["affinities"]
+        figures["affinities_in_pipeline_vs_standalone"] = round(
+            affinities_rate / figures["standalone_affinities"]["Mvox_per_s"], 3)
+        runs["1x_1_worker"] = run_segment(with_workers(one, 1), reuse=True)
+        waterz_out = scratch / "waterz.npz"
+        figures["waterz_1x"] = run_waterz(one / "project", waterz_out)
+        figures["voi_1x"] = voi_curves(one / "project", waterz_out)
+        if 8 in scales:
+            eight = scratch / "x8"
+            eight.mkdir()
+            tile_project(one / "project", eight)
+            for workers in (1, 2):
+                runs[f"8x_{workers}_worker{'s' if workers > 1 else ''}"] = run_segment(
+                    with_workers(eight, workers), reuse=True)
+            figures["waterz_8x"] = run_waterz(eight / "project", scratch / "waterz8.npz")
+        figures["runs"] = runs
+    figures["summary"] = summary(figures)
+    figures["goals"] = GOALS
+    figure(figures)
+    return figures
+
+
+def summary(figures: dict) -> dict:
+    runs = figures["runs"]
+    found = {}
+    for scale in ("1x", "8x"):
+        one, two = runs.get(f"{scale}_1_worker"), runs.get(f"{scale}_2_workers")
+        if not (one and two):
+            continue
+        seg = lambda r: r["segmentation_seconds"]  # noqa: E731
+        found[scale] = {
+            "segmentation_Mvox_per_s_1_worker": one["Mvox_per_s"],
+            "segmentation_Mvox_per_s_2_workers": two["Mvox_per_s"],
+            "speedup_2_vs_1": round(seg(one) / seg(two), 2),
+            "ours_rag_and_agglomeration_s_2_workers": round(
+                sum(two["seconds"].get(k, 0) for k in ("rag", "merge small", "agglomerate")), 2),
+            "waterz_s": figures.get(f"waterz_{scale}", {}).get("seconds"),
+            "meshes_vs_supervoxels_seconds_2_workers": round(
+                two["seconds"].get("meshes", 0) / sum(
+                    two["seconds"][k] for k in ("seeds", "stitch", "flood")), 2),
+            "peak_worker_MB_2_workers": two["peak_worker_MB"],
+        }
+    if "1x" in found and "8x" in found:
+        found["peak_worker_MB_8x_vs_1x"] = round(
+            found["8x"]["peak_worker_MB_2_workers"] / found["1x"]["peak_worker_MB_2_workers"], 2)
+    found["affinities_in_pipeline_vs_standalone"] = figures["affinities_in_pipeline_vs_standalone"]
+    return found
+
+
+def figure(figures: dict) -> None:
+    """Stacked per-stage seconds of every run, beside waterz's agglomeration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = figures["runs"]
+    stages = list(dict.fromkeys(k for r in runs.values() for k in r["seconds"]))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    names = list(runs)
+    bottom = np.zeros(len(names))
+    for stage in stages:
+        values = np.array([runs[n]["seconds"].get(stage, 0.0) for n in names])
+        ax.bar(names, values, bottom=bottom, label=stage)
+        bottom += values
+    for scale in ("1x", "8x"):
+        if f"waterz_{scale}" in figures:
+            name = f"waterz {scale}"
+            ax.bar([name], [figures[f"waterz_{scale}"]["seconds"]], color="black")
+    ax.set_ylabel("seconds")
+    ax.set_title("promptcut segment per stage (student affinities; 1x = 10 Mvox demo)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    fig.savefig(RESULTS / "segmentation.png", dpi=110)
+    plt.close(fig)
+
+
 if __name__ == "__main__":
+    from benchmarks.common import write_result
+
     write_result("segmentation", run())
