@@ -109,19 +109,15 @@ class NodeStats:
 
 
 def compact_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``labels`` as small consecutive integers (0 stays 0) in the order of the ids, and the id
-    of each (``ids[k]`` for ``k``): comparing and packing them is several times faster than
-    comparing uint64 ids, and their order is the ids' order."""
+    """``labels`` as small integers (0 stays 0) in the order of the ids, and the id of each
+    (``ids[k]`` for ``k``): comparing and packing them is several times faster than comparing
+    uint64 ids. Ids up to a few times the block's size (supervoxels and fragments numbered
+    from 1) are only narrowed; others are renumbered, and ``ids`` lists those present."""
     flat = labels.reshape(-1)
     top = int(flat.max(initial=0))
-    if top < 4 * flat.size + 65536:  # ids fit a lookup table
-        index = flat.view(np.int64) if flat.dtype == np.uint64 else flat
-        present = np.bincount(index, minlength=top + 1) > 0
-        present[0] = True
-        ids = np.flatnonzero(present)
-        table = np.zeros(top + 1, np.uint16 if len(ids) <= 65536 else np.uint32)
-        table[ids] = np.arange(len(ids))
-        return table[index].reshape(labels.shape), ids.astype(np.uint64)
+    if top < min(4 * flat.size + 65536, 2 ** 27 - 1):  # (contact keys pack 2 x 27 bits)
+        narrow = np.uint16 if top < 2 ** 16 else np.uint32
+        return labels.astype(narrow), np.arange(top + 1, dtype=np.uint64)
     compact, mapping = fastremap.renumber(labels, in_place=False, preserve_zero=True)
     found = np.array(sorted(mapping.items()), np.uint64).reshape(-1, 2)
     if len(found) == 0 or found[0, 0] != 0:  # no background in the block
