@@ -39,6 +39,7 @@ def test_commands_refuse_a_project_in_use(edited, command, capsys):
     assert not (project.root / "exports").exists()
 
 
+@pytest.mark.slow
 def test_segment_over_edits_refuses_unless_told_to_archive_the_log(edited, capsys):
     config_path, project = edited[0], edited[1]
     assert main(["segment", "--config", str(config_path), "--quiet",

@@ -162,6 +162,7 @@ def test_export_never_replaces_a_folder_it_did_not_write(edited, tmp_path, capsy
     assert a_file.read_text() == "x"
 
 
+@pytest.mark.slow
 def test_export_replaces_an_earlier_export_only_when_asked(edited, tmp_path, capsys):
     config_path = edited[0]
     out = tmp_path / "export"
@@ -184,6 +185,7 @@ def _with(config_path, change) -> None:
     config_path.write_text(yaml.safe_dump(data))
 
 
+@pytest.mark.slow
 def test_train_edges_then_agglomerate_in_the_learned_order(fresh_copy, tmp_path, capsys):
     """`train --edges` fits the classifier on the project's graph and reports both orders on
     the held-out sections; `agglomerate` with method learned then uses it."""

@@ -165,6 +165,7 @@ def test_training_refuses_too_few_sections_and_missing_checkpoints(tmp_path):
         StudentAffinities(tmp_path / "none.pt")
 
 
+@pytest.mark.slow
 def test_fgnet_trains_from_the_cli_and_segments(crop_config, small_sam2, capsys):
     sam2_config, sam2_checkpoint = small_sam2
     config = yaml.safe_load(crop_config.read_text())
@@ -222,6 +223,7 @@ def test_fgnet_windows_keep_their_features_and_targets_aligned(small_sam2, tmp_p
         assert np.array_equal(levels[0][0].numpy(), moved[1])
 
 
+@pytest.mark.slow
 def test_student_distils_sam2_features_from_the_cli(crop_config, small_sam2, capsys):
     sam2_config, sam2_checkpoint = small_sam2
     config = yaml.safe_load(crop_config.read_text())
@@ -244,6 +246,7 @@ def test_student_distils_sam2_features_from_the_cli(crop_config, small_sam2, cap
     assert model.predict(np.zeros((16, 32, 32), np.uint8)).shape == (3, 16, 32, 32)
 
 
+@pytest.mark.slow
 def test_teacher_features_line_up_with_the_student_grids(small_sam2, tmp_path):
     rng = np.random.default_rng(0)
     trainer = StudentTrainer(rng.random((36, 40, 48)).astype(np.float32),
