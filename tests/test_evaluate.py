@@ -16,10 +16,11 @@ from segmentation.project import Project
 
 def test_evaluate_writes_a_table_and_a_plot_that_match_direct_scores(segmented_config, capsys,
                                                                      demo_h5):
-    config_path = segmented_config.base_dir / "config.yaml"
     import yaml
 
-    data = yaml.safe_load(config_path.read_text())
+    # a config of its own: the shared one stays as the other tests expect it
+    config_path = segmented_config.base_dir / "with-gt.yaml"
+    data = yaml.safe_load((segmented_config.base_dir / "config.yaml").read_text())
     data["dataset"]["ground_truth"] = {"path": str(demo_h5), "key": "labels"}
     config_path.write_text(yaml.safe_dump(data))
     assert main(["evaluate", "--config", str(config_path), "--quiet"]) == 0
