@@ -169,7 +169,8 @@ def test_training_refuses_too_few_sections_and_missing_checkpoints(tmp_path):
 def test_fgnet_trains_from_the_cli_and_segments(crop_config, small_sam2, capsys):
     sam2_config, sam2_checkpoint = small_sam2
     config = yaml.safe_load(crop_config.read_text())
-    config["train"] = {**TINY, "model": "fgnet", "fine_channels": 8}
+    # validation on 8 sections, not 16: each costs a SAM2 encoding on the CPU
+    config["train"] = {**TINY, "model": "fgnet", "fine_channels": 8, "validation_slices": 8}
     config["models"] = {"sam2": {"config": str(sam2_config)}}
     crop_config.write_text(yaml.safe_dump(config))
     assert main(["train", "--config", str(crop_config), "--quiet"]) == 2
