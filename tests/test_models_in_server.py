@@ -38,7 +38,6 @@ def copy_with_models(base, folder, **sam2):
     return dataclasses.replace(base, project=str(folder / "project"), models=models)
 
 
-@pytest.mark.slow
 def test_prompt_cut_uses_the_sam2_mask(segmented_config, tmp_path, tiny_checkpoint):
     config = copy_with_models(segmented_config, tmp_path, checkpoint=str(tiny_checkpoint),
                               propagate=1)

@@ -162,7 +162,6 @@ def test_export_never_replaces_a_folder_it_did_not_write(edited, tmp_path, capsy
     assert a_file.read_text() == "x"
 
 
-@pytest.mark.slow
 def test_export_replaces_an_earlier_export_only_when_asked(edited, tmp_path, capsys):
     config_path = edited[0]
     out = tmp_path / "export"

@@ -247,7 +247,6 @@ def test_student_distils_sam2_features_from_the_cli(crop_config, small_sam2, cap
     assert model.predict(np.zeros((16, 32, 32), np.uint8)).shape == (3, 16, 32, 32)
 
 
-@pytest.mark.slow
 def test_teacher_features_line_up_with_the_student_grids(small_sam2, tmp_path):
     rng = np.random.default_rng(0)
     trainer = StudentTrainer(rng.random((36, 40, 48)).astype(np.float32),
