@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(commands, "train", cmd_train, "train the 3D U-Net student or FGNet (train.model) on the "
          "config's image and ground truth", _train_arguments)
     _add(commands, "serve", cmd_serve, "open the project in neuroglancer", _serve_arguments)
+    _add(commands, "config-schema", cmd_config_schema, "print the config's JSON schema (for "
+         "editors; docs/config.schema.json holds it), or check a config against it",
+         _schema_arguments)
     _add(commands, "bench", cmd_bench, "run the benchmarks of a source checkout (figures and "
          "JSON in benchmarks/results/)", _bench_arguments)
     return parser
@@ -73,11 +76,13 @@ def _import_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", help="HDF5 dataset name")
     p.add_argument("--kind", choices=["image", "segmentation"], default="image")
     p.add_argument("--voxel-size", nargs=3, type=float, metavar=("Z", "Y", "X"),
-                   help="voxel size in nm (read from the file when it states one)")
+                   help="voxel size in nm, in the order z y x (neuroglancer writes x, y, z; "
+                        "read from the file when it states one)")
     p.add_argument("--format", choices=["precomputed", "zarr"],
                    help="output format (default: zarr for a .zarr output, else precomputed)")
     p.add_argument("--chunk-size", nargs=3, type=int, default=[64, 64, 64],
-                   metavar=("Z", "Y", "X"))
+                   metavar=("Z", "Y", "X"), help="voxels per chunk, in the order z y x "
+                   "(default: 64 64 64)")
     p.add_argument("--min-scales", type=int, default=3, help="downsampled scales, at least")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -101,6 +106,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     if "://" not in args.input and Path(args.input).resolve() == Path(args.output).resolve():
         raise InputError("OUTPUT is INPUT: choose another output (an import never replaces "
                          "its own source)")
+    if min(args.chunk_size) < 1 or args.min_scales < 0:
+        raise InputError(f"--chunk-size Z Y X must be at least 1 each and --min-scales at "
+                         f"least 0, got {' '.join(map(str, args.chunk_size))} and "
+                         f"{args.min_scales}")
     fmt = args.format or ("zarr" if args.output.rstrip("/").endswith(".zarr") else "precomputed")
     with _open_input(args.input, args.key, args.kind, args.voxel_size) as source:
         report = import_volume(source, Path(args.output), args.kind, args.voxel_size, fmt,
@@ -137,8 +146,8 @@ def _open_input(location: str, key: Optional[str], kind: str, voxel_size):
 
 def _segment_arguments(p: argparse.ArgumentParser) -> None:
     _config_only(p)
-    p.add_argument("--workers", type=int, help="local Dask workers (0: no Dask, in this process;"
-                   " default: one per core)")
+    p.add_argument("--workers", type=int, help="local Dask workers (overrides segment.workers; "
+                   "0: no Dask, in this process; default: one per core)")
     p.add_argument("--scheduler", help="address of an existing Dask scheduler to run on")
     p.add_argument("--reuse-affinities", action="store_true",
                    help="keep the project's affinities, redo everything after them")
@@ -352,13 +361,13 @@ def _train_from_decisions(config, output: Path) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
+    from dataclasses import replace
 
     from promptcut.config import load_config
-    from segmentation.models.training import FGNetTrainer, StudentTrainer, TrainSettings, \
-        export_weights
+    from segmentation.models.training import FGNetTrainer, StudentTrainer, export_weights
 
-    config = load_config(args.config)
+    overrides = {} if args.iterations is None else {"train.iterations": args.iterations}
+    config = load_config(args.config, overrides)
     if args.from_decisions is not None:
         return _train_from_decisions(config, args.from_decisions)
     truth = config.dataset.ground_truth
@@ -366,13 +375,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise InputError("training needs labels: set dataset.ground_truth in the config")
     if args.edges is not None:
         return _train_edges(config, truth, args.edges)
-    t = asdict(config.train)
-    output = config.project_dir / (t.pop("output") or f"models/{t['model']}")
-    if args.iterations:
-        t["iterations"] = args.iterations
-    if t["init"]:
-        t["init"] = str(config.resolve(t["init"]))
-    settings = TrainSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in t.items()})
+    settings = config.train  # --iterations is in it
+    output = config.project_dir / (settings.output or f"models/{settings.model}")
+    if settings.init:
+        settings = replace(settings, init=str(config.resolve(settings.init)))
     voxel_size = config.dataset.voxel_size
     with _open_input(config.source_location(config.image), config.image.key, "image",
                      voxel_size) as image, \
@@ -408,6 +414,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _schema_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", type=Path, metavar="FILE", help="write it here (default: "
+                   "standard output)")
+    p.add_argument("--check", metavar="CONFIG", help="instead validate this config and say "
+                   "whether it is valid")
+
+
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    from promptcut.config import load_config, schema_text
+
+    if args.check:
+        load_config(args.check)
+        print(f"{args.check}: valid")
+        return 0
+    if args.output:
+        args.output.write_text(schema_text())
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(schema_text())
+    return 0
+
+
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all)")
 
@@ -428,7 +456,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _serve_arguments(p: argparse.ArgumentParser) -> None:
     _config_only(p)
     p.add_argument("--host", help="bind address (overrides server.host)")
-    p.add_argument("--port", type=int, help="port of the data and landing page server")
+    p.add_argument("--port", type=int, help="port of the data and landing page server "
+                   "(overrides server.port; 0: a free one)")
     p.add_argument("--open", action="store_true", help="open the viewer in a web browser")
 
 

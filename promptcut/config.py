@@ -1,126 +1,191 @@
-"""The YAML configuration: typed sections validated at start-up.
+"""The YAML configuration: typed sections validated at start-up by pydantic.
 
-Every error names the offending key by its dotted path (``server.port``), so a typo in a
-config never surfaces later as a confusing failure deep inside the server.
+Every section is a plain dataclass whose annotations carry its ranges and choices and whose
+docstrings describe its keys; the domain's own settings (``segment.supervoxels`` is
+:class:`~segmentation.supervoxels.SupervoxelParams`, ``train`` is
+:class:`~segmentation.models.training.TrainSettings`) and the server's sections
+(:mod:`server.settings`) are used as they are, so each concept has one type. Values are
+checked strictly (no string for a number, no 1 for true), keys the schema does not know are
+refused, and every error is one line that names the key by its dotted path::
+
+    server.port: must be at most 65535 (got 70000)
+
+:func:`json_schema` publishes the same rules for editors (docs/config.schema.json).
+
+Lists of three coordinates (``dataset.voxel_size``, ``viewer.position``, ``segment.block_shape``,
+``import.chunk_size``, ``train.patch``) are in the order z, y, x, as NumPy indexes the volume;
+neuroglancer and the HTTP API write x, y, z.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import difflib
+import functools
+import json
 import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
+from annotated_types import Ge, Gt, Le, Len, MinLen
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic.json_schema import SkipJsonSchema
 
 from segmentation.edge_classifier import SHIPPED_EDGE_MODEL
 from segmentation.errors import ConfigError
-from server.settings import (ModelFiles, ModelsConfig, ServerConfig, ServeSettings,
-                             ViewerConfig)
+from segmentation.models.train_settings import TrainSettings
+from segmentation.supervoxels import SupervoxelParams
+from server.settings import (DEVICE_PATTERN, ModelFiles, ModelsConfig, ServerConfig,
+                             ServeSettings, ViewerConfig)
 
 URL_SCHEMES = ("gs://", "s3://", "http://", "https://", "file://", "precomputed://", "zarr://",
                "zarr2://", "zarr3://", "n5://", "memory://")
 
 SourceFormat = Literal["auto", "hdf5", "tiff", "npy", "precomputed", "zarr", "n5"]
+Fraction = Annotated[float, Ge(0), Le(1)]
+NonEmpty = Annotated[str, MinLen(1)]
+Shape = Annotated[list[Annotated[int, Ge(1)]], Len(3, 3)]  # voxels, z, y, x
+
+# the keys whose three values are z, y, x: errors name the axis of an item
+ZYX_KEYS = ("dataset.voxel_size", "viewer.position", "segment.block_shape", "import.chunk_size",
+            "train.patch")
+SECRET_KEYS = ("server.token",)
+# what a pattern means, for errors (pydantic would print the regular expression)
+PATTERNS = {DEVICE_PATTERN: "must be auto, cpu, cuda, cuda:N (N a GPU's number) or mps",
+            r"^https?://": "must start with http:// or https://"}
 
 
 @dataclass
 class SourceConfig:
     """One input volume: a file to import or a volume that tensorstore can open in place."""
 
-    path: str
-    key: Optional[str] = None  # HDF5 dataset name
+    path: NonEmpty
+    """A file (HDF5, TIFF file or folder, .npy) relative to this config, or a volume URL
+    (precomputed://, zarr://, n5://, gs://, s3://, https://, ...)."""
+    key: Optional[str] = None
+    """The HDF5 dataset's name."""
     format: SourceFormat = "auto"
+    """auto: from the file's suffix or the URL's scheme."""
 
 
 @dataclass
 class DatasetConfig:
     name: str = "dataset"
+    """The dataset's name, shown in the viewer and on the landing page."""
     credits: str = ""
-    voxel_size: Optional[list[float]] = None  # nm, z, y, x; required for HDF5/TIFF/NumPy
-    ground_truth: Optional[SourceConfig] = None  # neuron labels, for `promptcut evaluate`
+    """Who made the data and its licence, shown on the landing page."""
+    voxel_size: Optional[Annotated[list[Annotated[float, Gt(0)]], Len(3, 3)]] = None
+    """nm per voxel, in the order [z, y, x] (not neuroglancer's x, y, z); required for HDF5,
+    TIFF and NumPy input, which do not state one; none: the volume's own."""
+    ground_truth: Optional[SourceConfig] = None
+    """Neuron labels, for `promptcut evaluate` and `promptcut train`."""
 
 
-@dataclass
-class SupervoxelConfig:
-    threshold: float = 0.5
-    seed_window: int = 7
-    max_distance: int = 8
-    min_size: int = 64
-    per_section: Optional[bool] = None
+class KeyProblem(ValueError):
+    """A section's value that is wrong only together with another: names the key to blame."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass
 class AgglomerationConfig:
-    thresholds: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7])
-    quantile: float = 0.5  # quantile: the affinity quantile whose complement is the score
-    default_threshold: float = 0.5
-    # the merge order: one minus an affinity quantile (waterz's), or one minus the edge
-    # classifier's merge probability (GALA's); its thresholds then are 1 - probability
+    thresholds: Annotated[list[Fraction], MinLen(1)] = field(
+        default_factory=lambda: [0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7])
+    """The merge-score thresholds (0..1) whose segmentations `promptcut segment` computes; the
+    proofreading tools switch between them."""
+    quantile: Fraction = 0.5
+    """quantile: the affinity quantile of a contact whose complement is its merge score."""
+    default_threshold: Fraction = 0.5
+    """The threshold a served project opens at: one of thresholds."""
     method: Literal["quantile", "learned"] = "quantile"
-    edge_model: Optional[str] = None  # learned: relative to this config; None: the shipped one
+    """The merge order: one minus an affinity quantile (waterz's), or one minus the edge
+    classifier's merge probability (GALA's); its thresholds then are 1 - probability."""
+    edge_model: Optional[str] = None
+    """learned: the edge classifier, relative to this config; none: the shipped one."""
 
-
-@dataclass
-class TrainConfig:
-    model: Literal["unet3d", "fgnet"] = "unet3d"
-    iterations: int = 2000
-    patch: list[int] = field(default_factory=lambda: [32, 96, 96])
-    batch: int = 2
-    learning_rate: float = 0.001
-    final_learning_rate: Optional[float] = None  # cosine decay to this; None: constant
-    validation_slices: int = 40
-    validate_every: int = 250
-    checkpoint_every: int = 250
-    filters: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
-    anisotropic: bool = False
-    fine_channels: int = 32  # fgnet: width of the fine-grained encoder
-    freeze_sam: bool = True  # fgnet: keep SAM2's encoder (models.sam2) as it is
-    teacher: Optional[Literal["sam2"]] = None  # unet3d: distil SAM2's features (models.sam2)
-    long_range: list[int] = field(default_factory=list)  # unet3d: auxiliary affinity distances
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where the hardware has it
-    init: Optional[str] = None  # start from this checkpoint's weights (relative to this config)
-    output: Optional[str] = None  # relative to the project folder; None: models/<model>
+    def __post_init__(self) -> None:
+        if not any(abs(t - self.default_threshold) < 1e-9 for t in self.thresholds):
+            listed = ", ".join(f"{t:g}" for t in self.thresholds)
+            raise KeyProblem("default_threshold", f"{self.default_threshold:g} is not one of "
+                             f"the computed thresholds ({listed}): add it to thresholds or "
+                             f"choose one of them")
 
 
 @dataclass
 class SegmentConfig:
     model: Literal["baseline", "unet3d", "fgnet"] = "baseline"
-    checkpoint: Optional[str] = None  # unet3d / fgnet: the trained file (relative to this config)
-    block_shape: list[int] = field(default_factory=lambda: [128, 128, 128])
-    flood_halo: int = 8
-    workers: Optional[int] = None  # None: one per core; 0: in this process, without Dask
-    scheduler: Optional[str] = None  # address of an existing Dask cluster
-    supervoxels: SupervoxelConfig = field(default_factory=SupervoxelConfig)
+    """The affinity model: the intensity baseline, or a trained unet3d / fgnet checkpoint."""
+    checkpoint: Optional[str] = None
+    """unet3d / fgnet: the trained file, relative to this config."""
+    block_shape: Shape = field(default_factory=lambda: [128, 128, 128])
+    """Voxels per block, in the order [z, y, x]; each a multiple of 64."""
+    flood_halo: Annotated[int, Ge(0)] = 8
+    """Voxels of context around a block for its watershed flood."""
+    workers: Optional[Annotated[int, Ge(0)]] = None
+    """Local Dask workers; none: one per core; 0: in this process, without Dask."""
+    scheduler: Optional[NonEmpty] = None
+    """The address of an existing Dask cluster to run on (tcp://host:8786)."""
+    supervoxels: SupervoxelParams = field(default_factory=SupervoxelParams)
+    """The seeded watershed that makes supervoxels."""
     agglomeration: AgglomerationConfig = field(default_factory=AgglomerationConfig)
+    """How supervoxels merge into segments."""
     meshes: bool = True
-    mesh_reduction: int = 10
+    """Compute a mesh of every segment for the 3D view."""
+    mesh_reduction: Annotated[int, Ge(0)] = 10
+    """Simplify meshes to about 1/this of their triangles (0: no simplification)."""
 
 
 @dataclass
 class ImportConfig:
     format: Literal["precomputed", "zarr"] = "precomputed"
-    chunk_size: list[int] = field(default_factory=lambda: [64, 64, 64])
-    min_downsampled_scales: int = 3
+    """The format HDF5 / TIFF / NumPy input is imported into."""
+    chunk_size: Shape = field(default_factory=lambda: [64, 64, 64])
+    """Voxels per chunk, in the order [z, y, x]."""
+    min_downsampled_scales: Annotated[int, Ge(0)] = 3
+    """Downsampled scales to write, at least."""
 
 
 @dataclass
 class Config:
-    project: str  # folder that holds the imported volumes and everything computed from them
+    """A promptcut project: its data, how it is segmented, trained and served. Paths are
+    relative to the config file; lists of three coordinates are in the order [z, y, x]."""
+
+    __pydantic_config__ = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False,
+                                     use_attribute_docstrings=True, title="promptcut config")
+
+    project: NonEmpty
+    """The folder (relative to this config) that holds the imported volumes and everything
+    computed from them."""
     image: SourceConfig
+    """The EM image."""
     name: str = "promptcut"
+    """The project's name, shown in the viewer."""
     segmentation: Optional[SourceConfig] = None
+    """An existing segmentation to proofread; none: `promptcut segment` computes one."""
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    import_: ImportConfig = field(default_factory=ImportConfig, metadata={"key": "import"})
+    """What the data is: name, credits, voxel size, ground truth."""
+    import_: Annotated[ImportConfig, Field(alias="import")] = field(default_factory=ImportConfig)
+    """How HDF5 / TIFF / NumPy input is imported."""
     segment: SegmentConfig = field(default_factory=SegmentConfig)
+    """`promptcut segment`: affinities, supervoxels, agglomeration, meshes."""
     models: ModelsConfig = field(default_factory=ModelsConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    """The models the server runs for prompts (SAM2, FGNet) and where."""
+    train: TrainSettings = field(default_factory=TrainSettings)
+    """`promptcut train`: the affinity model's training."""
     server: ServerConfig = field(default_factory=ServerConfig)
+    """`promptcut serve`: addresses, ports, access, the edit log."""
     viewer: ViewerConfig = field(default_factory=ViewerConfig)
-    base_dir: Path = field(default=Path("."), metadata={"internal": True})
+    """How a neuroglancer viewer opens."""
+    # the config file's folder, set by load_config; not a key of the file
+    base_dir: SkipJsonSchema[Path] = Path(".")
 
     @property
     def project_dir(self) -> Path:
@@ -164,8 +229,18 @@ class Config:
         return str(self.resolve(text))
 
 
+INTERNAL_FIELDS = ("base_dir",)
+
+
+@functools.cache
+def _adapter() -> TypeAdapter:
+    """The validator, built on first use (a few hundred milliseconds)."""
+    return TypeAdapter(Config)
+
+
 def load_config(path: str | os.PathLike, overrides: Optional[dict[str, Any]] = None) -> Config:
-    """Read and validate a YAML config; raise ConfigError naming the bad key."""
+    """Read and validate a YAML config; raise ConfigError naming the bad key. ``overrides``
+    (dotted keys: ``{"server.port": 0}``) come from the command line and replace the file's."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -181,93 +256,257 @@ def load_config(path: str | os.PathLike, overrides: Optional[dict[str, Any]] = N
         raise ConfigError(f"config file {path} is not valid YAML{line}") from None
     if data is None:
         data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of keys to values, got "
+                          f"{_kind(data)}")
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
-    config = build(Config, data, "")
+    try:
+        config = validate(data, tuple(overrides or ()))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     config.base_dir = path.resolve().parent
     return config
+
+
+def validate(data: dict, overridden: tuple[str, ...] = ()) -> Config:
+    """A Config from plain (YAML) data; the first problem as one ConfigError line."""
+    data = _plain(data)
+    for key in INTERNAL_FIELDS:
+        if key in data:
+            raise ConfigError(_unknown((key,)))
+    try:
+        # JSON mode: strict, yet a YAML list is a valid tuple
+        return _adapter().validate_json(json.dumps(data))
+    except ValidationError as exc:
+        errors = exc.errors()
+        # an item that fails also shortens its list "after validation": one problem, not two
+        errors = [e for e in errors if not (e["type"] in ("too_short", "too_long") and any(
+            tuple(o["loc"][:len(e["loc"])]) == tuple(e["loc"]) and o is not e for o in errors))]
+        raise ConfigError(_describe(errors[0], overridden) + (
+            f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+            if len(errors) > 1 else "")) from None
+
+
+def json_schema() -> dict:
+    """The config's JSON schema (draft 2020-12), for editors and yaml-language-server."""
+    schema = _adapter().json_schema(by_alias=True, mode="validation")
+    for cls in _sections(Config):  # defaults from factories, which pydantic leaves out
+        target = schema if cls is Config else schema["$defs"][cls.__name__]
+        for f, (key, _) in zip(_own_fields(cls), _fields(cls).items()):
+            value = f.default_factory() if f.default_factory is not dataclasses.MISSING \
+                else None
+            if value is not None and not dataclasses.is_dataclass(value):
+                target["properties"][key].setdefault("default", value)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **_one_line(schema)}
+
+
+def schema_text() -> str:
+    """:func:`json_schema` as docs/config.schema.json holds it."""
+    return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+def _describe(error: dict, overridden: tuple[str, ...]) -> str:
+    loc = tuple(error["loc"])
+    kind, ctx = error["type"], error.get("ctx") or {}
+    cause = ctx.get("error")
+    if isinstance(cause, KeyProblem):
+        loc += (cause.key,)
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        return _unknown(loc)
+    key = _dotted(loc)
+    if kind == "missing" and loc and isinstance(loc[-1], int):  # a tuple given too few items
+        parent = _dotted(loc[:-1])
+        return f"{parent}: {_length_message(parent, 'too_short', {})} " \
+               f"(got {_kind(error.get('input'))})"
+    if kind == "missing":
+        return f"{key}: required, but missing"
+    message = _message(kind, ctx, key, error)
+    if isinstance(cause, KeyProblem):
+        return f"{key}: {message}"
+    got = _kind(error.get("input"))
+    if key in SECRET_KEYS and isinstance(error.get("input"), str):
+        got = f"{len(error['input'])} characters"  # a secret is never echoed
+    if _dotted(tuple(p for p in loc if isinstance(p, str))) in overridden:
+        got += ", from the command line"
+    return f"{key}: {message} (got {got})"
+
+
+def _message(kind: str, ctx: dict, key: str, error: dict) -> str:
+    bound = {k: _number(v) for k, v in ctx.items() if k in ("gt", "ge", "lt", "le")}
+    fixed = {
+        "int_type": "must be an integer", "int_from_float": "must be an integer",
+        "int_parsing": "must be an integer", "float_type": "must be a number",
+        "float_parsing": "must be a number", "bool_type": "must be true or false",
+        "bool_parsing": "must be true or false", "string_type": "must be a string",
+        "list_type": "must be a list", "tuple_type": "must be a list",
+        "dataclass_type": "must be a mapping of keys to values",
+        "dataclass_exact_type": "must be a mapping of keys to values",
+        "dict_type": "must be a mapping of keys to values",
+        "model_type": "must be a mapping of keys to values",
+        "finite_number": "must be a finite number",
+    }
+    if kind in fixed:
+        return fixed[kind]
+    if kind == "greater_than":
+        return f"must be greater than {bound['gt']}"
+    if kind == "greater_than_equal":
+        return f"must be at least {bound['ge']}"
+    if kind == "less_than":
+        return f"must be less than {bound['lt']}"
+    if kind == "less_than_equal":
+        return f"must be at most {bound['le']}"
+    if kind == "literal_error":
+        expected = str(ctx.get("expected"))
+        return f"must be one of {expected}" if " or " in expected else f"must be {expected}"
+    if kind in ("too_short", "too_long"):
+        return _length_message(key, kind, ctx)
+    if kind == "string_too_short":
+        length = ctx.get("min_length", 1)
+        return "must not be empty" if length == 1 else f"must be at least {length} characters long"
+    if kind == "string_pattern_mismatch":
+        return PATTERNS.get(ctx.get("pattern"), f"must match {ctx.get('pattern')}")
+    if kind == "value_error" and ctx.get("error") is not None:
+        return str(ctx["error"])
+    return error["msg"][:1].lower() + error["msg"][1:]  # pydantic's own words, as a fallback
+
+
+def _length_message(key: str, kind: str, ctx: dict) -> str:
+    if key in ZYX_KEYS:
+        return "must list 3 values, in the order [z, y, x]"
+    if kind == "too_short":
+        count = ctx.get("min_length", 1)
+        return f"must list at least {count} value{'s' if count != 1 else ''}"
+    count = ctx.get("max_length")
+    return f"must list at most {count} value{'s' if count != 1 else ''}"
+
+
+def _unknown(loc: tuple) -> str:
+    key = _dotted(loc)
+    allowed = _keys_at(loc[:-1])
+    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    where = f"in {_dotted(loc[:-1])}" if loc[:-1] else "at the top"
+    return f"{key}: unknown key ({hint}allowed {where}: {', '.join(sorted(allowed))})"
+
+
+def _dotted(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    if len(loc) >= 2 and isinstance(loc[-1], int) and _dotted(loc[:-1]) in ZYX_KEYS \
+            and 0 <= loc[-1] < 3:
+        text += f" ({'zyx'[loc[-1]]})"
+    return text or "<top>"
+
+
+def _keys_at(loc: tuple) -> list[str]:
+    """The keys a section allows, the section found by its path from the top."""
+    hint: Any = Config
+    for part in loc:
+        hint = _unwrap(hint)
+        if isinstance(part, int):
+            (hint,) = typing.get_args(hint)[:1] or (Any,)
+        elif dataclasses.is_dataclass(hint):
+            hint = _fields(hint).get(part, Any)
+    hint = _unwrap(hint)
+    return list(_fields(hint)) if dataclasses.is_dataclass(hint) else []
+
+
+def _fields(cls: type) -> dict[str, Any]:
+    """A section's keys (aliases where they have one) and their annotations."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    keys = {}
+    for f in dataclasses.fields(cls):
+        if f.name in INTERNAL_FIELDS:
+            continue
+        alias = next((m.alias for m in getattr(hints[f.name], "__metadata__", ())
+                      if isinstance(m, FieldInfo) and m.alias), None)
+        keys[alias or f.name] = hints[f.name]
+    return keys
+
+
+def _own_fields(cls: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if f.name not in INTERNAL_FIELDS]
+
+
+def _sections(cls: type) -> list[type]:
+    """``cls`` and every dataclass section below it."""
+    found = [cls]
+    for hint in _fields(cls).values():
+        inner = _unwrap(hint)
+        if dataclasses.is_dataclass(inner) and inner not in found:
+            found += [c for c in _sections(inner) if c not in found]
+    return found
+
+
+def _one_line(node: Any) -> Any:
+    """Descriptions (docstrings) as single lines, for editors' hovers."""
+    if isinstance(node, dict):
+        return {k: " ".join(v.split()) if k == "description" and isinstance(v, str)
+                else _one_line(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_one_line(v) for v in node]
+    return node
+
+
+def _unwrap(hint: Any) -> Any:
+    """Through Annotated and Optional to the type itself."""
+    while True:
+        if typing.get_origin(hint) is Annotated:
+            hint = typing.get_args(hint)[0]
+        elif typing.get_origin(hint) in (typing.Union, types.UnionType):
+            inner = [a for a in typing.get_args(hint) if a is not type(None)]
+            hint = inner[0] if len(inner) == 1 else hint
+            if len(inner) != 1:
+                return hint
+        else:
+            return hint
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        text = repr(value)
+        return text if len(text) <= 60 else f"a list of {len(value)}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# -- input ----------------------------------------------------------------------------------
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:
     *parents, last = dotted.split(".")
     node = data
     for part in parents:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:
+            node[part] = {}
+        if not isinstance(node[part], dict):
+            return  # the section itself is wrong: validation says so
+        node = node[part]
     node[last] = value
 
 
-def _fields(cls: type) -> dict[str, dataclasses.Field]:
-    """Config keys of a section, mapped to their dataclass fields."""
-    return {f.metadata.get("key", f.name): f for f in dataclasses.fields(cls)
-            if not f.metadata.get("internal")}
-
-
-def build(cls: type, data: Any, where: str) -> Any:
-    """Build dataclass ``cls`` from plain YAML data, checking keys and types."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"config key '{where or '<top>'}' must be a mapping, got {_kind(data)}")
-    fields = _fields(cls)
-    for key in data:
-        if key not in fields:
-            allowed = ", ".join(sorted(fields))
-            raise ConfigError(f"unknown config key '{_join(where, key)}' (allowed here: {allowed})")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, f in fields.items():
-        dotted = _join(where, key)
-        if key in data:
-            kwargs[f.name] = _check(hints[f.name], data[key], dotted)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"missing config key '{dotted}'")
-    return cls(**kwargs)
-
-
-def _check(hint: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _check(inner, value, where)
-    if dataclasses.is_dataclass(hint):
-        return build(hint, value, where)
-    if origin is Literal:
-        if value not in args:
-            choices = ", ".join(repr(a) for a in args)
-            raise ConfigError(f"config key '{where}' must be one of {choices}, got {value!r}")
+def _plain(value: Any) -> Any:
+    """YAML data as JSON can hold it: keys as strings, dates and other scalars as text."""
+    if isinstance(value, dict):
+        return {str(k) if not isinstance(k, bool) else str(k).lower(): _plain(v)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (str, bool, int, float)):
         return value
-    if origin is list:
-        (item,) = args
-        if not isinstance(value, list):
-            raise ConfigError(f"config key '{where}' must be a list, got {_kind(value)}")
-        if where.endswith(("voxel_size", "position", "chunk_size", "block_shape", "patch")) \
-                and len(value) != 3:
-            raise ConfigError(f"config key '{where}' must list 3 numbers (z, y, x), "
-                              f"got {len(value)}")
-        return [_check(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key '{where}' must be a number, got {_kind(value)}")
-        return float(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key '{where}' must be an integer, got {_kind(value)}")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"config key '{where}' must be true or false, got {_kind(value)}")
-        return value
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"config key '{where}' must be a string, got {_kind(value)}")
-        return value
-    raise TypeError(f"unsupported config type {hint!r} at {where}")  # a bug in the schema
-
-
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
-def _kind(value: Any) -> str:
-    return "nothing" if value is None else f"{type(value).__name__} {value!r}"[:80]
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return value.isoformat()
+    return str(value)

@@ -14,7 +14,6 @@ from segmentation.pipeline import PipelineParams, PipelineReport, segment
 from segmentation.editlog import remove_log
 from segmentation.proofread import LOG_NAME, edit_count
 from segmentation.proofread import archive_log as archive_log_file
-from segmentation.supervoxels import SupervoxelParams
 
 
 def edge_model(config: Config) -> Optional[Path]:
@@ -32,7 +31,7 @@ def pipeline_params(config: Config) -> PipelineParams:
     s = config.segment
     return PipelineParams(
         block_shape=tuple(s.block_shape), flood_halo=s.flood_halo,
-        supervoxels=SupervoxelParams(**vars(s.supervoxels)),
+        supervoxels=s.supervoxels,
         thresholds=list(s.agglomeration.thresholds), quantile=s.agglomeration.quantile,
         default_threshold=s.agglomeration.default_threshold, meshes=s.meshes,
         mesh_reduction=s.mesh_reduction, edge_model=edge_model(config))

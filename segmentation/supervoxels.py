@@ -14,13 +14,14 @@ whole-volume run, which the tests bound.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Annotated, Optional, Sequence
 
 import cc3d
 import edt
 import fastremap
 import numpy as np
 import SimpleITK as sitk
+from annotated_types import Ge, Gt, Lt
 from scipy import ndimage
 
 from segmentation.errors import InputError
@@ -28,11 +29,22 @@ from segmentation.errors import InputError
 
 @dataclass(frozen=True)
 class SupervoxelParams:
-    threshold: float = 0.5  # boundary evidence below this is inside a cell
-    seed_window: int = 7  # voxels (in x, y): a seed is a maximum of the distance in this window
-    max_distance: int = 8  # voxels: the distance transform is clipped here (halo it needs)
-    min_size: int = 64  # voxels: smaller fragments are merged into a neighbour
-    per_section: bool | None = None  # None: per section when z is coarser than 2x the xy size
+    """The seeded watershed that makes supervoxels from the boundary map."""
+
+    # The config's ``segment.supervoxels`` section is this class: promptcut.config validates
+    # it against these annotations (annotated_types) and describes each key by its docstring.
+
+    threshold: Annotated[float, Gt(0), Lt(1)] = 0.5
+    """Boundary evidence (0..1) below this is inside a cell: seeds grow where it is lower."""
+    seed_window: Annotated[int, Ge(1)] = 7
+    """Voxels (in x and y): a seed is a maximum of the distance transform in this window."""
+    max_distance: Annotated[int, Ge(1)] = 8
+    """Voxels: the distance transform is clipped here (the halo blockwise seeds need)."""
+    min_size: Annotated[int, Ge(0)] = 64
+    """Voxels: smaller fragments are merged into a neighbour."""
+    per_section: Optional[bool] = None
+    """Seeds per section (2D) or in 3D; none: per section when z is coarser than twice the
+    x / y voxel size."""
 
     def validate(self) -> None:
         if not 0.0 < self.threshold < 1.0:

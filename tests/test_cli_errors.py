@@ -96,6 +96,50 @@ def test_config_with_a_bad_key(tmp_path, small_h5):
     assert_one_line_error(promptcut("serve", "--config", path), "server.prot")
 
 
+@pytest.mark.parametrize("command, sections, words", [
+    (["serve"], {"server": {"port": 70000}}, ["server.port: must be at most 65535 (got 70000)"]),
+    (["serve"], {"server": {"port": -1}}, ["server.port: must be at least 0 (got -1)"]),
+    (["serve", "--port", "-1"], {}, ["server.port: must be at least 0",
+                                     "from the command line"]),
+    (["import"], {"dataset": {"voxel_size": [0, 10, 10]}},
+     ["dataset.voxel_size[0] (z): must be greater than 0 (got 0)"]),
+    (["serve"], {"viewer": {"cross_section_scale": -1}},
+     ["viewer.cross_section_scale: must be greater than 0 (got -1)"]),
+    (["segment"], {"segment": {"workers": -3}}, ["segment.workers: must be at least 0 (got -3)"]),
+    (["segment", "--workers", "-3"], {}, ["segment.workers: must be at least 0 (got -3, from "
+                                          "the command line)"]),
+    (["serve"], {"models": {"device": "tpu9"}}, ["models.device: must be auto, cpu, cuda",
+                                                 "(got 'tpu9')"]),
+    (["segment"], {"segment": {"agglomeration": {"thresholds": [0.3, 0.4],
+                                                 "default_threshold": 0.35}}},
+     ["segment.agglomeration.default_threshold: 0.35 is not one of the computed thresholds "
+      "(0.3, 0.4)"]),
+    (["train"], {"train": {"patch": [32, 96]}}, ["train.patch: must list 3 values, in the order "
+                                                 "[z, y, x]"]),
+    (["train", "--iterations", "0"], {}, ["train.iterations: must be at least 1 (got 0, from "
+                                          "the command line)"]),
+    (["serve"], {"viewer": {"postion": [1, 2, 3]}}, ["viewer.postion: unknown key",
+                                                     "did you mean 'position'?"]),
+])
+def test_bad_config_values_end_in_one_line_naming_the_key(tmp_path, small_h5, command, sections,
+                                                         words):
+    path = write_config(tmp_path, small_h5, **sections)
+    assert_one_line_error(promptcut(*command, "--config", path), str(path), *words)
+
+
+def test_config_schema_prints_the_committed_schema_and_checks_configs(tmp_path, small_h5):
+    import json
+
+    result = promptcut("config-schema")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (REPO / "docs" / "config.schema.json").read_text()
+    assert json.loads(result.stdout)["properties"]["server"]["$ref"] == "#/$defs/ServerConfig"
+    result = promptcut("config-schema", "--check", REPO / "configs" / "demo.yaml")
+    assert result.returncode == 0 and result.stdout.endswith("demo.yaml: valid\n"), result.stderr
+    bad = write_config(tmp_path, small_h5, server={"port": 70000})
+    assert_one_line_error(promptcut("config-schema", "--check", bad), "server.port")
+
+
 def test_port_already_in_use(tmp_path, demo_h5):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import collections
 import json
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -32,33 +32,10 @@ from segmentation.models.fgnet import FGNet, FGNetConfig, predict_sections, sect
     window_levels
 from segmentation.models.precision import autocast, channels_last, use_bf16
 from segmentation.models.sam2_prompt import build_model, model_config
+from segmentation.models.train_settings import TrainSettings
 from segmentation.models.unet3d import UNet3D, UNetConfig, predict_affinities
 from segmentation.rag import block_contacts, block_node_stats, build_rag
 from segmentation.supervoxels import SupervoxelParams, supervoxels
-
-
-@dataclass
-class TrainSettings:
-    model: str = "unet3d"  # or "fgnet"
-    iterations: int = 2000
-    patch: tuple[int, int, int] = (32, 96, 96)
-    batch: int = 2
-    learning_rate: float = 1e-3
-    final_learning_rate: Optional[float] = None  # cosine decay to this by the last iteration
-    validation_slices: int = 40
-    validate_every: int = 250
-    checkpoint_every: int = 250
-    filters: tuple[int, ...] = (16, 32, 64, 128)
-    anisotropic: bool = False
-    seed: int = 0
-    fine_channels: int = 32  # FGNet's fine-grained encoder width
-    freeze_sam: bool = True  # FGNet: keep SAM2's encoder as it is (and cache its features)
-    feature_cache: int = 16  # FGNet, frozen SAM2: sections whose features are kept
-    teacher: Optional[str] = None  # student: "sam2" distils SAM2's features (models.sam2)
-    thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-    precision: str = "auto"  # bf16 where the CPU (AMX / AVX-512 BF16) or GPU has it, else fp32
-    init: Optional[str] = None  # start from this checkpoint's weights (fine-tuning)
-    long_range: tuple[int, ...] = ()  # student: auxiliary long-range affinity distances
 
 
 def label_affinities(labels: np.ndarray, distances: Sequence[int] = (1,)) -> np.ndarray:
