@@ -22,8 +22,7 @@ from benchmarks.common import DEMO_H5, percentiles, write_result
 from promptcut.config import load_config
 from promptcut.segmenting import run_segment
 from promptcut.setup_project import prepare_project
-from segmentation.pipeline import Segments, save_segments
-from segmentation.agglomerate import Agglomeration
+from segmentation.agglomerate import Agglomeration, Segments, save_segments
 from segmentation.editlog import remove_log
 from segmentation.project import Project
 from segmentation.proofread import LOG_NAME

@@ -18,7 +18,7 @@ import torch
 
 from benchmarks.common import DEMO_H5, REPO, RESULTS, SHARED_DATA, percentiles
 from promptcut.config import load_config
-from segmentation.affinities import IntensityBaseline
+from segmentation.affinities import IntensityBaseline, calibration_samples
 from segmentation.export import apply_membership
 from segmentation.metrics import scores
 from segmentation.models.fgnet import FGNet, FGNetConfig, window_levels
@@ -27,7 +27,6 @@ from segmentation.models.precision import bf16_supported
 from segmentation.models.sam2_prompt import Sam2Prompter, build_model, pick_device
 from segmentation.models.training import (TrainSettings, agglomerate_affinities,
                                           best_threshold_scores, score_affinities)
-from segmentation.pipeline import calibration_samples
 from segmentation.volume import ArrayVolume
 
 VALIDATION_SLICES = 40

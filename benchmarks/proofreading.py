@@ -168,7 +168,7 @@ def run_focused(config, truth: np.ndarray, decisions: int, threshold: float) -> 
     from segmentation import edge_classifier
     from segmentation.project import Project
     from segmentation.rag import Rag
-    from segmentation.pipeline import Segments
+    from segmentation.agglomerate import Segments
 
     project = Project.open(config.project_dir)
     rag = Rag.load(project.root / "rag.npz")

@@ -30,7 +30,7 @@ import yaml
 from benchmarks.common import DEMO_H5, REPO, RESULTS
 
 BLOCK = [128, 128, 128]  # the demo config's
-CHECKPOINT = REPO / "segmentation" / "models" / "weights" / "unet3d_demo_v2.pt"
+CHECKPOINT = REPO / "segmentation" / "models" / "weights" / "unet3d_demo_v2.safetensors"
 WATERZ_SCORE = "OneMinus<HistogramQuantileAffinity<RegionGraphType, 50, ScoreValue, 256>>"
 THRESHOLDS = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
 GOALS = {"segmentation_Mvox_per_s_2_workers": 3.0, "speedup_2_vs_1": 1.6,
@@ -151,7 +151,7 @@ def run_waterz(project: Path, out: Path) -> dict:
 def voi_curves(project: Path, waterz_file: Path) -> dict:
     """VOI (split + merge) against the ground truth at every threshold: ours and waterz's."""
     from segmentation.metrics import scores
-    from segmentation.pipeline import Segments
+    from segmentation.agglomerate import Segments
     from segmentation.project import Project
 
     with h5py.File(DEMO_H5, "r") as f:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -26,6 +27,39 @@ from segmentation.rag import BINS, Rag
 class Agglomeration:
     thresholds: list[float]
     memberships: list[np.ndarray]  # per threshold: segment id of each RAG node (a member's id)
+
+
+def save_segments(path: Path, ids: np.ndarray, result: Agglomeration,
+                  default_threshold: float) -> None:
+    """Write an agglomeration as ``segments.npz`` (atomically: a reader never sees half)."""
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, ids=ids, thresholds=np.array(result.thresholds, np.float64),
+             membership=np.stack(result.memberships) if result.memberships else
+             np.zeros((0, len(ids)), np.uint64),
+             default_threshold=np.float64(default_threshold))
+    tmp.replace(path)
+
+
+@dataclass
+class Segments:
+    """The saved agglomeration: which segment every supervoxel belongs to, per threshold."""
+
+    ids: np.ndarray
+    thresholds: np.ndarray
+    membership: np.ndarray  # (T, N)
+    default_threshold: float
+
+    @classmethod
+    def load(cls, path: Path) -> Optional["Segments"]:
+        if not Path(path).is_file():
+            return None
+        with np.load(path) as data:
+            return cls(data["ids"], data["thresholds"], data["membership"],
+                       float(data["default_threshold"]))
+
+    def at(self, threshold: Optional[float] = None) -> np.ndarray:
+        threshold = self.default_threshold if threshold is None else threshold
+        return self.membership[int(np.argmin(np.abs(self.thresholds - threshold)))]
 
 
 def check_thresholds(thresholds: Sequence[float]) -> list[float]:

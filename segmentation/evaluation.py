@@ -11,12 +11,12 @@ from typing import Optional
 import numpy as np
 from tqdm import tqdm
 
+from segmentation.agglomerate import Segments
 from segmentation.blockwise import make_blocks
 from segmentation.errors import InputError
 from segmentation.metrics import Contingency, Scores
-from segmentation.proofread import project_supervoxels
-from segmentation.pipeline import Segments
 from segmentation.project import Project
+from segmentation.proofread import project_supervoxels
 
 
 @dataclass

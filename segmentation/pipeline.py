@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import json
 import shutil
 import time
@@ -37,8 +36,9 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from segmentation.affinities import AffinityModel, boundary_from_affinities, quantize
-from segmentation.agglomerate import Agglomeration, agglomerate, check_thresholds
+from segmentation.affinities import AffinityModel, boundary_from_affinities, \
+    calibration_samples, quantize
+from segmentation.agglomerate import agglomerate, check_thresholds, save_segments
 from segmentation.edge_classifier import merge_score
 from segmentation.atomic import atomic_directory
 from segmentation.blockwise import Block, Marks, Runner, make_blocks
@@ -332,26 +332,6 @@ def compute_affinities(image: Volume, model: AffinityModel, path: Path, blocks: 
     return marks
 
 
-def calibration_samples(image: Volume, size: int = 128, count: int = 4) -> list[np.ndarray]:
-    """Crops for a model's global normalisation, which every block then shares: the central
-    one first, then up to ``count`` more on a grid that spreads them over the volume (for the
-    demo, 5 crops cover most of it: normalisation statistics from a part differ by 1.6 to 3.2 / 255
-    in the affinities and cost up to 0.05 bits of VOI)."""
-    def start(centre: int, n: int) -> int:
-        return max(0, min(centre - size // 2, n - size))
-
-    grid = [np.linspace(size // 2, max(size // 2, n - size // 2), -(-n // size)).round()
-            .astype(int) for n in image.shape]
-    centres = list(itertools.product(*grid))
-    picked = np.random.default_rng(0).choice(len(centres), min(count, len(centres)),
-                                             replace=False)  # the same crops every run
-    chosen = [centres[int(i)] for i in sorted(picked)]
-    starts = [tuple(start(n // 2, n) for n in image.shape)]
-    starts += [tuple(start(int(c), n) for c, n in zip(centre, image.shape)) for centre in chosen]
-    return [image.read(*(slice(s, s + min(size, n)) for s, n in zip(corner, image.shape)))
-            for corner in dict.fromkeys(starts)]
-
-
 def affinity_task(block: Block, location: str, fmt: str, voxel_size, model: AffinityModel,
                   path: str) -> None:
     image = open_volume(location, "image", fmt, voxel_size)
@@ -534,38 +514,3 @@ def mesh_task(block: Block, supervoxels: str, voxel_size, reduction: int) -> dic
     labels = open_precomputed_scale(Path(supervoxels), 0)[region].read().result()
     return mesh_block(labels, block.origin, voxel_size, Path(supervoxels) / "mesh", block.index,
                       reduction)
-
-
-# -- results ------------------------------------------------------------------------------------
-
-def save_segments(path: Path, ids: np.ndarray, result: Agglomeration,
-                  default_threshold: float) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, ids=ids, thresholds=np.array(result.thresholds, np.float64),
-             membership=np.stack(result.memberships) if result.memberships else
-             np.zeros((0, len(ids)), np.uint64),
-             default_threshold=np.float64(default_threshold))
-    tmp.replace(path)
-
-
-@dataclass
-class Segments:
-    """The saved agglomeration: which segment every supervoxel belongs to, per threshold."""
-
-    ids: np.ndarray
-    thresholds: np.ndarray
-    membership: np.ndarray  # (T, N)
-    default_threshold: float
-
-    @classmethod
-    def load(cls, path: Path) -> Optional["Segments"]:
-        if not Path(path).is_file():
-            return None
-        with np.load(path) as data:
-            return cls(data["ids"], data["thresholds"], data["membership"],
-                       float(data["default_threshold"]))
-
-    def at(self, threshold: Optional[float] = None) -> np.ndarray:
-        threshold = self.default_threshold if threshold is None else threshold
-        return self.membership[int(np.argmin(np.abs(self.thresholds - threshold)))]
-

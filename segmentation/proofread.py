@@ -11,11 +11,10 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from segmentation.affinities import IntensityBaseline, quantize
-from segmentation.agglomerate import agglomerate
+from segmentation.affinities import IntensityBaseline, calibration_samples, quantize
+from segmentation.agglomerate import Segments, agglomerate, save_segments
 from segmentation.editlog import EditLog, log_files
 from segmentation.errors import InputError
-from segmentation.pipeline import Segments, calibration_samples, save_segments
 from segmentation.project import DIVISIONS, Project
 from segmentation.rag import Rag
 from segmentation.session import ProofreadingSession

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from promptcut.cli import main
+from segmentation.agglomerate import Segments
 from segmentation.metrics import best_merge, scores
-from segmentation.pipeline import Segments
 from segmentation.project import Project
 
 

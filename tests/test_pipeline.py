@@ -8,10 +8,10 @@ import pytest
 from promptcut.config import load_config
 from promptcut.segmenting import run_segment
 from segmentation.affinities import AffinityModel
+from segmentation.agglomerate import Segments
 from segmentation.blockwise import Block, Runner, make_blocks
 from segmentation.errors import ConfigError, InputError
 from segmentation.metrics import scores
-from segmentation.pipeline import Segments
 from segmentation.project import Project
 from segmentation.rag import Contacts, NodeStats, Rag, build_rag
 from segmentation.volume import open_zarr

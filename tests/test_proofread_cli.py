@@ -11,7 +11,7 @@ import yaml
 
 from promptcut.cli import main
 from promptcut.config import load_config
-from segmentation.pipeline import Segments
+from segmentation.agglomerate import Segments
 from segmentation.project import Project
 from segmentation.proofread import open_session
 from segmentation.volume import open_volume

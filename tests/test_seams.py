@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from promptcut.config import load_config
+from segmentation.affinities import calibration_samples
 from segmentation.blockwise import make_blocks
 from segmentation.metrics import scores
 from segmentation.models.learned import StudentAffinities
 from segmentation.models.training import agglomerate_affinities
-from segmentation.pipeline import block_affinities, calibration_samples
+from segmentation.pipeline import block_affinities
 from segmentation.volume import ArrayVolume
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
