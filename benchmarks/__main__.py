@@ -1,4 +1,4 @@
-"""`python -m benchmarks [NAME ...]` (or `promptcut bench`): run the named benchmarks, or all of
+"""`python -m benchmarks [NAME ...]` (or `make bench`): run the named benchmarks, or all of
 them; each prints its figures and writes `benchmarks/results/NAME.json`."""
 
 import importlib

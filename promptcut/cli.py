@@ -56,8 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add(commands, "config-schema", cmd_config_schema, "print the config's JSON schema (for "
          "editors; docs/config.schema.json holds it), or check a config against it",
          _schema_arguments)
-    _add(commands, "bench", cmd_bench, "run the benchmarks of a source checkout (figures and "
-         "JSON in benchmarks/results/)", _bench_arguments)
     return parser
 
 
@@ -434,23 +432,6 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(schema_text())
     return 0
-
-
-def _bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all)")
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    checkout = Path(__file__).resolve().parent.parent
-    if not (checkout / "benchmarks" / "__main__.py").is_file():
-        raise InputError(f"no benchmarks/ next to {checkout / 'promptcut'}: `promptcut bench` "
-                         f"runs from a source checkout")
-    sys.path.insert(0, str(checkout))
-    from benchmarks.__main__ import main as run_benchmarks, unknown
-
-    if unknown(args.names):
-        raise InputError(unknown(args.names))
-    return run_benchmarks(args.names)
 
 
 def _serve_arguments(p: argparse.ArgumentParser) -> None:

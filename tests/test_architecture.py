@@ -1,6 +1,8 @@
 """The layering the code promises: no import cycles among modules of one package, pure
-segmentation code that knows nothing of the web, and a server that never imports the CLI
-package (its one composition root) back. Read from the source, TYPE_CHECKING imports included."""
+segmentation code that knows nothing of the web, a server that never imports the CLI
+package (its one composition root) back, shipped packages that import neither the benchmarks
+nor the tests, and proofreading that does not drag in the bulk pipeline. Read from the source,
+TYPE_CHECKING imports included."""
 
 from __future__ import annotations
 
@@ -72,3 +74,28 @@ def test_segmentation_knows_nothing_of_the_web_or_the_cli():
     offenders = {m: sorted(t for t in targets if t.startswith(("server", "promptcut")))
                  for m, targets in imports("segmentation").items()}
     assert {m: t for m, t in offenders.items() if t} == {}
+
+
+@pytest.mark.parametrize("package", ["promptcut", "segmentation", "server"])
+def test_shipped_packages_import_no_benchmarks_or_tests(package):
+    offenders = {m: sorted(t for t in targets if t.split(".")[0] in ("benchmarks", "tests"))
+                 for m, targets in imports(package).items()}
+    assert {m: t for m, t in offenders.items() if t} == {}
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module ``start`` imports, directly or through others."""
+    seen, todo = set(), [start]
+    while todo:
+        for target in graph.get(todo.pop(), ()):
+            if target in graph and target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
+@pytest.mark.parametrize("module", ["segmentation.proofread", "segmentation.session",
+                                    "segmentation.evaluation", "server.app"])
+def test_proofreading_does_not_import_the_bulk_pipeline(module):
+    graph = {**imports("segmentation"), **imports("server")}
+    assert "segmentation.pipeline" not in reachable(graph, module)
