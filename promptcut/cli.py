@@ -304,7 +304,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--export", type=Path, metavar="FILE",
-                   help="then write the best checkpoint's weights (no optimiser state) here")
+                   help="then write the best checkpoint's weights (no optimiser state) to "
+                        "FILE with the suffix .safetensors, its metadata to the .json beside")
     p.add_argument("--edges", type=Path, metavar="FILE", nargs="?", const="",
                    help="train the edge classifier of the learned agglomeration instead, on "
                         "the segmented project's RAG, and write it here (default: "
@@ -408,7 +409,8 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"{output / 'loss_curve.png'}")
     if args.export:
         source = trainer.best if trainer.best.is_file() else trainer.latest
-        print(f"exported {source.name} to {export_weights(source, args.export)}")
+        weights, metadata = export_weights(source, args.export)
+        print(f"exported {source.name} to {weights} (weights) and {metadata} (metadata)")
     return 0
 
 

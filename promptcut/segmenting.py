@@ -9,7 +9,7 @@ from promptcut.config import Config
 from promptcut.setup_project import prepare_project
 from segmentation.blockwise import Runner, default_workers
 from segmentation.errors import ConfigError, InputError
-from segmentation.models.learned import make_model
+from segmentation.models.registry import make_model
 from segmentation.pipeline import PipelineParams, PipelineReport, segment
 from segmentation.editlog import remove_log
 from segmentation.proofread import LOG_NAME, edit_count

@@ -1,4 +1,5 @@
-"""Trained networks (the 3D U-Net student, FGNet) as affinity models of the pipeline."""
+"""Trained networks (the 3D U-Net student, FGNet) as affinity models of the pipeline: loading
+their checkpoints and predicting. Which model a config names is the registry's business."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from segmentation.affinities import NEAREST, AffinityModel, IntensityBaseline
+from segmentation.affinities import NEAREST, AffinityModel
 from segmentation.errors import InputError
 from segmentation.models.checkpoints import read_payload
 from segmentation.models.fgnet import FGNet, FGNetConfig, predict_sections
@@ -18,10 +19,10 @@ from segmentation.models.unet3d import UNet3D, UNetConfig, predict_affinities
 
 
 def read_checkpoint(path: Path, kind: str) -> dict:
-    """A checkpoint written by `promptcut train`, refused with the file named when it is not one
-    of the ``kind`` expected."""
+    """A checkpoint written by `promptcut train` (.pt) or exported by it (.safetensors with its
+    .json), refused with the file named when it is not one of the ``kind`` expected."""
     payload = read_payload(path, "affinity model checkpoint",
-                           "a checkpoint written by `promptcut train`", weights_only=False)
+                           "a checkpoint written by `promptcut train` or its export")
     found = payload.get("kind", "unet3d")  # the first shipped student predates the field
     if found != kind:
         raise InputError(f"{path} holds a {found} model, but the config asks for {kind}")
@@ -166,16 +167,3 @@ class FGNetAffinities(LearnedAffinities):
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         return predict_sections(self.model, self.unit(image), self.device)
-
-
-def make_model(name: str, voxel_size: Sequence[float], checkpoint: Optional[str] = None,
-               device: str = "auto") -> AffinityModel:
-    """The affinity model a config names: the baseline, the 3D U-Net student or FGNet."""
-    if name in ("baseline", "intensity-baseline"):
-        return IntensityBaseline(voxel_size=tuple(voxel_size))
-    if name in ("unet3d", "fgnet"):
-        if checkpoint is None:
-            raise InputError(f"segment.model {name} needs segment.checkpoint (a file written "
-                             f"by `promptcut train`)")
-        return (StudentAffinities if name == "unet3d" else FGNetAffinities)(checkpoint, device)
-    raise InputError(f"unknown affinity model '{name}' (available: baseline, unet3d, fgnet)")

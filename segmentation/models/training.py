@@ -27,7 +27,7 @@ from segmentation.affinities import boundary_from_affinities, neighbour_slices, 
 from segmentation.agglomerate import Agglomeration, agglomerate
 from segmentation.errors import InputError
 from segmentation.metrics import Contingency
-from segmentation.models.checkpoints import read_payload
+from segmentation.models.checkpoints import read_payload, write_weights
 from segmentation.models.fgnet import FGNet, FGNetConfig, predict_sections, section_levels, \
     window_levels
 from segmentation.models.precision import autocast, channels_last, use_bf16
@@ -128,7 +128,7 @@ class Trainer(ABC):
         layers it lacks (a new head) keep their fresh initialisation; layers of another shape
         are refused with the file named."""
         payload = read_payload(path, "train.init checkpoint",
-                               "a checkpoint written by `promptcut train`", weights_only=False)
+                               "a checkpoint written by `promptcut train` or its export")
         found = payload.get("kind", "unet3d")
         if found != self.kind:
             raise InputError(f"train.init {path} holds a {found} model; this run trains "
@@ -172,7 +172,7 @@ class Trainer(ABC):
     def resume(self) -> bool:
         if not self.latest.is_file():
             return False
-        payload = torch.load(self.latest, map_location=self.device, weights_only=False)
+        payload = torch.load(self.latest, map_location=self.device, weights_only=True)
         self.model.load_state_dict(payload["model"])
         self.optimiser.load_state_dict(payload["optimiser"])
         self.iteration, self.history = payload["iteration"], payload["history"]
@@ -277,15 +277,15 @@ class Trainer(ABC):
         return path
 
 
-def export_weights(source: Path, target: Path) -> Path:
-    """A checkpoint to ship: the weights, the network's config, the training settings and the
-    validation history, without the optimiser's state (a third of the size)."""
-    payload = torch.load(source, map_location="cpu", weights_only=False)
+def export_weights(source: Path, target: Path) -> tuple[Path, Path]:
+    """A checkpoint to ship, as ``target`` with the suffix .safetensors (the weights) and the
+    .json beside it (the network's config, the training settings and the validation history;
+    not the optimiser's state): a pair that loads without running any of the file's code."""
+    payload = read_payload(source, "checkpoint to export", "a checkpoint written by "
+                           "`promptcut train`")
     payload.pop("optimiser", None)
     payload["history"] = {"validation": payload.get("history", {}).get("validation", [])}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, target)
-    return target
+    return write_weights(payload, target)
 
 
 def agglomerate_affinities(affinities: np.ndarray, voxel_size, thresholds: Sequence[float]
