@@ -168,9 +168,8 @@ def test_dispatch_returns_before_slow_work_finishes(demo_session):
         mouse_voxel_coordinates = [1.5, 2.5, 3.5]
         selected_values = {}
 
-    started = time.perf_counter()
     future = router.dispatch("promptcut-test-slow", FakeState())
-    assert time.perf_counter() - started < 0.5 and not future.done()
+    assert not future.done()  # the action waits for release: dispatch returned without it
     release.set()
     assert future.result(timeout=10).message == "done"
     assert ran_on[0].startswith("promptcut-action")
