@@ -19,7 +19,7 @@ import torch
 from benchmarks.common import DEMO_H5, REPO, RESULTS, SHARED_DATA, percentiles
 from promptcut.config import load_config
 from segmentation.affinities import IntensityBaseline, calibration_samples
-from segmentation.export import apply_membership
+from segmentation.membership import lookup
 from segmentation.metrics import scores
 from segmentation.models.fgnet import FGNet, FGNetConfig, window_levels
 from segmentation.models.learned import StudentAffinities
@@ -136,7 +136,7 @@ def quality(student: StudentAffinities) -> dict:
             "authors_supervoxels": scores(truth, theirs).as_dict(),
             **floors(truth)}
         membership = result.memberships[result.thresholds.index(ours["threshold"])]
-        figure(image, truth, apply_membership(fragments, ids, membership), ours["threshold"],
+        figure(image, truth, lookup(ids, membership, fragments, missing=None), ours["threshold"],
                RESULTS / f"models_{name}.png")
     return rows
 

@@ -30,6 +30,7 @@ from segmentation.blockwise import make_blocks
 from segmentation.editlog import EditLog
 from segmentation.errors import InputError
 from segmentation.importer import scale_plan
+from segmentation.membership import lookup
 from segmentation.meshes import MultiresMeshes, mesh_labels
 from segmentation.volume import (Volume, create_precomputed_scale, create_zarr,
                                  open_precomputed_scale)
@@ -50,15 +51,6 @@ def is_export(folder: Path) -> bool:
         return json.loads((Path(folder) / "export.json").read_text()).get("format") == MARK
     except (OSError, ValueError, AttributeError):
         return False
-
-
-def apply_membership(block: np.ndarray, ids: np.ndarray, segments: np.ndarray) -> np.ndarray:
-    """Supervoxel ids to segment ids (``ids`` sorted); ids not in the table stay as they are."""
-    if len(ids) == 0:
-        return block.astype(np.uint64)
-    index = np.minimum(np.searchsorted(ids, block), len(ids) - 1)
-    found = ids[index] == block
-    return np.where(found, segments[index], block).astype(np.uint64)
 
 
 def sharding_for(shape: Sequence[int], chunk: Sequence[int] = CHUNK,
@@ -113,7 +105,7 @@ def export_segmentation(supervoxels: Volume, ids: np.ndarray, segments: np.ndarr
         zarr_base = create_zarr(labels / "0", np.uint64, shape, CHUNK)
         blocks = make_blocks(shape, block or write_block_shape(shape, shardings[0]))
         for b in tqdm(blocks, desc="export", disable=not progress, leave=False, unit="block"):
-            mapped = apply_membership(supervoxels.read(*b.core), ids, segments)
+            mapped = lookup(ids, segments, supervoxels.read(*b.core), missing=None)
             base[b.core].write(mapped).result()
             zarr_base[b.core].write(mapped).result()
         _pyramid(precomputed, labels, base, zarr_base, plan, shardings, "segmentation")

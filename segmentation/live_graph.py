@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from segmentation.graphcut import affinity_capacity
+from segmentation.membership import rows_of
 from segmentation.rag import Rag
 
 
@@ -91,12 +92,7 @@ class LiveGraph:
 
     def node_index(self, ids: np.ndarray | Sequence[int]) -> np.ndarray:
         """Row of each supervoxel id; -1 where the id is not a node."""
-        ids = np.asarray(ids, np.uint64)
-        known = self.ids
-        if len(known) == 0:
-            return np.full(ids.shape, -1, np.int64)
-        index = np.minimum(np.searchsorted(known, ids), len(known) - 1)
-        return np.where(known[index] == ids, index, -1)
+        return rows_of(self.ids, ids)
 
     def add_nodes(self, ids: np.ndarray, size: np.ndarray, bbox: np.ndarray,
                   centroid: np.ndarray) -> np.ndarray:

@@ -44,6 +44,7 @@ from segmentation.atomic import atomic_directory
 from segmentation.blockwise import Block, Marks, Runner, make_blocks
 from segmentation.errors import InputError
 from segmentation.importer import scale_plan, write_pyramid
+from segmentation.membership import lookup
 from segmentation.meshes import mesh_block, write_mesh_manifests
 from segmentation.project import DIVISIONS, Project, VolumeRef
 from segmentation.rag import Contacts, NodeStats, Rag, block_contacts, block_node_stats, \
@@ -500,10 +501,7 @@ def relabel_task(block: Block, fragments: str, relabel: str, supervoxels: str) -
     labels = open_zarr(Path(fragments))[block.core].read().result()
     with np.load(relabel) as table:
         old, new = table["old"], table["new"]
-    final = np.zeros(labels.shape, np.uint64)
-    if len(old):
-        index = np.minimum(np.searchsorted(old, labels), len(old) - 1)
-        final = np.where(labels != 0, new[index], np.uint64(0)).astype(np.uint64)
+    final = lookup(old, new, labels)
     open_precomputed_scale(Path(supervoxels), 0, write=True)[block.core].write(final).result()
 
 

@@ -19,6 +19,8 @@ from typing import Iterable, Sequence
 import fastremap
 import numpy as np
 
+from segmentation.membership import rows_of
+
 QUANTILES = (0.1, 0.5, 0.9)
 BINS = 64
 BIN_WIDTH = 256 // BINS
@@ -249,12 +251,7 @@ class Rag:
 
     def node_index(self, ids: np.ndarray | Sequence[int]) -> np.ndarray:
         """Row of each id in the node arrays; -1 where the id is not a node."""
-        ids = np.asarray(ids, np.uint64)
-        index = np.searchsorted(self.ids, ids)
-        index = np.minimum(index, max(len(self.ids) - 1, 0))
-        found = (len(self.ids) > 0) & (self.ids[index] == ids) if len(self.ids) else \
-            np.zeros(ids.shape, bool)
-        return np.where(found, index, -1)
+        return rows_of(self.ids, ids)
 
     def edge_index(self) -> tuple[np.ndarray, np.ndarray]:
         """Edges as rows into the node arrays (a, b)."""

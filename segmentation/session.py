@@ -40,6 +40,7 @@ from segmentation.editlog import EditLog, Entry, LogError
 from segmentation.errors import PromptcutError
 from segmentation.graphcut import HARD, CutProblem, connect_terminals, keep_connected, solve
 from segmentation.live_graph import Column, LiveGraph
+from segmentation.membership import lookup
 from segmentation.rag import Rag
 from segmentation.supervoxel_split import LiveSupervoxels, VoxelSplit, divide, graph_patch
 
@@ -189,8 +190,7 @@ class ProofreadingSession:
 
     def segments_of(self, supervoxels: np.ndarray) -> np.ndarray:
         """Segment of each supervoxel id (0 for ids that are not, or no longer, supervoxels)."""
-        rows = self.graph.node_index(supervoxels)
-        return np.where(rows >= 0, self.segment[np.maximum(rows, 0)], 0).astype(np.uint64)
+        return lookup(self.graph.ids, self.segment, supervoxels)
 
     def segments_before_divisions(self, supervoxels: np.ndarray) -> np.ndarray:
         """Segment of each supervoxel id of the graph as it was built (a RAG's nodes): one

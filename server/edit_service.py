@@ -23,6 +23,7 @@ import numpy as np
 from segmentation.errors import InputError
 from segmentation.export import export_segmentation
 from segmentation.focus import Ask, FocusQueue
+from segmentation.membership import rows_of
 from segmentation.session import EditError, OperationResult, Preview, ProofreadingSession
 from server.model_worker import ModelWorker
 from server.segments import MembershipView
@@ -259,7 +260,8 @@ class EditService:
         voxels = np.bincount(inverse, weights=sizes)
         counts = np.bincount(inverse)
         rows = set(np.argsort(-voxels, kind="stable")[:limit].tolist())
-        rows |= set(np.searchsorted(ids, list(reviewed)).tolist())
+        found = rows_of(ids, list(reviewed))
+        rows |= set(found[found >= 0].tolist())
         listed = []
         for row in sorted(rows, key=lambda r: -voxels[r]):
             segment = int(ids[row])

@@ -23,6 +23,7 @@ import numpy as np
 import tornado.web
 from tornado.ioloop import IOLoop
 
+from segmentation.membership import assign, lookup, rows_of
 from segmentation.volume import open_precomputed_scale
 from server.access import refusal
 from server.data import CorsMixin, safe_relative
@@ -51,43 +52,46 @@ class MembershipView:
     scales still hold its id, which is drawn as part of the segment of one of its pieces."""
 
     def __init__(self, ids: np.ndarray, segments: np.ndarray):
-        top = int(ids.max(initial=0))
-        self.dtype = np.dtype(np.uint32) if top < 2 ** 32 else np.dtype(np.uint64)
-        self.lut = np.zeros(top + 1, dtype=np.uint64)  # 0: not a supervoxel
-        self.lut[ids.astype(np.int64)] = segments
+        order = np.argsort(ids, kind="stable")
+        self.ids = np.asarray(ids, np.uint64)[order]  # sorted; segment 0: not a supervoxel now
+        self.segments = np.asarray(segments, np.uint64)[order]
+        self.dtype = self._dtype_for(self.ids)
         self.edits = 0
         self.generation = 0  # of the served voxels: bumped when a supervoxel is divided
         self._divided: list[tuple[int, np.ndarray]] = []  # (generation, supervoxels)
         self._picture: Optional[tuple[int, Picture]] = None
         self._lock = threading.Lock()
 
+    @staticmethod
+    def _dtype_for(ids: np.ndarray) -> np.dtype:
+        return np.dtype(np.uint32) if int(ids.max(initial=0)) < 2 ** 32 else np.dtype(np.uint64)
+
     def apply(self, delta: np.ndarray, retired: Optional[dict[int, int]] = None) -> int:
         """Record an edit's (supervoxel, old, new) rows (0: no such supervoxel before or
         after) and the successor of each retired supervoxel; returns the voxel generation."""
         retired = retired or {}
         with self._lock:
-            top = int(delta[:, 0].max(initial=0))
-            if top >= len(self.lut):
-                grown = np.zeros(top + 1, dtype=np.uint64)
-                grown[:len(self.lut)] = self.lut
-                self.lut = grown
-            self.lut[delta[:, 0].astype(np.int64)] = delta[:, 2]
-            for gone, successor in retired.items():
-                self.lut[int(gone)] = self.lut[int(successor)] if successor else 0
+            ids, segments = assign(self.ids, self.segments, delta[:, 0], delta[:, 2])
+            if retired:
+                ids, segments = assign(ids, segments, list(retired), 0)
+                for gone, successor in retired.items():  # in order: a successor may be retired
+                    segments[rows_of(ids, [gone])[0]] = \
+                        lookup(ids, segments, [successor])[0] if successor else 0
+            self.ids, self.segments = ids, segments
             self.edits += 1
             structural = delta[(delta[:, 1] == 0) | (delta[:, 2] == 0), 0]
             if structural.size:
                 self.generation += 1
                 self._divided.append((self.generation, structural.copy()))
-            if top >= 2 ** 32:
+            if self.dtype != self._dtype_for(ids):
                 self.dtype = np.dtype(np.uint64)
             return self.generation
 
     def map(self, supervoxels: np.ndarray) -> np.ndarray:
         """Segment of each supervoxel id (0: not a supervoxel)."""
-        inside = supervoxels < len(self.lut)
-        return np.where(inside, self.lut[np.where(inside, supervoxels, 0).astype(np.int64)],
-                        0).astype(np.uint64)
+        with self._lock:  # an edit may replace both arrays
+            ids, segments = self.ids, self.segments
+        return lookup(ids, segments, supervoxels)
 
     def divided_since(self, generation: int) -> np.ndarray:
         """Supervoxels divided or restored since that voxel generation."""
@@ -100,8 +104,8 @@ class MembershipView:
         with self._lock:
             if self._picture is not None and self._picture[0] == self.edits:
                 return self._picture[1]
-            edits, lut = self.edits, self.lut.copy()
-        picture = _picture_of(lut)
+            edits, ids, segments = self.edits, self.ids.copy(), self.segments.copy()
+        picture = _picture_of(ids, segments)
         with self._lock:
             if self.edits == edits:
                 self._picture = (edits, picture)
@@ -111,10 +115,11 @@ class MembershipView:
         """The picture an edit's (supervoxel, old, new) rows would make (a preview); rows of
         supervoxels it would create or retire are left out (their voxels are not served)."""
         with self._lock:
-            lut = self.lut.copy()
-        rows = delta[(delta[:, 1] != 0) & (delta[:, 2] != 0) & (delta[:, 0] < len(lut))]
-        lut[rows[:, 0].astype(np.int64)] = rows[:, 2]
-        return _picture_of(lut)
+            ids, segments = self.ids.copy(), self.segments.copy()
+        kept = delta[(delta[:, 1] != 0) & (delta[:, 2] != 0)]
+        row = rows_of(ids, kept[:, 0])
+        segments[row[row >= 0]] = kept[row >= 0, 2]
+        return _picture_of(ids, segments)
 
     def shown_as(self, segment: int) -> int:
         """The id neuroglancer shows a segment by."""
@@ -123,12 +128,13 @@ class MembershipView:
     def segment_of(self, shown: int) -> int:
         """The segment an id that neuroglancer shows (any member of it) stands for now."""
         shown = int(shown)
-        return int(self.lut[shown]) if 0 <= shown < len(self.lut) else 0
+        return int(self.map(np.array([shown], np.uint64))[0]) if shown >= 0 else 0
 
 
-def _picture_of(lut: np.ndarray) -> Picture:
-    ids = np.flatnonzero(lut)  # ascending, so each run below starts at its smallest id
-    segments = lut[ids]
+def _picture_of(ids: np.ndarray, segments: np.ndarray) -> Picture:
+    """Groups and representatives of a membership table (``ids`` ascending)."""
+    live = segments != 0
+    ids, segments = ids[live], segments[live]  # ascending, so each run starts at its smallest
     order = np.argsort(segments, kind="stable")
     ids, segments = ids[order], segments[order]
     starts = np.flatnonzero(np.r_[True, segments[1:] != segments[:-1]]) \

@@ -1,0 +1,55 @@
+"""Supervoxel -> segment through a sorted table: the one lookup everything uses.
+
+A membership table is a sorted array of supervoxel ids and an aligned array of their segments.
+The export's blocks, the session, the served view and the metrics all map ids through here, so
+they agree on what becomes of the background 0 (always 0) and of an id the table lacks.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+Ids = np.ndarray | Sequence[int]
+
+
+def rows_of(ids: np.ndarray, wanted: Ids) -> np.ndarray:
+    """Row of each wanted id in the sorted ``ids`` (any shape); -1 where it is not there."""
+    wanted = np.asarray(wanted, np.uint64)
+    if len(ids) == 0:
+        return np.full(wanted.shape, -1, np.int64)
+    index = np.minimum(np.searchsorted(ids, wanted), len(ids) - 1)
+    return np.where(ids[index] == wanted, index, -1)
+
+
+def lookup(ids: np.ndarray, segments: np.ndarray, supervoxels: Ids,
+           missing: Optional[int] = 0) -> np.ndarray:
+    """Segment of each supervoxel (any shape, uint64): background 0 stays 0, an id not in the
+    table becomes ``missing`` (None: keeps its own id, for tables that list only changes)."""
+    supervoxels = np.asarray(supervoxels, np.uint64)
+    row = rows_of(ids, supervoxels)
+    found = row >= 0
+    fallback = supervoxels if missing is None else np.uint64(missing)
+    mapped = np.asarray(segments, np.uint64)[np.maximum(row, 0)] if len(ids) else fallback
+    return np.where(found & (supervoxels != 0), mapped,
+                    np.where(supervoxels != 0, fallback, np.uint64(0))).astype(np.uint64)
+
+
+def assign(ids: np.ndarray, segments: np.ndarray, supervoxels: Ids,
+           new: Ids) -> tuple[np.ndarray, np.ndarray]:
+    """The table with each supervoxel given its new segment (the last of repeats wins); ids
+    not in it are inserted in order. Rows already there are changed in place."""
+    supervoxels = np.asarray(supervoxels, np.uint64).ravel()
+    new = np.broadcast_to(np.asarray(new, np.uint64), supervoxels.shape)
+    row = rows_of(ids, supervoxels)
+    there = row >= 0
+    segments[row[there]] = new[there]
+    if there.all():
+        return ids, segments
+    # unique over the reversed rows keeps each id's last value
+    added, first = np.unique(supervoxels[~there][::-1], return_index=True)
+    values = new[~there][::-1][first]
+    merged = np.concatenate([ids, added])
+    order = np.argsort(merged, kind="stable")
+    return merged[order], np.concatenate([segments, values])[order]
