@@ -111,3 +111,29 @@ def test_student_trains_with_and_without_a_teacher(with_teacher):
         losses.append(loss.item())
     assert min(losses[-5:]) < 0.75 * losses[0]
     assert all(p.grad is not None for p in model.distill_heads.parameters())
+
+
+def test_fgnet_exports_to_safetensors_and_loads_back_identical(sam_encoder, tmp_path):
+    """The SAM2 encoder travels inside the pair: no SAM2 checkpoint is needed to load it."""
+    from dataclasses import asdict
+
+    from segmentation.models.checkpoints import write_weights
+    from segmentation.models.learned import load_fgnet
+    from segmentation.models.sam2_prompt import model_config
+
+    torch.manual_seed(1)
+    model = tiny_fgnet(sam_encoder)
+    payload = {"kind": "fgnet", "model": model.state_dict(), "fgnet_config": asdict(model.config),
+               "sam2": {"config": "sam2.1_hiera_t", "checkpoint": "",
+                        "model_config": model_config("sam2.1_hiera_t")}}
+    weights, _ = write_weights(payload, tmp_path / "fgnet.safetensors")
+    loaded = load_fgnet(weights)
+    expected = model.state_dict()
+    assert loaded.state_dict().keys() == expected.keys()
+    assert all(torch.equal(v, expected[k]) for k, v in loaded.state_dict().items())
+    sections = torch.rand(1, 2, 64, 64)
+    try:
+        with torch.no_grad():
+            assert torch.equal(loaded.eval()(sections)[1], model.eval()(sections)[1])
+    finally:
+        model.train()  # the encoder is shared with the other tests

@@ -4,6 +4,7 @@ metrics, and the trained student used by `promptcut segment`."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,9 +17,10 @@ import yaml
 from promptcut.cli import main
 from promptcut.config import load_config
 from segmentation.errors import InputError
-from segmentation.models.learned import StudentAffinities
+from segmentation.models.learned import StudentAffinities, load_student
 from segmentation.models.precision import bf16_supported, use_bf16
-from segmentation.models.training import StudentTrainer, TrainSettings, augment, label_affinities
+from segmentation.models.training import StudentTrainer, TrainSettings, augment, export_weights, \
+    label_affinities
 
 TINY = {"iterations": 4, "patch": [32, 32, 32], "batch": 1, "validation_slices": 16,
         "validate_every": 2, "checkpoint_every": 2, "filters": [4, 8, 16, 32]}
@@ -65,25 +67,31 @@ def test_train_checkpoints_resumes_and_plots(crop_config, capsys):
     out = capsys.readouterr().out
     assert "best validation VOI" in out
     folder = crop_config.parent / "project" / "models" / "unet3d"
-    payload = torch.load(folder / "checkpoint_latest.pt", weights_only=False)
+    payload = torch.load(folder / "checkpoint_latest.pt", weights_only=True)
     assert payload["iteration"] == 4 and len(payload["history"]["validation"]) == 2
     assert {"voi", "voi_split", "voi_merge", "arand"} <= set(payload["history"]["validation"][0])
     assert (folder / "loss_curve.png").stat().st_size > 1000
     assert main(["train", "--config", str(crop_config), "--resume", "--iterations", "6",
                  "--quiet"]) == 0
-    payload = torch.load(folder / "checkpoint_latest.pt", weights_only=False)
+    payload = torch.load(folder / "checkpoint_latest.pt", weights_only=True)
     assert payload["iteration"] == 6 and len(payload["history"]["loss"]) == 6
     history = json.loads((folder / "history.json").read_text())
     assert len(history["validation"]) == 3
     best = min(history["validation"], key=lambda row: row["voi"])
-    assert torch.load(folder / "checkpoint_best.pt", weights_only=False)["iteration"] == \
+    assert torch.load(folder / "checkpoint_best.pt", weights_only=True)["iteration"] == \
         best["iteration"]
-    shipped = crop_config.parent / "shipped.pt"
+    shipped = crop_config.parent / "shipped.safetensors"
     assert main(["train", "--config", str(crop_config), "--resume", "--iterations", "6",
                  "--quiet", "--export", str(shipped)]) == 0
-    slim = torch.load(shipped, weights_only=False)
+    assert f"to {shipped} (weights) and {shipped.with_suffix('.json')}" in capsys.readouterr().out
+    slim = json.loads(shipped.with_suffix(".json").read_text())
     assert "optimiser" not in slim and slim["iteration"] == best["iteration"]
+    assert slim["kind"] == "unet3d" and slim["history"]["validation"][-1] == best
     assert shipped.stat().st_size < (folder / "checkpoint_best.pt").stat().st_size
+    best_weights = torch.load(folder / "checkpoint_best.pt", weights_only=True)["model"]
+    exported = load_student(shipped).state_dict()
+    assert exported.keys() == best_weights.keys()
+    assert all(torch.equal(v, best_weights[k]) for k, v in exported.items())
 
     model = StudentAffinities(folder / "checkpoint_latest.pt", "cpu")
     with h5py.File(crop_config.parent / "crop.h5", "r") as f:
@@ -119,14 +127,14 @@ def test_fine_tuning_starts_from_a_checkpoint_and_learns_long_range(crop_config,
     start = StudentTrainer(np.zeros((20, 32, 32), np.uint8), np.ones((20, 32, 32), np.int64),
                            crop_config.parent / "unused",
                            replace(settings, init=str(first), validation_slices=4))
-    old = torch.load(first, weights_only=False)["model"]
+    old = torch.load(first, weights_only=True)["model"]
     assert all(torch.equal(v, old[k]) for k, v in start.model.state_dict().items() if k in old)
     assert {k for k in start.model.state_dict() if k not in old} == \
         {"long_range_head.weight", "long_range_head.bias"}
 
     assert main(["train", "--config", str(crop_config), "--quiet"]) == 0
     tuned = torch.load(crop_config.parent / "project" / "tuned" / "checkpoint_latest.pt",
-                       weights_only=False)
+                       weights_only=True)
     assert tuple(tuned["unet_config"]["long_range"]) == (3,)
     assert not torch.equal(tuned["model"]["long_range_head.weight"],
                            start.model.state_dict()["long_range_head.weight"])
@@ -183,7 +191,7 @@ def test_fgnet_trains_from_the_cli_and_segments(crop_config, small_sam2, capsys)
     assert main(["train", "--config", str(crop_config), "--quiet"]) == 0
     assert "best validation VOI" in capsys.readouterr().out
     folder = crop_config.parent / "project" / "models" / "fgnet"
-    payload = torch.load(folder / "checkpoint_latest.pt", weights_only=False)
+    payload = torch.load(folder / "checkpoint_latest.pt", weights_only=True)
     assert payload["kind"] == "fgnet" and payload["iteration"] == 4
     assert payload["sam2"]["model_config"]["image_size"] == 256
     assert (folder / "checkpoint_best.pt").is_file()
@@ -237,7 +245,7 @@ def test_student_distils_sam2_features_from_the_cli(crop_config, small_sam2, cap
     crop_config.write_text(yaml.safe_dump(config))
     assert main(["train", "--config", str(crop_config), "--quiet"]) == 0
     payload = torch.load(crop_config.parent / "project" / "models" / "unet3d" /
-                         "checkpoint_latest.pt", weights_only=False)
+                         "checkpoint_latest.pt", weights_only=True)
     assert payload["teacher"]["kind"] == "sam2"
     assert payload["unet_config"]["teacher_channels"] == 256
     assert any(k.startswith("distill_heads.") for k in payload["model"])
@@ -316,3 +324,82 @@ def test_nan_affinities_are_an_error_that_names_the_model(tmp_path):
     model = StudentAffinities(path, "cpu")
     with pytest.raises(InputError, match=r"unet3d \(.*broken.pt\) predicted NaN affinities"):
         quantize(model.predict(np.zeros((8, 16, 16), np.uint8)), model.title)
+
+
+class Opaque:
+    """Not plain data: a pickle holding it could run code when read."""
+
+
+def tiny_checkpoint(folder: Path) -> tuple[StudentTrainer, Path]:
+    trainer = StudentTrainer(np.zeros((40, 32, 32), np.uint8), np.ones((40, 32, 32), np.int64),
+                             folder, TrainSettings(validation_slices=4, filters=(4, 8, 16, 32),
+                                                   patch=(32, 32, 32)), "cpu")
+    return trainer, trainer.save()
+
+
+def test_export_writes_a_safetensors_pair_that_loads_back_into_the_same_model(tmp_path):
+    trainer, checkpoint = tiny_checkpoint(tmp_path / "run")
+    weights, metadata = export_weights(checkpoint, tmp_path / "shipped" / "student.pt")
+    assert (weights.name, metadata.name) == ("student.safetensors", "student.json")
+    assert json.loads(metadata.read_text())["unet_config"]["filters"] == [4, 8, 16, 32]
+    original = trainer.model.float().eval()
+    loaded = load_student(weights)
+    assert loaded.state_dict().keys() == original.state_dict().keys()
+    assert all(torch.equal(v, original.state_dict()[k]) for k, v in loaded.state_dict().items())
+    image = torch.rand(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(image)["affinities"], original(image)["affinities"])
+    # the exported pair also starts a fine-tuning run
+    tuned = StudentTrainer(np.zeros((40, 32, 32), np.uint8), np.ones((40, 32, 32), np.int64),
+                           tmp_path / "tuned", replace(trainer.settings, init=str(weights)),
+                           "cpu")
+    assert all(torch.equal(v, original.state_dict()[k])
+               for k, v in tuned.model.state_dict().items())
+
+
+def test_a_safetensors_file_without_sound_metadata_beside_it_is_refused_naming_it(tmp_path):
+    _, checkpoint = tiny_checkpoint(tmp_path / "run")
+    weights, metadata = export_weights(checkpoint, tmp_path / "student.safetensors")
+    text = metadata.read_text()
+    metadata.unlink()
+    with pytest.raises(InputError, match=f"metadata {re.escape(str(metadata))} is missing"):
+        StudentAffinities(weights, "cpu")
+    metadata.write_text(text[:len(text) // 2])  # cut short
+    with pytest.raises(InputError, match=f"{re.escape(str(metadata))} is not readable JSON"):
+        StudentAffinities(weights, "cpu")
+    metadata.write_text("[1, 2]")
+    with pytest.raises(InputError, match=f"{re.escape(str(metadata))}: expected a JSON object"):
+        StudentAffinities(weights, "cpu")
+    metadata.write_text(text.replace('"kind": "unet3d"', '"kind": "fgnet"'))
+    with pytest.raises(InputError, match=f"{re.escape(str(weights))} holds a fgnet model"):
+        StudentAffinities(weights, "cpu")
+    metadata.write_text(text)
+    weights.write_bytes(weights.read_bytes()[:100])  # a torn file
+    with pytest.raises(InputError,
+                       match=f"{re.escape(str(weights))} is not a readable safetensors file"):
+        StudentAffinities(weights, "cpu")
+    weights.unlink()
+    with pytest.raises(InputError, match=f"not found: {re.escape(str(weights))}"):
+        StudentAffinities(weights, "cpu")
+
+
+def test_checkpoints_are_read_as_plain_data_only(tmp_path):
+    trainer, _ = tiny_checkpoint(tmp_path / "run")
+    path = tmp_path / "opaque.pt"
+    torch.save({"kind": "unet3d", "model": trainer.model.state_dict(), "extra": Opaque()}, path)
+    with pytest.raises(InputError, match=f"{re.escape(str(path))} is not a readable PyTorch "
+                                         f"checkpoint of plain data"):
+        StudentAffinities(path, "cpu")
+    with pytest.raises(InputError, match="opaque.pt is not a readable"):
+        export_weights(path, tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_the_shipped_students_are_safetensors_with_their_metadata():
+    folder = Path(__file__).parent.parent / "segmentation" / "models" / "weights"
+    assert not list(folder.glob("*.pt"))  # no pickles shipped
+    for name in ("unet3d_demo_v1", "unet3d_demo_v2"):
+        metadata = json.loads((folder / f"{name}.json").read_text())
+        assert metadata["kind"] == "unet3d" and "unet_config" in metadata
+        model = load_student(folder / f"{name}.safetensors")
+        assert sum(p.numel() for p in model.parameters()) > 10 ** 6
