@@ -22,6 +22,8 @@ from segmentation.errors import InputError
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 KEY_RELAY = "promptcut_keys.js"
+STEADY_FRAMES = "steady_frames.js"  # no half-rebuilt frames after a pushed state
+PAGE_SCRIPTS = (KEY_RELAY, STEADY_FRAMES)
 KEY_TABLE = "promptcut_keys.json"
 
 IMAGE_LAYER = "image"
@@ -57,25 +59,27 @@ class Viewer(neuroglancer.Viewer):
 
 
 class ClientWithKeyRelay(neuroglancer.static.StaticContentSource):
-    """neuroglancer's own client, with promptcut's script (static/promptcut_keys.js) in its
-    page: keys pressed while the browser rebuilds its panels after a server-side state
-    change would otherwise land on <body> and be lost (seen: 2 of 6 keys pressed right after
-    a state change, in headless Chromium), and Shift+H shows promptcut's keys as an overlay,
-    read from ``promptcut_keys.json`` (``keys()``: key and action of each)."""
+    """neuroglancer's own client, with promptcut's scripts in its page.
+    static/promptcut_keys.js: keys pressed while the browser rebuilds its panels after a
+    server-side state change would otherwise land on <body> and be lost (seen: 2 of 6 keys
+    pressed right after a state change, in headless Chromium), and Shift+H shows promptcut's
+    keys as an overlay, read from ``promptcut_keys.json`` (``keys()``: key and action of
+    each). static/steady_frames.js: no frame drawn while the layers of a pushed state are
+    being rebuilt (unchanged segments would blink)."""
 
     def __init__(self, keys: Callable[[], list[dict]]):
         self.client = neuroglancer.static.get_default_static_content_source()
         self.keys = keys
 
     def get(self, name: str, query: str):
-        if name == KEY_RELAY:
-            return (STATIC_DIR / KEY_RELAY).read_bytes(), "application/javascript"
+        if name in PAGE_SCRIPTS:
+            return (STATIC_DIR / name).read_bytes(), "application/javascript"
         if name == KEY_TABLE:
             return json.dumps(self.keys()).encode(), "application/json"
         data, kind = self.client.get(name, query)
         if name in ("", "index.html"):
-            data = data.replace(b"</head>", f'<script src="{KEY_RELAY}"></script></head>'
-                                .encode(), 1)
+            tags = "".join(f'<script src="{script}"></script>' for script in PAGE_SCRIPTS)
+            data = data.replace(b"</head>", f"{tags}</head>".encode(), 1)
         return data, kind
 
 
