@@ -39,7 +39,8 @@ def lookup(ids: np.ndarray, segments: np.ndarray, supervoxels: Ids,
 def assign(ids: np.ndarray, segments: np.ndarray, supervoxels: Ids,
            new: Ids) -> tuple[np.ndarray, np.ndarray]:
     """The table with each supervoxel given its new segment (the last of repeats wins); ids
-    not in it are inserted in order. Rows already there are changed in place."""
+    not in it are inserted in order (new arrays); otherwise ``segments`` is changed in place
+    and ``ids`` never is."""
     supervoxels = np.asarray(supervoxels, np.uint64).ravel()
     new = np.broadcast_to(np.asarray(new, np.uint64), supervoxels.shape)
     row = rows_of(ids, supervoxels)

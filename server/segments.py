@@ -104,7 +104,7 @@ class MembershipView:
         with self._lock:
             if self._picture is not None and self._picture[0] == self.edits:
                 return self._picture[1]
-            edits, ids, segments = self.edits, self.ids.copy(), self.segments.copy()
+            edits, ids, segments = self.edits, self.ids, self.segments.copy()  # ids: replaced
         picture = _picture_of(ids, segments)
         with self._lock:
             if self.edits == edits:
@@ -115,7 +115,7 @@ class MembershipView:
         """The picture an edit's (supervoxel, old, new) rows would make (a preview); rows of
         supervoxels it would create or retire are left out (their voxels are not served)."""
         with self._lock:
-            ids, segments = self.ids.copy(), self.segments.copy()
+            ids, segments = self.ids, self.segments.copy()  # ids are replaced, never changed
         kept = delta[(delta[:, 1] != 0) & (delta[:, 2] != 0)]
         row = rows_of(ids, kept[:, 0])
         segments[row[row >= 0]] = kept[row >= 0, 2]
