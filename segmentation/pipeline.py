@@ -241,7 +241,8 @@ def image_key(project: Project) -> str:
 
 
 def model_key(model: AffinityModel) -> str:
-    """The model's class, settings, context and weights (a hash of the checkpoint file)."""
+    """The model's class, settings, context and weights (a hash of the checkpoint file and of
+    the metadata beside it, which says how the weights are used)."""
     parts: dict = {"class": type(model).__qualname__, "describe": model.describe(),
                    "context": model.context, "whole_sections": model.whole_sections}
     if dataclasses.is_dataclass(model):
@@ -252,9 +253,11 @@ def model_key(model: AffinityModel) -> str:
     checkpoint = getattr(model, "checkpoint", None)
     if checkpoint is not None and Path(checkpoint).is_file():
         digest = hashlib.sha256()
-        with open(checkpoint, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
+        metadata = Path(checkpoint).with_suffix(".json")  # beside shipped safetensors weights
+        for part in [Path(checkpoint)] + ([metadata] if metadata.is_file() else []):
+            with open(part, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
         parts["weights"] = digest.hexdigest()
     return stage_key(parts)
 

@@ -92,7 +92,8 @@ class ServerSession:
                                   self.project.volume("image"), session.supervoxels,
                                   self._model_status)
         self.service = EditService(session, self.models, self.membership_view,
-                                   self.project.root / "exports", self._questions(session))
+                                   self.project.root / "exports", self._questions(session),
+                                   image=self.project.volume("image"))
         self.service.subscribe(self._redraw)
         self.segment_source = SegmentSource(
             Path(volume.location), self.membership_view,

@@ -25,6 +25,7 @@ from segmentation.export import export_segmentation
 from segmentation.focus import Ask, FocusQueue
 from segmentation.membership import rows_of
 from segmentation.session import EditError, OperationResult, Preview, ProofreadingSession
+from segmentation.volume import Volume
 from server.model_worker import ModelWorker
 from server.segments import MembershipView
 
@@ -50,8 +51,10 @@ class SegmentDescription:
 class EditService:
     def __init__(self, session: ProofreadingSession, models: ModelWorker,
                  membership: MembershipView, exports: Path,
-                 questions: Optional[Callable[[], FocusQueue]] = None):
+                 questions: Optional[Callable[[], FocusQueue]] = None,
+                 image: Optional[Volume] = None):
         self.session = session
+        self.image = image  # the EM, exported beside the labels
         # focused proofreading's queue, built on first use (its graph and classifier take a
         # while to load, and most sessions never ask); None: no edge classifier
         self._make_questions = questions
@@ -199,7 +202,8 @@ class EditService:
         with self.session.exclusive():
             ids, segments = self.session.membership()
             return export_segmentation(self.session.supervoxels, ids, segments,
-                                       self.session.log, folder, overwrite=overwrite)
+                                       self.session.log, folder, overwrite=overwrite,
+                                       image=self.image)
 
     def _publish(self, result: OperationResult) -> OperationResult:
         with self._lock:

@@ -331,3 +331,16 @@ def test_a_division_loads_the_new_voxels_out_of_sight_and_then_draws_them(segmen
         monkeypatch.setattr(server.app, "VOXELS_LOAD_LIMIT", 0.0)
         while loading() and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+def test_an_export_from_the_server_holds_the_em_beside_the_labels(segmented_session, tmp_path):
+    """The HTTP API's and Shift+E's export go through the edit service: its OME-Zarr holds the
+    EM image with the label image under it, as `promptcut export` does."""
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Multiscales, Reader
+
+    folder = segmented_session.service.export(tmp_path / "export")
+    nodes = list(Reader(parse_url(str(folder / "segmentation.zarr")))())
+    images = [n for n in nodes if n.load(Multiscales) and not n.load(Label)]
+    assert len(images) == 1 and any(n.load(Label) for n in nodes)
+    assert images[0].data[0].shape == segmented_session.project.volume("image").shape
