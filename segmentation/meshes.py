@@ -27,9 +27,10 @@ import zmesh
 QUANTIZATION_BITS = 16  # exact for zmesh's half-voxel vertices in chunks up to 2**15 voxels
 
 
-def mesh_labels(labels: np.ndarray, origin: Sequence[int],
-                voxel_size: Sequence[float]) -> dict[int, zmesh.Mesh]:
-    """Every label's surface in a (z, y, x) block, unsimplified, vertices x, y, z in nm.
+def mesh_labels(labels: np.ndarray, origin: Sequence[int], voxel_size: Sequence[float],
+                reduction: int = 0) -> dict[int, zmesh.Mesh]:
+    """Every label's surface in a (z, y, x) block, vertices x, y, z in nm; simplified by
+    ``reduction`` (0: not at all) to an error of at most one voxel.
 
     A block that holds one voxel of the next blocks yields a surface that ends half a voxel
     past its own voxels, where the next block's surface begins.
@@ -41,7 +42,8 @@ def mesh_labels(labels: np.ndarray, origin: Sequence[int],
                                                                      np.float32)
     meshes: dict[int, zmesh.Mesh] = {}
     for segment in mesher.ids():
-        mesh = mesher.get(segment, normals=False, reduction_factor=0, voxel_centered=False)
+        mesh = mesher.get(segment, normals=False, reduction_factor=reduction,
+                          max_error=float(max(voxel_size)), voxel_centered=False)
         mesher.erase(segment)
         if len(mesh.faces):
             mesh.vertices = (mesh.vertices + shift).astype(np.float32)
@@ -149,23 +151,11 @@ def mesh_block(labels: np.ndarray, origin: Sequence[int], voxel_size: Sequence[f
                folder: Path, block_index: int, reduction: int) -> dict[int, list[str]]:
     """Mesh every supervoxel of a (z, y, x) block; return {id: [fragment file names]}."""
     folder.mkdir(parents=True, exist_ok=True)
-    mesher = zmesh.Mesher(tuple(float(v) for v in voxel_size[::-1]))  # x, y, z
-    mesher.mesh(np.asfortranarray(labels.T))
-    # zmesh puts faces at voxel centres - 0.5; neuroglancer's voxel i spans [i, i + 1)
-    shift = (np.asarray(origin[::-1], np.float32) + 0.5) * np.asarray(voxel_size[::-1],
-                                                                     np.float32)
     written: dict[int, list[str]] = {}
-    for segment in mesher.ids():
-        mesh = mesher.get(segment, normals=False, reduction_factor=reduction,
-                          max_error=float(max(voxel_size)), voxel_centered=False)
-        mesher.erase(segment)
-        if len(mesh.faces) == 0:
-            continue
-        mesh.vertices = (mesh.vertices + shift).astype(np.float32)
-        name = f"fragment-{int(segment)}-{block_index}"
+    for segment, mesh in mesh_labels(labels, origin, voxel_size, reduction).items():
+        name = f"fragment-{segment}-{block_index}"
         (folder / name).write_bytes(mesh.to_precomputed())
-        written[int(segment)] = [name]
-    mesher.clear()
+        written[segment] = [name]
     return written
 
 
