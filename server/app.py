@@ -151,7 +151,7 @@ class ServerSession:
         if self.project.has("segmentation") and self.proofreading is None:
             self._sizes = self._background.submit(self.project.supervoxel_sizes)
         neuroglancer.set_server_bind_address(server.host, server.viewer_port)
-        ngview.use_key_relay(lambda: self.router.key_reference() if self.router else [])
+        ngview.use_page_scripts(lambda: self.router.key_reference() if self.router else [])
         self.viewer_for(self.default_user)
         ngview.guard_neuroglancer(MAX_BODY * 16,  # state sync and actions: small JSON
                                   lambda app: answer_only_own_names(app, self.access))

@@ -58,7 +58,7 @@ class Viewer(neuroglancer.Viewer):
         self.pushed_at = time.monotonic()
 
 
-class ClientWithKeyRelay(neuroglancer.static.StaticContentSource):
+class ClientWithPageScripts(neuroglancer.static.StaticContentSource):
     """neuroglancer's own client, with promptcut's scripts in its page.
     static/promptcut_keys.js: keys pressed while the browser rebuilds its panels after a
     server-side state change would otherwise land on <body> and be lost (seen: 2 of 6 keys
@@ -83,10 +83,10 @@ class ClientWithKeyRelay(neuroglancer.static.StaticContentSource):
         return data, kind
 
 
-def use_key_relay(keys: Callable[[], list[dict]]) -> None:
-    """Serve neuroglancer's client with promptcut's script (a process-wide neuroglancer
+def use_page_scripts(keys: Callable[[], list[dict]]) -> None:
+    """Serve neuroglancer's client with promptcut's scripts (a process-wide neuroglancer
     setting)."""
-    neuroglancer.set_static_content_source(source=ClientWithKeyRelay(keys))
+    neuroglancer.set_static_content_source(source=ClientWithPageScripts(keys))
 
 
 def guard_neuroglancer(max_body: int, check_hosts: Callable[[Any], None]) -> None:
