@@ -139,8 +139,9 @@ class SegmentConfig:
     """How supervoxels merge into segments."""
     meshes: bool = True
     """Compute a mesh of every segment for the 3D view."""
-    mesh_reduction: Annotated[int, Ge(0)] = 10
-    """Simplify meshes to about 1/this of their triangles (0: no simplification)."""
+    mesh_levels: Annotated[int, Ge(1), Le(4)] = 2
+    """Levels of detail of the supervoxel meshes: level k is the surface of pyramid scale k
+    (the 3D view draws coarser levels for what is far away)."""
 
 
 @dataclass
@@ -218,8 +219,7 @@ class Config:
         return ServeSettings(self.name, self.dataset.name, self.dataset.credits, self.server,
                              self.viewer, self.models,
                              ModelFiles(sam2_config, checkpoint, fgnet,
-                                        edges if edges.is_file() else None),
-                             self.segment.mesh_reduction)
+                                        edges if edges.is_file() else None))
 
     def source_location(self, source: SourceConfig) -> str:
         """URLs stay as written; local paths become absolute."""

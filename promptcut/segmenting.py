@@ -34,7 +34,7 @@ def pipeline_params(config: Config) -> PipelineParams:
         supervoxels=s.supervoxels,
         thresholds=list(s.agglomeration.thresholds), quantile=s.agglomeration.quantile,
         default_threshold=s.agglomeration.default_threshold, meshes=s.meshes,
-        mesh_reduction=s.mesh_reduction, edge_model=edge_model(config))
+        mesh_levels=s.mesh_levels, edge_model=edge_model(config))
 
 
 def run_segment(config: Config, reuse_affinities: bool = False, if_needed: bool = False,

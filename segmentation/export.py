@@ -31,9 +31,8 @@ from segmentation.editlog import EditLog
 from segmentation.errors import InputError
 from segmentation.importer import scale_plan
 from segmentation.membership import lookup
-from segmentation.meshes import MultiresMeshes, mesh_labels
-from segmentation.volume import (Volume, create_precomputed_scale, create_zarr,
-                                 open_precomputed_scale)
+from segmentation.meshes import EXACT_BITS, mesh_volume
+from segmentation.volume import Volume, create_precomputed_scale, create_zarr
 
 CHUNK = (64, 64, 64)
 MARK = "promptcut export"  # export.json's "format": what --overwrite may replace
@@ -41,7 +40,6 @@ MARK = "promptcut export"  # export.json's "format": what --overwrite may replac
 # volume is sharded: one file per chunk stops being practical for file systems and buckets.
 SHARD_ABOVE_CHUNKS = 4096
 SHARD_BYTES = 2 ** 28  # uncompressed bytes a shard covers: 256^3 uint64 voxels
-MESH_BLOCK = (128, 128, 128)  # voxels of a mesh block, at every scale: level-0 chunk is this
 LABEL_NAME = "segmentation"
 
 
@@ -183,35 +181,9 @@ def _datasets(scales: Sequence[Sequence[float]]) -> list[dict]:
 
 
 def _meshes(precomputed: Path, plan: list, progress: bool) -> int:
-    """Per-segment multi-resolution meshes under ``precomputed``/mesh: level of detail k is
-    the surface of scale k, meshed in blocks of MESH_BLOCK voxels of level 0 times 2**k."""
-    base_size = np.asarray(plan[0][1], np.float64)
-    chunk_nm = [float(c * v) for c, v in zip(MESH_BLOCK[::-1], base_size[::-1])]  # x, y, z
-    lods = []  # the scales whose blocks are whole voxels (every one, unless z is never halved)
-    for level, (_, size, _) in enumerate(plan):
-        if not np.allclose(np.round(2 ** level * base_size / size), 2 ** level * base_size / size):
-            break
-        lods.append(level)
-    writer = MultiresMeshes(chunk_nm, [plan[i][1] for i in lods])
-    for lod in lods:
-        shape, size, _ = plan[lod]
-        block = tuple(int(round(m * 2 ** lod * b / s))
-                      for m, b, s in zip(MESH_BLOCK, base_size, size))
-        volume = open_precomputed_scale(precomputed, lod)
-        for b in tqdm(make_blocks(shape, block), desc=f"meshes {lod}", disable=not progress,
-                      leave=False, unit="block"):
-            upper = tuple(1 if s.stop < n else 0 for s, n in zip(b.core, shape))
-            labels = volume[b.grown((0, 0, 0), upper)].read().result()
-            writer.add(lod, b.grid[::-1], mesh_labels(labels, b.origin, size))
-    count = writer.write(precomputed / "mesh")
-    _point_info_to_meshes(precomputed)
-    return count
-
-
-def _point_info_to_meshes(precomputed: Path) -> None:
-    """The volume's info names its mesh folder (through cloud-volume, as igneous does)."""
-    from cloudvolume import CloudVolume
-
-    volume = CloudVolume(f"file://{precomputed}", progress=False)
-    volume.info["mesh"] = "mesh"
-    volume.commit_info()
+    """Per-segment multi-resolution meshes under ``precomputed``/mesh, a level of detail for
+    every scale, vertices exact (the export is for analysis as well as display)."""
+    def run(fn, jobs, *args):
+        return (fn(job, *args) for job in tqdm(jobs, desc="meshes", disable=not progress,
+                                               leave=False, unit="block"))
+    return mesh_volume(precomputed, plan, len(plan), EXACT_BITS, run)

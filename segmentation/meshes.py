@@ -1,30 +1,37 @@
-"""Meshes in neuroglancer's precomputed formats, made with zmesh.
+"""Meshes in neuroglancer's multi-resolution format (``neuroglancer_multilod_draco``), sharded,
+made with zmesh and written and read with cloud-volume's implementation of the format.
 
-Two formats:
-
-- per-supervoxel legacy meshes (``mesh_block``, ``write_mesh_manifests``): a supervoxel that
-  spans several blocks gets one fragment per block; each block meshes its labels plus one voxel
-  of the next block, so fragments meet without gaps. A neuron's mesh is the set of its
-  supervoxels' fragments, so merging or splitting neurons never re-meshes anything.
-- multi-resolution meshes in the sharded format (``MultiresMeshes``,
-  ``neuroglancer_multilod_draco``), what neuroglancer and cloud-volume read for large exports.
-  Level of detail k is the marching-cubes surface of pyramid scale k (the mode-downsampled
-  segmentation) rather than a simplified copy of level 0: quadric simplification cost 97% of the
-  mesh time (about 1.5 us a face), meshing a coarser scale costs an eighth of the one before.
+The pipeline meshes every supervoxel this way (a neuron's mesh is the set of its supervoxels'
+meshes, so merging or splitting neurons never re-meshes anything) and the export meshes every
+segment. Level of detail k is the marching-cubes surface of pyramid scale k (the
+mode-downsampled labels) in blocks of MESH_BLOCK voxels of that scale: quadric simplification
+cost about 1.5 us a face, 97% of the old mesh time, while meshing a coarser scale costs an
+eighth of the one before. A segment spanning several blocks has one fragment per block; each
+block meshes its labels plus one voxel of the next blocks, so fragments meet without gaps.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
+import threading
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import DracoPy
 import numpy as np
 import zmesh
 
-QUANTIZATION_BITS = 16  # exact for zmesh's half-voxel vertices in chunks up to 2**15 voxels
+from segmentation.blockwise import Block, make_blocks
+from segmentation.volume import open_precomputed_scale
+
+MESH_BLOCK = (128, 128, 128)  # voxels of a mesh block, at every scale: level-0 chunk is this
+# Draco quantization: 10 bits put a vertex within 1/16 voxel of a 128-voxel chunk and encode
+# about twice as fast as 16 (what the export uses, exact for zmesh's half-voxel vertices)
+DISPLAY_BITS = 10
+EXACT_BITS = 16
 
 
 def mesh_labels(labels: np.ndarray, origin: Sequence[int], voxel_size: Sequence[float],
@@ -52,17 +59,37 @@ def mesh_labels(labels: np.ndarray, origin: Sequence[int], voxel_size: Sequence[
     return meshes
 
 
+def encode_fragments(meshes: dict[int, zmesh.Mesh], low: np.ndarray, size: np.ndarray,
+                     bits: int) -> dict[int, bytes]:
+    """Draco fragments of the meshes of one chunk spanning ``low`` to ``low + size`` (x, y,
+    z nm), vertices quantized to ``bits`` within it."""
+    top = 2 ** bits - 1
+    fragments = {}
+    for segment, mesh in meshes.items():
+        stored = np.clip(np.round((mesh.vertices - low) / size * top), 0, top)
+        # neuroglancer reads the quantized integers as they are: range = 2**bits - 1
+        fragments[segment] = DracoPy.encode(
+            stored.astype(np.float32), mesh.faces.astype(np.uint32).ravel(),
+            quantization_bits=bits, quantization_range=top,
+            quantization_origin=[0.0, 0.0, 0.0], compression_level=4)
+    return fragments
+
+
 class MultiresMeshes:
     """Fragments of per-segment multi-resolution meshes, gathered block by block and written
-    as sharded ``neuroglancer_multilod_draco`` (one shard entry per segment: its Draco
-    fragments followed by its manifest).
+    as sharded ``neuroglancer_multilod_draco`` (one shard entry per segment: its manifest, with
+    its Draco fragments just before it in the shard file).
 
-    Level ``lod`` has chunks of ``chunk_nm * 2**lod``; a block of scale ``lod`` meshed with
-    ``mesh_labels`` fills its chunk shifted by half a voxel of that scale (``vertex_offsets``).
+    Level ``lod`` has chunks of ``chunk_nm * 2**lod`` from ``grid_origin``; a block of scale
+    ``lod`` meshed with ``mesh_labels`` fills its chunk shifted by half a voxel of that scale
+    (``vertex_offsets``).
     """
 
-    def __init__(self, chunk_nm: Sequence[float], voxel_sizes: Sequence[Sequence[float]]):
+    def __init__(self, chunk_nm: Sequence[float], voxel_sizes: Sequence[Sequence[float]],
+                 bits: int = EXACT_BITS, grid_origin: Sequence[float] = (0.0, 0.0, 0.0)):
         self.chunk = np.asarray(chunk_nm, np.float64)  # x, y, z
+        self.origin = np.asarray(grid_origin, np.float64)
+        self.bits = bits
         # per level: half a voxel of its scale (x, y, z), where its blocks' surfaces start
         self.offsets = np.asarray([[v / 2 for v in size[::-1]] for size in voxel_sizes],
                                   np.float64)
@@ -74,18 +101,26 @@ class MultiresMeshes:
     def num_lods(self) -> int:
         return len(self.offsets)
 
+    def chunk_box(self, lod: int, position: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(low corner, size) in nm (x, y, z) of chunk ``position`` at level ``lod``."""
+        size = self.chunk * 2 ** lod
+        return self.origin + self.offsets[lod] + size * np.asarray(position, np.float64), size
+
     def add(self, lod: int, position: Sequence[int], meshes: dict[int, zmesh.Mesh]) -> None:
         """The meshes of one block of scale ``lod`` at chunk ``position`` (x, y, z)."""
-        size = self.chunk * 2 ** lod
-        low = self.offsets[lod] + size * np.asarray(position, np.float64)
-        top = 2 ** QUANTIZATION_BITS - 1
-        for segment, mesh in meshes.items():
-            stored = np.clip(np.round((mesh.vertices - low) / size * top), 0, top)
-            # neuroglancer reads the quantized integers as they are: range = 2**bits - 1
-            self.fragments[segment][lod][tuple(int(p) for p in position)] = DracoPy.encode(
-                stored.astype(np.float32), mesh.faces.astype(np.uint32).ravel(),
-                quantization_bits=QUANTIZATION_BITS, quantization_range=top,
-                quantization_origin=[0.0, 0.0, 0.0], compression_level=1)
+        self.add_encoded(lod, position, encode_fragments(meshes, *self.chunk_box(lod, position),
+                                                         self.bits))
+
+    def add_encoded(self, lod: int, position: Sequence[int], fragments: dict[int, bytes]) -> None:
+        """Fragments ``encode_fragments`` made for chunk ``position`` of level ``lod``."""
+        for segment, fragment in fragments.items():
+            self.fragments[segment][lod][tuple(int(p) for p in position)] = fragment
+
+    def info(self) -> dict:
+        """The mesh folder's info, without sharding (what a served, unsharded copy says)."""
+        return {"@type": "neuroglancer_multilod_draco", "vertex_quantization_bits": self.bits,
+                "transform": [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+                "lod_scale_multiplier": 1.0}
 
     def write(self, folder: Path) -> int:
         """Write ``folder`` (info and shard files); return the number of segments."""
@@ -95,8 +130,8 @@ class MultiresMeshes:
 
         folder.mkdir(parents=True, exist_ok=True)
         data, manifest_sizes = {}, {}
-        for segment, lods in self.fragments.items():
-            manifest, body = self._segment(segment, lods)
+        for segment in self.fragments:
+            manifest, body = self.entry(segment)
             data[segment] = body + manifest
             manifest_sizes[segment] = len(manifest)
         shard_bits, minishard_bits, preshift_bits = compute_shard_params_for_hashed(len(data))
@@ -105,20 +140,17 @@ class MultiresMeshes:
                                      minishard_index_encoding="gzip", data_encoding="raw")
         for name, binary in synthesize_shard_files(spec, data, manifest_sizes).items():
             (folder / name).write_bytes(binary)
-        (folder / "info").write_text(json.dumps({
-            "@type": "neuroglancer_multilod_draco",
-            "vertex_quantization_bits": QUANTIZATION_BITS,
-            "transform": [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0],
-            "lod_scale_multiplier": 1.0,
-            "sharding": json.loads(spec.to_json())}))
+        (folder / "info").write_text(json.dumps({**self.info(),
+                                                 "sharding": json.loads(spec.to_json())}))
         return len(data)
 
-    def _segment(self, segment: int, lods: dict) -> tuple[bytes, bytes]:
+    def entry(self, segment: int) -> tuple[bytes, bytes]:
         """One segment's manifest and fragment data. Every fragment's parent exists (empty
         if the coarser scale lost the segment there), as neuroglancer's octree needs."""
         from cloudvolume.datasource.precomputed.mesh.multilod import (
             MultiLevelPrecomputedMeshManifest)
 
+        lods = self.fragments[segment]
         levels = [dict(lods.get(lod, {})) for lod in range(self.num_lods)]
         for lod in range(self.num_lods - 1):
             for x, y, z in levels[lod]:
@@ -130,7 +162,7 @@ class MultiresMeshes:
             sizes.extend(len(level[p]) for p in order)
             body.extend(level[p] for p in order)
         manifest = MultiLevelPrecomputedMeshManifest(
-            segment, chunk_shape=self.chunk, grid_origin=np.zeros(3), num_lods=self.num_lods,
+            segment, chunk_shape=self.chunk, grid_origin=self.origin, num_lods=self.num_lods,
             lod_scales=self.lod_scales, vertex_offsets=self.offsets,
             num_fragments_per_lod=[len(p) for p in positions], fragment_positions=positions,
             fragment_offsets=sizes)
@@ -147,31 +179,146 @@ def morton_code(position: Sequence[int]) -> int:
     return code
 
 
-def mesh_block(labels: np.ndarray, origin: Sequence[int], voxel_size: Sequence[float],
-               folder: Path, block_index: int, reduction: int) -> dict[int, list[str]]:
-    """Mesh every supervoxel of a (z, y, x) block; return {id: [fragment file names]}."""
-    folder.mkdir(parents=True, exist_ok=True)
-    written: dict[int, list[str]] = {}
-    for segment, mesh in mesh_labels(labels, origin, voxel_size, reduction).items():
-        name = f"fragment-{segment}-{block_index}"
-        (folder / name).write_bytes(mesh.to_precomputed())
-        written[segment] = [name]
-    return written
+@dataclass(frozen=True)
+class MeshJob:
+    """One block of one level of detail: ``block`` is in voxels of that level's scale."""
+
+    lod: int
+    block: Block
+    voxel_size: tuple[float, float, float]  # z, y, x nm of the scale
 
 
-def write_mesh_manifests(volume: Path, per_block: list[dict[int, list[str]]]) -> int:
-    """One manifest per supervoxel listing its fragments, and the info files that point to them."""
-    folder = volume / "mesh"
-    folder.mkdir(exist_ok=True)
-    fragments: dict[int, list[str]] = {}
-    for block in per_block:
-        for segment, names in block.items():
-            fragments.setdefault(segment, []).extend(names)
-    for segment, names in fragments.items():
-        (folder / f"{segment}:0").write_text(json.dumps({"fragments": sorted(names)}))
-    (folder / "info").write_text(json.dumps({"@type": "neuroglancer_legacy_mesh"}))
-    info_path = volume / "info"
-    info = json.loads(info_path.read_text())
-    info["mesh"] = "mesh"
-    info_path.write_text(json.dumps(info))
-    return len(fragments)
+def mesh_jobs(plan: Sequence, levels: int) -> tuple[list[MeshJob], list[tuple[float, ...]]]:
+    """The blocks to mesh for up to ``levels`` levels of detail of a pyramid (``scale_plan``:
+    shape, voxel size, factors per scale), and each level's voxel size. A level is a scale
+    whose blocks are whole voxels (all of them, unless z is never halved). Coarser levels come
+    first: a block of level k + 1 covers eight of level k and costs about twice as much, and
+    started last it would keep one worker busy after the others are done."""
+    base = np.asarray(plan[0][1], np.float64)
+    jobs, sizes = [], []
+    for lod, (shape, size, _) in enumerate(plan[:levels]):
+        ratio = 2 ** lod * base / np.asarray(size, np.float64)
+        if not np.allclose(np.round(ratio), ratio):
+            break
+        block = tuple(int(round(m * r)) for m, r in zip(MESH_BLOCK, ratio))
+        sizes.append(tuple(float(v) for v in size))
+        jobs[:0] = [MeshJob(lod, b, sizes[-1]) for b in make_blocks(shape, block)]
+    return jobs, sizes
+
+
+def mesh_fragments(job: MeshJob, precomputed: str, chunk_nm: Sequence[float],
+                   voxel_sizes: Sequence[Sequence[float]], bits: int
+                   ) -> tuple[MeshJob, dict[int, bytes]]:
+    """The Draco fragments of one block (a task for the runner's workers: the encoding is most
+    of the time, and only bytes travel back)."""
+    block = job.block
+    upper = tuple(1 if s.stop < n else 0 for s, n in zip(block.core, block.shape))
+    labels = open_precomputed_scale(Path(precomputed), job.lod)[
+        block.grown((0, 0, 0), upper)].read().result()
+    chunks = MultiresMeshes(chunk_nm, voxel_sizes, bits)
+    meshes = mesh_labels(labels, block.origin, job.voxel_size)
+    return job, encode_fragments(meshes, *chunks.chunk_box(job.lod, block.grid[::-1]), bits)
+
+
+Run = Callable[..., Iterable]  # run(fn, jobs, *args): fn(job, *args) for every job, any order
+
+
+def mesh_volume(precomputed: Path, plan: Sequence, levels: int, bits: int,
+                run: Run) -> int:
+    """Mesh every label of a precomputed pyramid into ``precomputed``/mesh, name the mesh
+    folder in its info, and return the number of labels meshed."""
+    jobs, sizes = mesh_jobs(plan, levels)
+    # the writer's cloud-volume takes most of a second to import: meanwhile the jobs run
+    threading.Thread(target=importlib.import_module, daemon=True,
+                     args=("cloudvolume.datasource.precomputed.mesh.multilod",)).start()
+    base = plan[0][1]
+    chunk_nm = [float(m * v) for m, v in zip(MESH_BLOCK[::-1], base[::-1])]  # x, y, z
+    writer = MultiresMeshes(chunk_nm, sizes, bits)
+    for job, fragments in run(mesh_fragments, jobs, str(precomputed), chunk_nm, sizes, bits):
+        writer.add_encoded(job.lod, job.block.grid[::-1], fragments)
+    count = writer.write(precomputed / "mesh")
+    _point_info_to_meshes(precomputed)
+    return count
+
+
+def _point_info_to_meshes(precomputed: Path) -> None:
+    """The volume's info names its mesh folder (through cloud-volume, as igneous does)."""
+    from cloudvolume import CloudVolume
+
+    volume = CloudVolume(f"file://{precomputed}", progress=False)
+    volume.info["mesh"] = "mesh"
+    volume.commit_info()
+
+
+def single_mesh_entry(segment: int, mesh: zmesh.Mesh, voxel_size: Sequence[float],
+                      bits: int = DISPLAY_BITS) -> tuple[bytes, bytes]:
+    """(manifest, fragment data) of one mesh as a one-fragment, one-level multi-resolution
+    mesh whose chunk is the mesh's own bounding box (for a supervoxel a division made)."""
+    voxel = np.asarray(voxel_size[::-1], np.float64)
+    low, high = mesh.vertices.min(axis=0), mesh.vertices.max(axis=0)
+    writer = MultiresMeshes(np.maximum(high - low, voxel), [voxel_size], bits,
+                            grid_origin=low - voxel / 2)  # + the half-voxel offset: low
+    writer.add(0, (0, 0, 0), {segment: mesh})
+    return writer.entry(segment)
+
+
+@dataclass(frozen=True)
+class MeshEntry:
+    """A segment's manifest and where its fragment data is: ``read(start, stop)`` gives bytes
+    [start, stop) of the data, ``size`` long in all."""
+
+    manifest: bytes
+    size: int
+    read: Callable[[int, int], bytes]
+
+    @classmethod
+    def in_memory(cls, manifest: bytes, body: bytes) -> "MeshEntry":
+        return cls(manifest, len(body), lambda start, stop: body[start:stop])
+
+
+class StoredMeshes:
+    """Per-segment entries of a sharded multi-resolution mesh folder, found with cloud-volume's
+    shard reader (minishard indices cached), the data then read from the shard file directly."""
+
+    def __init__(self, volume_dir: Path):
+        from cloudvolume import CloudVolume
+        from cloudvolume.datasource.precomputed.mesh.multilod import (
+            MultiLevelPrecomputedMeshManifest)
+
+        self._manifest_type = MultiLevelPrecomputedMeshManifest
+        self.folder = Path(volume_dir) / "mesh"
+        self.info = json.loads((self.folder / "info").read_text())
+        self._source = CloudVolume(f"file://{Path(volume_dir).resolve()}", progress=False,
+                                   cache=False).mesh
+
+    @staticmethod
+    def present(volume_dir: Path) -> bool:
+        """Whether ``volume_dir`` has meshes in this format (older projects have legacy ones)."""
+        try:
+            info = json.loads((Path(volume_dir) / "mesh" / "info").read_text())
+        except (OSError, ValueError):
+            return False
+        return info.get("@type") == "neuroglancer_multilod_draco" and "sharding" in info
+
+    def served_info(self) -> dict:
+        return {k: v for k, v in self.info.items() if k != "sharding"}
+
+    def find(self, segment: int) -> Optional[MeshEntry]:
+        found = self._source.reader.exists(int(segment), self._source.path,
+                                           return_byte_range=True)
+        if found is None:
+            return None
+        shard, start, length = found
+        path = self.folder / Path(shard).name
+        manifest = _read_range(path, start, start + length)
+        parsed = self._manifest_type.from_binary(manifest, segment_id=int(segment))
+        size = int(sum(int(np.sum(sizes)) for sizes in parsed.fragment_offsets))
+        data_start = start - size
+        return MeshEntry(manifest, size, lambda a, b: _read_range(path, data_start + a,
+                                                                  data_start + b))
+
+
+def _read_range(path: Path, start: int, stop: int) -> bytes:
+    with open(path, "rb") as file:
+        file.seek(start)
+        return file.read(stop - start)

@@ -7,7 +7,8 @@ Stages and what each leaves in the project folder::
     work/fragments/    flooded fragments with stitched ids (removed at the end)
     work/marks/STAGE/  per-block completion marks of the block stages (removed at the end)
     supervoxels/       uint64 precomputed segmentation (small fragments merged, ids 1..N),
-                       with per-supervoxel meshes in supervoxels/mesh/
+                       with per-supervoxel multi-resolution meshes, sharded, in
+                       supervoxels/mesh/ (see segmentation.meshes)
     rag.npz            the region adjacency graph (see segmentation.rag)
     segments.npz       the agglomeration: membership of every supervoxel at every threshold
 
@@ -45,7 +46,7 @@ from segmentation.blockwise import Block, Marks, Runner, make_blocks
 from segmentation.errors import InputError
 from segmentation.importer import scale_plan, write_pyramid
 from segmentation.membership import lookup
-from segmentation.meshes import mesh_block, write_mesh_manifests
+from segmentation.meshes import DISPLAY_BITS, mesh_volume
 from segmentation.project import DIVISIONS, Project, VolumeRef
 from segmentation.rag import Contacts, NodeStats, Rag, block_contacts, block_node_stats, \
     build_rag
@@ -66,7 +67,7 @@ class PipelineParams:
     quantile: float = 0.5
     default_threshold: float = 0.5
     meshes: bool = True
-    mesh_reduction: int = 10
+    mesh_levels: int = 2  # levels of detail of the supervoxel meshes
     edge_model: Optional[Path] = None  # the learned merge order's classifier; None: quantile
 
     def validate(self, shape: Sequence[int]) -> None:
@@ -179,9 +180,9 @@ def segment(project: Project, model: Optional[AffinityModel], params: PipelinePa
                           "precomputed")
         if params.meshes:
             with timer("meshes"):
-                meshes = runner.map(mesh_task, blocks, str(scratch), voxel_size,
-                                    params.mesh_reduction, desc="meshes")
-                write_mesh_manifests(scratch, meshes)
+                mesh_volume(scratch, plan, params.mesh_levels, DISPLAY_BITS,
+                            lambda fn, jobs, *args: runner.imap(fn, jobs, *args,
+                                                                desc="meshes"))
     with timer("agglomerate"):
         result = agglomerate(rag, params.thresholds,
                              score=merge_score(params.edge_model, params.quantile))
@@ -507,11 +508,3 @@ def relabel_task(block: Block, fragments: str, relabel: str, supervoxels: str) -
     final = lookup(old, new, labels)
     open_precomputed_scale(Path(supervoxels), 0, write=True)[block.core].write(final).result()
 
-
-def mesh_task(block: Block, supervoxels: str, voxel_size, reduction: int) -> dict[int, list[str]]:
-    """Meshes of one block's supervoxels, with one voxel of the next blocks so they join."""
-    upper = tuple(1 if s.stop < n else 0 for s, n in zip(block.core, block.shape))
-    region = block.grown((0, 0, 0), upper)
-    labels = open_precomputed_scale(Path(supervoxels), 0)[region].read().result()
-    return mesh_block(labels, block.origin, voxel_size, Path(supervoxels) / "mesh", block.index,
-                      reduction)

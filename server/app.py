@@ -27,7 +27,7 @@ from tornado.ioloop import IOLoop
 from segmentation import edge_classifier
 from segmentation.errors import InputError
 from segmentation.focus import FocusQueue
-from segmentation.meshes import mesh_block
+from segmentation.meshes import mesh_labels, single_mesh_entry
 from segmentation.proofread import open_session
 from segmentation.session import OperationResult, ProofreadingSession
 from segmentation.project import Project
@@ -109,22 +109,21 @@ class ServerSession:
         return lambda: FocusQueue(Rag.load(self.project.root / "rag.npz"), session,
                                   edge_classifier.load(path))
 
-    def _mesh_supervoxel(self, supervoxel: int) -> list[str]:
-        """Mesh a supervoxel that a division made (the pipeline meshed all the others)."""
+    def _mesh_supervoxel(self, supervoxel: int) -> Optional[tuple[bytes, bytes]]:
+        """Mesh a supervoxel that a division made (the pipeline meshed all the others), kept
+        in memory: it is remade the next time a server starts."""
         session = self.proofreading
         row = int(session.graph.node_index([supervoxel])[0])
         if row < 0:
-            return []
+            return None
         labels = session.supervoxels
         box = session.graph.bbox[row]
         region = tuple(slice(int(lo), min(int(hi) + 1, n))
                        for lo, hi, n in zip(box[:3], box[3:], labels.shape))
         block = labels.read(*region)
         block[block != np.uint64(supervoxel)] = 0
-        folder = Path(self.project.volume("segmentation").location) / "mesh"
-        written = mesh_block(block, [s.start for s in region], labels.voxel_size, folder,
-                             "divided", self.settings.mesh_reduction)
-        return written.get(supervoxel, [])
+        mesh = mesh_labels(block, [s.start for s in region], labels.voxel_size).get(supervoxel)
+        return single_mesh_entry(supervoxel, mesh, labels.voxel_size) if mesh else None
 
     @property
     def default_user(self) -> str:

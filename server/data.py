@@ -126,25 +126,29 @@ class DataHandler(CorsMixin, tornado.web.RequestHandler):
                                 f'{"-gzip" if zipped else ""}"')
 
     def _byte_range(self, size: int) -> Optional[tuple[int, int]]:
-        """The [start, stop) a single-range ``Range`` header asks for; None without one (or
-        with one this server ignores, as HTTP allows: several ranges, another unit)."""
-        header = self.request.headers.get("Range")
-        parsed = httputil._parse_request_range(header) if header else None  # StaticFileHandler's
-        if parsed is None:
-            return None
-        start, stop = parsed
-        if start is not None and start < 0:  # bytes=-n: the last n bytes
-            start, stop = max(size + start, 0), size
-        start = 0 if start is None else start
-        stop = size if stop is None else min(stop, size)
-        if start >= size or start >= stop:
-            raise RangeNotSatisfiable(header)
-        return start, stop
+        return byte_range(self.request.headers.get("Range"), size)
 
     def _wants_gzip(self, name: str, size: int) -> bool:
         accepted = self.request.headers.get("Accept-Encoding", "")
         return ("gzip" in accepted and size >= MIN_GZIP_BYTES
                 and PurePosixPath(name).suffix not in PRECOMPRESSED_SUFFIXES)
+
+
+def byte_range(header: Optional[str], size: int) -> Optional[tuple[int, int]]:
+    """The [start, stop) of ``size`` bytes that a single-range ``Range`` header asks for; None
+    without one (or with one a server may ignore, as HTTP allows: several ranges, another
+    unit); RangeNotSatisfiable when it lies outside."""
+    parsed = httputil._parse_request_range(header) if header else None  # StaticFileHandler's
+    if parsed is None:
+        return None
+    start, stop = parsed
+    if start is not None and start < 0:  # bytes=-n: the last n bytes
+        start, stop = max(size + start, 0), size
+    start = 0 if start is None else start
+    stop = size if stop is None else min(stop, size)
+    if start >= size or start >= stop:
+        raise RangeNotSatisfiable(header)
+    return start, stop
 
 
 def read_bytes(path: Path, start: int, stop: int) -> bytes:

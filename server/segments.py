@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import gzip
 import json
+import logging
 import re
 import threading
 import time
@@ -24,10 +25,12 @@ import tornado.web
 from tornado.ioloop import IOLoop
 
 from segmentation.membership import assign, lookup, rows_of
+from segmentation.meshes import MeshEntry, StoredMeshes
 from segmentation.volume import open_precomputed_scale
 from server.access import refusal
-from server.data import CorsMixin, safe_relative
+from server.data import CorsMixin, RangeNotSatisfiable, byte_range
 
+log = logging.getLogger(__name__)
 CHUNK_NAME = re.compile(r"^(\d+)-(\d+)_(\d+)-(\d+)_(\d+)-(\d+)$")
 CACHE_BYTES = 256 << 20  # served chunks kept: their supervoxels and encoded bytes
 
@@ -144,16 +147,22 @@ def _picture_of(ids: np.ndarray, segments: np.ndarray) -> Picture:
     return Picture(groups, dict(zip(segments[starts].tolist(), ids[starts].tolist())))
 
 
+Mesher = Callable[[int], Optional[tuple[bytes, bytes]]]  # supervoxel -> (manifest, data)
+
+
 class SegmentSource:
     """Serves one supervoxel volume (precomputed, local). Full resolution is read through
     ``labels`` (the supervoxels with divisions applied); ``live`` says whether an id is a
     supervoxel now (a divided one is not: its mesh is its pieces'); ``mesher`` meshes a
-    supervoxel that a division made, the first time a manifest asks for it."""
+    supervoxel that a division made, the first time its manifest is asked for.
+
+    The pipeline's meshes are sharded; they are served unsharded (``mesh/<id>.index``, the
+    manifest, and ``mesh/<id>``, its fragments, read by byte range) so that meshes of
+    supervoxels a division made can be served beside them without rewriting a shard."""
 
     def __init__(self, volume_dir: Path, view: MembershipView,
                  live: Callable[[int], bool], labels=None,
-                 mesher: Optional[Callable[[int], list[str]]] = None,
-                 cache_bytes: int = CACHE_BYTES):
+                 mesher: Optional[Mesher] = None, cache_bytes: int = CACHE_BYTES):
         self.root = Path(volume_dir)
         self.view = view
         self.live = live
@@ -166,7 +175,11 @@ class SegmentSource:
         self._capacity = cache_bytes
         self._cached_bytes = 0
         self._lock = threading.Lock()
-        self._fragments = self._read_fragments()
+        self._meshes = StoredMeshes(self.root) if StoredMeshes.present(self.root) else None
+        if self._meshes is None and (self.root / "mesh").is_dir():
+            log.warning("%s holds meshes in an older format, not shown in 3D: `promptcut "
+                        "segment --reuse-affinities` remakes them", self.root / "mesh")
+        self._mesh_entries: dict[int, Optional[MeshEntry]] = {}
         self._asked: dict[int, float] = {}  # voxel generation -> when a chunk was last asked
         # chunks one may ask for: the served thin ones, and the stored volume's own
         self._grid = [(served["size"], served["chunk_sizes"] + stored["chunk_sizes"])
@@ -184,9 +197,12 @@ class SegmentSource:
             edge = max(scale["chunk_sizes"][0])
             thin = max(1, edge // 8)
             scale["chunk_sizes"] = [[edge, edge, thin], [edge, thin, edge], [thin, edge, edge]]
-        if self._fragments is not None:
+        if self._meshes is not None:
             info["mesh"] = "mesh"
         return info
+
+    def mesh_info(self) -> Optional[dict]:
+        return self._meshes.served_info() if self._meshes is not None else None
 
     def on_grid(self, index: int, bounds: tuple[int, ...]) -> bool:
         """Whether x0-x1, y0-y1, z0-z1 is one chunk of the grid at scale ``index`` (a served
@@ -245,39 +261,27 @@ class SegmentSource:
         browser that has stopped asking has what it needs to draw it."""
         return self._asked.get(generation)
 
-    def manifest(self, supervoxel: int) -> Optional[dict]:
-        """The mesh fragments of one supervoxel (none for a divided one: its pieces have
-        their own)."""
-        if self._fragments is None:
-            return None
+    def mesh(self, supervoxel: int) -> Optional[MeshEntry]:
+        """A supervoxel's mesh: the pipeline's, or made now for one a division made; None for
+        an id that is no supervoxel now (a divided one's mesh is its pieces')."""
         supervoxel = int(supervoxel)
-        if not self.live(supervoxel):
-            return {"fragments": []}
-        found = self._fragments.get(supervoxel)
+        if self._meshes is None or not self.live(supervoxel):
+            return None
+        with self._lock:
+            if supervoxel in self._mesh_entries:
+                return self._mesh_entries[supervoxel]
+        found = self._meshes.find(supervoxel)
         if found is None and self.mesher is not None:
-            found = self._fragments[supervoxel] = self.mesher(supervoxel)
-        return {"fragments": found or []}
-
-    def fragment(self, name: str) -> Optional[bytes]:
-        relative = safe_relative(name)
-        path = self.root / "mesh" / str(relative) if relative is not None else None
-        return path.read_bytes() if path is not None and path.is_file() else None
+            made = self.mesher(supervoxel)
+            found = MeshEntry.in_memory(*made) if made is not None else None
+        with self._lock:
+            self._mesh_entries[supervoxel] = found
+        return found
 
     def _store(self, index: int):
         if index not in self._stores:
             self._stores[index] = open_precomputed_scale(self.root, index)
         return self._stores[index]
-
-    def _read_fragments(self) -> Optional[dict[int, list[str]]]:
-        """Fragment names of every supervoxel, read once from the per-supervoxel manifests."""
-        folder = self.root / "mesh"
-        if not folder.is_dir():
-            return None
-        fragments = {}
-        for path in folder.glob("*:0"):
-            if path.name[:-2].isdigit():
-                fragments[int(path.name[:-2])] = json.loads(path.read_text())["fragments"]
-        return fragments
 
 
 def _nbytes(entry: tuple) -> int:
@@ -295,6 +299,23 @@ class SegmentChunkHandler(CorsMixin, tornado.web.RequestHandler):
         self.set_header("Content-Type", "text/plain")
         self.finish(f"{status_code}: {refusal(self, kwargs)}\n")
 
+    async def _send_range(self, mesh: MeshEntry) -> None:
+        """A mesh's fragment data: the byte range asked for (206), or all of it."""
+        self.set_header("Content-Type", "application/octet-stream")
+        self.set_header("Accept-Ranges", "bytes")
+        try:
+            requested = byte_range(self.request.headers.get("Range"), mesh.size)
+        except RangeNotSatisfiable:
+            self.set_status(416)
+            self.set_header("Content-Range", f"bytes */{mesh.size}")
+            return
+        start, stop = requested or (0, mesh.size)
+        body = await IOLoop.current().run_in_executor(None, mesh.read, start, stop)
+        if requested is not None:
+            self.set_status(206)
+            self.set_header("Content-Range", f"bytes {start}-{stop - 1}/{mesh.size}")
+        self.write(body)
+
     async def get(self, generation: str, path: str) -> None:
         source = self.source
         parts = path.split("/")
@@ -303,16 +324,21 @@ class SegmentChunkHandler(CorsMixin, tornado.web.RequestHandler):
         if path == "info":
             body, kind = json.dumps(source.served_info()).encode(), "application/json"
         elif path == "mesh/info":
-            body = json.dumps({"@type": "neuroglancer_legacy_mesh"}).encode()
-            kind = "application/json"
-        elif len(parts) == 2 and parts[0] == "mesh" and parts[1].endswith(":0") \
-                and parts[1][:-2].isdigit():
-            manifest = await IOLoop.current().run_in_executor(None, source.manifest,
-                                                              int(parts[1][:-2]))
-            body = json.dumps(manifest).encode() if manifest is not None else None
+            info = source.mesh_info()
+            body = json.dumps(info).encode() if info is not None else None
             kind = "application/json"
         elif len(parts) == 2 and parts[0] == "mesh":
-            body = await IOLoop.current().run_in_executor(None, source.fragment, parts[1])
+            name = parts[1].removesuffix(".index")
+            if not name.isdigit():
+                raise tornado.web.HTTPError(404)
+            mesh = await IOLoop.current().run_in_executor(None, source.mesh, int(name))
+            if mesh is None:
+                raise tornado.web.HTTPError(404)
+            if parts[1].endswith(".index"):
+                body = mesh.manifest
+            else:  # fragments, read by byte range
+                await self._send_range(mesh)
+                return
         elif len(parts) == 2:
             source.note_asked(int(generation))
             try:

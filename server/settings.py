@@ -106,4 +106,3 @@ class ServeSettings:
     viewer: ViewerConfig
     models: ModelsConfig
     model_files: ModelFiles
-    mesh_reduction: int

@@ -11,7 +11,8 @@ from cloudvolume import CloudVolume
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Label, Multiscales, Reader
 
-from segmentation.export import MESH_BLOCK, export_segmentation, sharding_for
+from segmentation.export import export_segmentation, sharding_for
+from segmentation.meshes import MESH_BLOCK
 from segmentation.volume import ArrayVolume
 
 SHAPE = (30, 150, 200)  # z, y, x: two mesh blocks along x and y at level 0

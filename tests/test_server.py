@@ -24,6 +24,43 @@ def request(session, path: str, method: str = "GET", headers: dict | None = None
     return response, body
 
 
+def served_mesh(session, served: str, supervoxel: int) -> np.ndarray | None:
+    """The level-0 vertices (x, y, z nm) of a supervoxel's mesh as neuroglancer reads it: the
+    manifest, then each fragment by byte range; None when the server has no mesh for it."""
+    import DracoPy
+    from cloudvolume.datasource.precomputed.mesh.multilod import (
+        MultiLevelPrecomputedMeshManifest)
+
+    response, body = request(session, f"{served}/mesh/{supervoxel}.index")
+    if response.status == 404:
+        return None
+    assert response.status == 200
+    manifest = MultiLevelPrecomputedMeshManifest.from_binary(body, segment_id=supervoxel)
+    info = json.loads(request(session, f"{served}/mesh/info")[1])
+    top = 2 ** info["vertex_quantization_bits"] - 1
+    sizes = np.concatenate(manifest.fragment_offsets).astype(int)
+    starts = np.r_[0, np.cumsum(sizes)]
+    vertices = []
+    for position, start, size in zip(manifest.fragment_positions[0], starts, sizes):
+        if size == 0:
+            continue
+        response, fragment = request(session, f"{served}/mesh/{supervoxel}",
+                                     headers={"Range": f"bytes={start}-{start + size - 1}"})
+        assert response.status == 206 and len(fragment) == size
+        quantized = DracoPy.decode(fragment).points
+        low = manifest.grid_origin + manifest.vertex_offsets[0] + manifest.chunk_shape * position
+        vertices.append(low + quantized / top * manifest.chunk_shape)
+    return np.concatenate(vertices)
+
+
+def assert_mesh_wraps(vertices: np.ndarray, voxels: np.ndarray, voxel_size) -> None:
+    """The mesh's box is the voxels' box (z, y, x voxel indices) to within a voxel."""
+    voxel = np.asarray(voxel_size[::-1], float)
+    low, high = voxels.min(0)[::-1] * voxel, (voxels.max(0)[::-1] + 1) * voxel
+    assert np.all(np.abs(vertices.min(0) - low) <= voxel), (vertices.min(0), low)
+    assert np.all(np.abs(vertices.max(0) - high) <= voxel), (vertices.max(0), high)
+
+
 def api(session, path: str, method: str = "GET", body: dict | None = None):
     """An API request with the session's token; returns (status, JSON answer)."""
     headers = {"Authorization": f"Bearer {session.access.token}"}
@@ -225,13 +262,18 @@ def test_supervoxel_chunks_and_meshes_are_served_and_viewers_hold_the_membership
                                                               slice(0, 64))
     np.testing.assert_array_equal(served, supervoxels)
     supervoxel = int(served[10, 10, 10])
-    response, body = request(session, f"/segments/g{generation}/mesh/{supervoxel}:0")
-    fragments = json.loads(body)["fragments"]
-    assert fragments and all(int(f.split("-")[1]) == supervoxel for f in fragments)
-    response, body = request(session, f"/segments/g{generation}/mesh/{fragments[0]}")
-    assert response.status == 200 and len(body) > 12
-    response, _ = request(session, f"/segments/g{generation}/mesh/..%2Finfo")
-    assert response.status == 404
+    # the pipeline's sharded meshes, served unsharded (the manifest, fragments by byte range)
+    mesh_info = json.loads(request(session, f"/segments/g{generation}/mesh/info")[1])
+    assert mesh_info["@type"] == "neuroglancer_multilod_draco" and "sharding" not in mesh_info
+    volume = session.project.volume("segmentation")
+    everything = volume.read(slice(None), slice(None), slice(None))
+    vertices = served_mesh(session, f"/segments/g{generation}", supervoxel)
+    assert_mesh_wraps(vertices, np.argwhere(everything == supervoxel), volume.voxel_size)
+    for path in (f"mesh/{2 ** 40}.index", "mesh/..%2Finfo", "mesh/info.index"):
+        assert request(session, f"/segments/g{generation}/{path}")[0].status == 404, path
+    response, _ = request(session, f"/segments/g{generation}/mesh/{supervoxel}",
+                          headers={"Range": "bytes=100000000-"})
+    assert response.status == 416
     # the viewer draws each segment as one equivalence group of its supervoxels
     layer = segmentation_layer(session.viewer.state)
     segment = session.proofreading.segment_of(supervoxel)
@@ -315,6 +357,12 @@ def test_a_division_loads_the_new_voxels_out_of_sight_and_then_draws_them(segmen
         assert state.layers[spare].equivalences.to_json() == \
             state.layers[drawn].equivalences.to_json()
         served = f"/segments/g{session.membership_view.generation}"
+        # the divided supervoxel has no mesh now; a piece's is made when first asked for
+        piece = proof.successors()[supervoxel]
+        assert served_mesh(session, served, supervoxel) is None
+        divided = proof.supervoxels.read(slice(None), slice(None), slice(None))
+        assert_mesh_wraps(served_mesh(session, served, piece), np.argwhere(divided == piece),
+                          proof.supervoxels.voxel_size)
         key = json.loads(request(session, f"{served}/info")[1])["scales"][0]["key"]
         request(session, f"{served}/{key}/0-64_64-128_0-64")  # the browser asks for a chunk
         deadline = time.monotonic() + 60  # half the limit: the swap follows the requests
