@@ -105,8 +105,14 @@ def boundary_from_affinities(affinities: np.ndarray) -> np.ndarray:
         raise InputError(f"affinities must be (C >= 3, z, y, x), got shape {affinities.shape}")
     nearest = affinities[:3]
     if nearest.dtype == np.uint8:
-        mean = nearest.mean(axis=0, dtype=np.float32)
-        return (255.0 - mean).round().astype(np.uint8)
+        # 255 - round(sum / 3) in integers (a third never ties): ten times the float mean's
+        # speed, and the pipeline computes it twice for every voxel
+        total = nearest[0].astype(np.uint16)
+        total += nearest[1]
+        total += nearest[2]
+        total += 1
+        total //= 3
+        return (255 - total).astype(np.uint8)
     if np.isnan(nearest).any():
         raise InputError("affinities contain NaN values")
     mean = nearest.mean(axis=0, dtype=np.float32)

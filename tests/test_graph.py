@@ -46,6 +46,18 @@ def test_boundary_from_affinities_refuses_bad_input():
     assert boundary_from_affinities(np.zeros((3, 2, 2, 2), np.uint8)).min() == 255
 
 
+def test_uint8_affinities_give_the_rounded_mean_for_every_sum():
+    """The integer path is 255 minus the mean of the three channels, rounded, as the float
+    affinities' path gives for the same values (every sum 0..765 once)."""
+    total = np.arange(766)
+    channels = np.stack([np.clip(total - 255 * k, 0, 255) for k in range(3)]).astype(np.uint8)
+    affinities = channels[:, :, None, None]
+    expected = np.round(255 - total / 3).astype(np.uint8)
+    np.testing.assert_array_equal(boundary_from_affinities(affinities)[:, 0, 0], expected)
+    np.testing.assert_array_equal(boundary_from_affinities(affinities / 255.0)[:, 0, 0],
+                                  expected)
+
+
 def test_baseline_finds_membranes_and_supervoxels_respect_them():
     labels, image, membrane = cells()
     model = IntensityBaseline(voxel_size=(10, 10, 10))
