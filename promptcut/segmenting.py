@@ -60,5 +60,6 @@ def run_segment(config: Config, reuse_affinities: bool = False, if_needed: bool 
         str(config.resolve(checkpoint)) if checkpoint else None, config.models.device)
     workers = config.segment.workers
     workers = default_workers() if workers is None else workers
-    with Runner(workers, config.segment.scheduler, progress) as runner:
+    with Runner(workers, config.segment.scheduler, progress,
+                preload=("segmentation.pipeline",)) as runner:
         return segment(project, model, pipeline_params(config), runner, progress, restart)
