@@ -12,7 +12,6 @@ block meshes its labels plus one voxel of the next blocks, so fragments meet wit
 
 from __future__ import annotations
 
-import importlib
 import json
 import threading
 from collections import defaultdict
@@ -215,8 +214,13 @@ def mesh_fragments(job: MeshJob, precomputed: str, chunk_nm: Sequence[float],
     upper = tuple(1 if s.stop < n else 0 for s, n in zip(block.core, block.shape))
     labels = open_precomputed_scale(Path(precomputed), job.lod)[
         block.grown((0, 0, 0), upper)].read().result()
+    # background beyond the volume's faces, so that surfaces close there (a neuron leaving
+    # the volume is not left open); on the low faces the closing surface lies half a voxel
+    # outside the chunk and is drawn at its edge
+    before = tuple(1 if s.start == 0 else 0 for s in block.core)
+    labels = np.pad(labels, [(b, 1 - u) for b, u in zip(before, upper)])
     chunks = MultiresMeshes(chunk_nm, voxel_sizes, bits)
-    meshes = mesh_labels(labels, block.origin, job.voxel_size)
+    meshes = mesh_labels(labels, [o - b for o, b in zip(block.origin, before)], job.voxel_size)
     return job, encode_fragments(meshes, *chunks.chunk_box(job.lod, block.grid[::-1]), bits)
 
 
@@ -228,9 +232,6 @@ def mesh_volume(precomputed: Path, plan: Sequence, levels: int, bits: int,
     """Mesh every label of a precomputed pyramid into ``precomputed``/mesh, name the mesh
     folder in its info, and return the number of labels meshed."""
     jobs, sizes = mesh_jobs(plan, levels)
-    # the writer's cloud-volume takes most of a second to import: meanwhile the jobs run
-    threading.Thread(target=importlib.import_module, daemon=True,
-                     args=("cloudvolume.datasource.precomputed.mesh.multilod",)).start()
     base = plan[0][1]
     chunk_nm = [float(m * v) for m, v in zip(MESH_BLOCK[::-1], base[::-1])]  # x, y, z
     writer = MultiresMeshes(chunk_nm, sizes, bits)
@@ -278,7 +279,8 @@ class MeshEntry:
 
 class StoredMeshes:
     """Per-segment entries of a sharded multi-resolution mesh folder, found with cloud-volume's
-    shard reader (minishard indices cached), the data then read from the shard file directly."""
+    shard reader (minishard indices cached; one caller at a time, as its caches are not
+    guarded), the data then read from the shard file directly."""
 
     def __init__(self, volume_dir: Path):
         from cloudvolume import CloudVolume
@@ -290,6 +292,7 @@ class StoredMeshes:
         self.info = json.loads((self.folder / "info").read_text())
         self._source = CloudVolume(f"file://{Path(volume_dir).resolve()}", progress=False,
                                    cache=False).mesh
+        self._lock = threading.Lock()
 
     @staticmethod
     def present(volume_dir: Path) -> bool:
@@ -304,8 +307,9 @@ class StoredMeshes:
         return {k: v for k, v in self.info.items() if k != "sharding"}
 
     def find(self, segment: int) -> Optional[MeshEntry]:
-        found = self._source.reader.exists(int(segment), self._source.path,
-                                           return_byte_range=True)
+        with self._lock:
+            found = self._source.reader.exists(int(segment), self._source.path,
+                                               return_byte_range=True)
         if found is None:
             return None
         shard, start, length = found

@@ -122,7 +122,9 @@ class ServerSession:
                        for lo, hi, n in zip(box[:3], box[3:], labels.shape))
         block = labels.read(*region)
         block[block != np.uint64(supervoxel)] = 0
-        mesh = mesh_labels(block, [s.start for s in region], labels.voxel_size).get(supervoxel)
+        # a border of background all round: the surface closes where the box cuts it
+        mesh = mesh_labels(np.pad(block, 1), [s.start - 1 for s in region],
+                           labels.voxel_size).get(supervoxel)
         return single_mesh_entry(supervoxel, mesh, labels.voxel_size) if mesh else None
 
     @property

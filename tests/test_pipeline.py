@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from cloudvolume import CloudVolume
 import pytest
 
 from promptcut.config import load_config
@@ -138,6 +139,23 @@ def test_volume_smaller_than_a_block_and_all_background(tmp_path):
         assert rag.num_edges == expected_edges
         if expected_edges:
             assert len(np.unique(labels[:, :8])) == 1 and labels[0, 0, 0] != labels[0, 15, 0]
+        # every supervoxel's mesh, read as the ecosystem reads it, wraps its voxels and is
+        # closed where the volume ends (every edge shared by two triangles)
+        volume = project.volume("segmentation")
+        meshes = CloudVolume(f"file://{project.layer_dir('segmentation')}",
+                             progress=False).mesh.get(np.unique(labels).tolist(), lod=0)
+        voxel = np.asarray(volume.voxel_size[::-1], float)
+        for supervoxel, mesh in meshes.items():
+            where = np.argwhere(labels == supervoxel)
+            low, high = where.min(0)[::-1] * voxel, (where.max(0)[::-1] + 1) * voxel
+            np.testing.assert_allclose(mesh.vertices.min(0), low, atol=voxel.max())
+            np.testing.assert_allclose(mesh.vertices.max(0), high, atol=voxel.max())
+            faces = mesh.faces
+            edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]],
+                                            faces[:, [2, 0]]]), axis=1)
+            _, uses = np.unique(edges, axis=0, return_counts=True)
+            assert (uses == 2).all(), f"supervoxel {supervoxel}: open or non-manifold mesh"
+        assert sorted(meshes) == np.unique(labels).tolist()
 
 
 def test_bad_segment_settings_are_refused(tmp_path, demo_h5):
