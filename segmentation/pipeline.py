@@ -374,8 +374,10 @@ def seed_task(block: Block, affinities: str, seeds: str, params: SupervoxelParam
         low = [slice(None)] * 3
         high = [slice(None)] * 3
         low[axis], high[axis] = slice(0, 1), slice(-1, None)
-        faces.append((provisional[tuple(low)].squeeze(axis),
-                      provisional[tuple(high)].squeeze(axis)))
+        # copies: a view would keep the whole block's seeds alive as long as the result is
+        # held (on a Dask worker, until the stage ends: 16 MB a block, 0.6 GB at 8x the demo)
+        faces.append((provisional[tuple(low)].squeeze(axis).copy(),
+                      provisional[tuple(high)].squeeze(axis).copy()))
     return count, faces
 
 
