@@ -202,3 +202,26 @@ def test_whole_section_models_get_whole_sections(tmp_path):
     assert seen == [(65, 150, 200), (33, 150, 200)]  # two slabs of whole sections, z context
     written = open_zarr(tmp_path / "affinities").read().result()
     assert written.shape == (3,) + image.shape and (written == 128).all()  # 0.5, quantised
+
+
+def test_a_seed_task_result_holds_only_its_face_planes(tmp_path):
+    """What a seed task returns stays on a Dask worker until the stage ends: its face planes
+    must not keep the block's whole seed array alive (memory per worker would grow with the
+    number of blocks)."""
+    from segmentation.pipeline import seed_task
+    from segmentation.supervoxels import SupervoxelParams
+    from segmentation.volume import create_zarr
+
+    shape = (32, 48, 40)
+    affinities = np.full((3,) + shape, 250, np.uint8)
+    affinities[:, :, 24, :] = 0  # a membrane: two cells, so there are seeds
+    create_zarr(tmp_path / "affinities", np.uint8, (3,) + shape, (3, 16, 16, 16)).write(
+        affinities).result()
+    create_zarr(tmp_path / "seeds", np.uint64, shape, (16, 16, 16))
+    block = make_blocks(shape, (32, 48, 40))[0]
+    count, faces = seed_task(block, str(tmp_path / "affinities"), str(tmp_path / "seeds"),
+                             SupervoxelParams(), (10.0, 10.0, 10.0))
+    assert count > 0 and len(faces) == 3
+    for low, high in faces:
+        for plane in (low, high):
+            assert plane.ndim == 2 and plane.base is None  # its own memory, not a view
