@@ -157,7 +157,11 @@ def segment(project: Project, model: Optional[AffinityModel], params: PipelinePa
         for part in runner.imap(rag_task, blocks, str(work / "fragments"),
                                 str(affinities_path), desc="rag", marks=marks):
             pending.append(part)
-            if len(pending) == 8:  # fold as results arrive: memory stays near the result's
+            # fold as results arrive, once they hold as many rows as the folded graph: memory
+            # stays within twice the result's, and each row is folded a few times, not once
+            # per eight blocks (at 8x the demo, re-sorting the growing graph every eight
+            # blocks kept the main process busy for most of the stage)
+            if sum(len(p[0].a) for p in pending) >= max(len(contacts.a), 1 << 20):
                 contacts, stats = _fold(contacts, stats, pending)
                 pending = []
         rag = build_rag(*reversed(_fold(contacts, stats, pending)))
