@@ -12,6 +12,7 @@ block meshes its labels plus one voxel of the next blocks, so fragments meet wit
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections import defaultdict
@@ -168,9 +169,11 @@ class MultiresMeshes:
         return manifest.to_binary(), b"".join(body)
 
 
-def morton_code(position: Sequence[int]) -> int:
+@functools.lru_cache(maxsize=1 << 16)
+def morton_code(position: tuple[int, int, int]) -> int:
     """The z-order index of a chunk position (x, y, z; x in the lowest bit), the order
-    neuroglancer expects fragments in."""
+    neuroglancer expects fragments in (cached: every segment's fragments sit on the same few
+    block positions)."""
     code = 0
     for bit in range(21):
         for axis, value in enumerate(position):
