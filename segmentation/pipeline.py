@@ -46,7 +46,7 @@ from segmentation.blockwise import Block, Marks, Runner, make_blocks
 from segmentation.errors import InputError
 from segmentation.importer import scale_plan, write_pyramid
 from segmentation.membership import lookup
-from segmentation.meshes import DISPLAY_BITS, mesh_volume
+from segmentation.meshes import DISPLAY_BITS, StoredMeshes, mesh_volume
 from segmentation.project import DIVISIONS, Project, VolumeRef
 from segmentation.rag import Contacts, NodeStats, Rag, block_contacts, block_node_stats, \
     build_rag
@@ -184,9 +184,7 @@ def segment(project: Project, model: Optional[AffinityModel], params: PipelinePa
                           "precomputed")
         if params.meshes:
             with timer("meshes"):
-                mesh_volume(scratch, plan, params.mesh_levels, DISPLAY_BITS,
-                            lambda fn, jobs, *args: runner.imap(fn, jobs, *args,
-                                                                desc="meshes"))
+                mesh_supervoxels(scratch, plan, params.mesh_levels, runner)
     with timer("agglomerate"):
         result = agglomerate(rag, params.thresholds,
                              score=merge_score(params.edge_model, params.quantile))
@@ -200,6 +198,26 @@ def segment(project: Project, model: Optional[AffinityModel], params: PipelinePa
     shutil.rmtree(work, ignore_errors=True)
     report.supervoxels, report.edges = rag.num_nodes, rag.num_edges
     return report
+
+
+def mesh_supervoxels(folder: Path, plan: Sequence, levels: int, runner: Runner) -> int:
+    """Per-supervoxel meshes of the supervoxel volume in ``folder`` (its pyramid written)."""
+    return mesh_volume(folder, plan, levels, DISPLAY_BITS,
+                       lambda fn, jobs, *args: runner.imap(fn, jobs, *args, desc="meshes"))
+
+
+def remesh_if_outdated(project: Project, levels: int, runner: Runner) -> Optional[int]:
+    """Mesh a segmented project's supervoxels again if their meshes are not in the current
+    format (a project an earlier version segmented: its legacy meshes are not served);
+    returns how many were meshed, None when they are current. Edits do not matter: they
+    never change the stored supervoxels."""
+    folder = project.layer_dir("segmentation")
+    if StoredMeshes.present(folder):
+        return None
+    shutil.rmtree(folder / "mesh", ignore_errors=True)
+    volume = project.volume("segmentation")
+    return mesh_supervoxels(folder, scale_plan(volume.shape, volume.voxel_size, CHUNK, 3),
+                            levels, runner)
 
 
 def _stage_marks(work: Path, stage: str, key: str, output: Path, shape, save=None,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
-from cloudvolume import CloudVolume
 import pytest
+from cloudvolume import CloudVolume
 
 from promptcut.config import load_config
 from promptcut.segmenting import run_segment
@@ -225,3 +228,31 @@ def test_a_seed_task_result_holds_only_its_face_planes(tmp_path):
     for low, high in faces:
         for plane in (low, high):
             assert plane.ndim == 2 and plane.base is None  # its own memory, not a view
+
+
+def test_if_needed_meshes_again_a_project_with_meshes_of_an_older_format(tmp_path):
+    """`segment --if-needed` over a project an earlier version segmented (legacy per-block
+    fragment files, which the server no longer shows) meshes its supervoxels in the current
+    format and touches nothing else; over a current project it does nothing."""
+    image = np.full((12, 20, 24), 200, np.uint8)
+    image[:, 10, :] = 20
+    np.save(tmp_path / "image.npy", image)
+    config = load_config(write_config(tmp_path, tmp_path, image={"path": str(
+        tmp_path / "image.npy")}, segmentation=None, segment={"workers": 0, "meshes": True}))
+    run_segment(config, progress=False)
+    project = Project.open(config.project_dir)
+    mesh = project.layer_dir("segmentation") / "mesh"
+    shutil.rmtree(mesh)
+    mesh.mkdir()
+    (mesh / "info").write_text(json.dumps({"@type": "neuroglancer_legacy_mesh"}))
+    (mesh / "1:0").write_text(json.dumps({"fragments": ["fragment-1-0"]}))
+    segments = (project.root / "segments.npz").stat().st_mtime_ns
+    assert run_segment(config, if_needed=True, progress=False) is None
+    labels = whole(project)
+    meshes = CloudVolume(f"file://{project.layer_dir('segmentation')}",
+                         progress=False).mesh.get(np.unique(labels).tolist(), lod=0)
+    assert sorted(meshes) == np.unique(labels).tolist() and not (mesh / "1:0").exists()
+    assert (project.root / "segments.npz").stat().st_mtime_ns == segments
+    shards = {p.name: p.stat().st_mtime_ns for p in mesh.iterdir()}
+    run_segment(config, if_needed=True, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in mesh.iterdir()} == shards
