@@ -25,8 +25,9 @@ from segmentation.models.fgnet import FGNet, FGNetConfig, window_levels
 from segmentation.models.learned import StudentAffinities
 from segmentation.models.precision import bf16_supported
 from segmentation.models.sam2_prompt import Sam2Prompter, build_model, pick_device
-from segmentation.models.training import (TrainSettings, agglomerate_affinities,
-                                          best_threshold_scores, score_affinities)
+from segmentation.models.train_settings import TrainSettings
+from segmentation.models.training import (agglomerate_affinities, best_threshold_scores,
+                                          score_affinities)
 from segmentation.volume import ArrayVolume
 
 VALIDATION_SLICES = 40

@@ -152,6 +152,7 @@ def voi_curves(project: Path, waterz_file: Path) -> dict:
     """VOI (split + merge) against the ground truth at every threshold: ours and waterz's."""
     from segmentation.metrics import scores
     from segmentation.agglomerate import Segments
+    from segmentation.membership import lookup
     from segmentation.project import Project
 
     with h5py.File(DEMO_H5, "r") as f:
@@ -160,10 +161,9 @@ def voi_curves(project: Path, waterz_file: Path) -> dict:
         slice(None), slice(None), slice(None))
     segments = Segments.load(project / "segments.npz")
     ours, theirs = {}, {}
-    index = np.searchsorted(segments.ids, supervoxels)
     with np.load(waterz_file) as found:
         for i, threshold in enumerate(THRESHOLDS):
-            mine = segments.at(threshold)[index]
+            mine = lookup(segments.ids, segments.at(threshold), supervoxels)
             ours[str(threshold)] = round(scores(truth, mine).voi, 3)
             theirs[str(threshold)] = round(scores(truth, found[f"arr_{i}"]).voi, 3)
     return {"ours": ours, "waterz": theirs, "ours_best": min(ours.values()),

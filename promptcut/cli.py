@@ -160,16 +160,18 @@ def _segment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _overrides(options: dict) -> dict:
+    """Config keys that command-line options set: the options given (an empty text counts
+    as not given; 0 is a value)."""
+    return {key: value for key, value in options.items() if value not in (None, "")}
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     from promptcut.config import load_config
     from promptcut.segmenting import run_segment
 
-    overrides = {}
-    if args.workers is not None:
-        overrides["segment.workers"] = args.workers
-    if args.scheduler:
-        overrides["segment.scheduler"] = args.scheduler
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, _overrides({"segment.workers": args.workers,
+                                                  "segment.scheduler": args.scheduler}))
     with project_lock(config.project_dir, "segment"):
         report = run_segment(config, args.reuse_affinities, args.if_needed, not args.quiet,
                              args.archive_log, args.restart)
@@ -365,8 +367,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from promptcut.config import load_config
     from segmentation.models.training import FGNetTrainer, StudentTrainer, export_weights
 
-    overrides = {} if args.iterations is None else {"train.iterations": args.iterations}
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, _overrides({"train.iterations": args.iterations}))
     if args.from_decisions is not None:
         return _train_from_decisions(config, args.from_decisions)
     truth = config.dataset.ground_truth
@@ -448,12 +449,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from promptcut.config import load_config
     from promptcut.serving import run_server
 
-    overrides = {}
-    if args.host:
-        overrides["server.host"] = args.host
-    if args.port is not None:
-        overrides["server.port"] = args.port
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, _overrides({"server.host": args.host,
+                                                  "server.port": args.port}))
     with project_lock(config.project_dir, "serve"):
         run_server(config, open_browser=args.open)
     return 0

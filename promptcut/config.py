@@ -3,7 +3,7 @@
 Every section is a plain dataclass whose annotations carry its ranges and choices and whose
 docstrings describe its keys; the domain's own settings (``segment.supervoxels`` is
 :class:`~segmentation.supervoxels.SupervoxelParams`, ``train`` is
-:class:`~segmentation.models.training.TrainSettings`) and the server's sections
+:class:`~segmentation.models.train_settings.TrainSettings`) and the server's sections
 (:mod:`server.settings`) are used as they are, so each concept has one type. Values are
 checked strictly (no string for a number, no 1 for true), keys the schema does not know are
 refused, and every error is one line that names the key by its dotted path::
@@ -41,15 +41,13 @@ from segmentation.edge_classifier import SHIPPED_EDGE_MODEL
 from segmentation.errors import ConfigError
 from segmentation.models.train_settings import TrainSettings
 from segmentation.supervoxels import SupervoxelParams
-from server.settings import (DEVICE_PATTERN, ModelFiles, ModelsConfig, ServerConfig,
-                             ServeSettings, ViewerConfig)
+from server.settings import (DEVICE_PATTERN, URL_PATTERN, Fraction, ModelFiles, ModelsConfig,
+                             NonEmpty, ServerConfig, ServeSettings, ViewerConfig)
 
 URL_SCHEMES = ("gs://", "s3://", "http://", "https://", "file://", "precomputed://", "zarr://",
                "zarr2://", "zarr3://", "n5://", "memory://")
 
 SourceFormat = Literal["auto", "hdf5", "tiff", "npy", "precomputed", "zarr", "n5"]
-Fraction = Annotated[float, Ge(0), Le(1)]
-NonEmpty = Annotated[str, MinLen(1)]
 Shape = Annotated[list[Annotated[int, Ge(1)]], Len(3, 3)]  # voxels, z, y, x
 
 # the keys whose three values are z, y, x: errors name the axis of an item
@@ -58,7 +56,7 @@ ZYX_KEYS = ("dataset.voxel_size", "viewer.position", "segment.block_shape", "imp
 SECRET_KEYS = ("server.token",)
 # what a pattern means, for errors (pydantic would print the regular expression)
 PATTERNS = {DEVICE_PATTERN: "must be auto, cpu, cuda, cuda:N (N a GPU's number) or mps",
-            r"^https?://": "must start with http:// or https://"}
+            URL_PATTERN: "must start with http:// or https://"}
 
 
 @dataclass
@@ -293,7 +291,7 @@ def json_schema() -> dict:
     schema = _adapter().json_schema(by_alias=True, mode="validation")
     for cls in _sections(Config):  # defaults from factories, which pydantic leaves out
         target = schema if cls is Config else schema["$defs"][cls.__name__]
-        for f, (key, _) in zip(_own_fields(cls), _fields(cls).items()):
+        for key, (f, _) in _keyed_fields(cls).items():
             value = f.default_factory() if f.default_factory is not dataclasses.MISSING \
                 else None
             if value is not None and not dataclasses.is_dataclass(value):
@@ -418,6 +416,11 @@ def _keys_at(loc: tuple) -> list[str]:
 
 def _fields(cls: type) -> dict[str, Any]:
     """A section's keys (aliases where they have one) and their annotations."""
+    return {key: hint for key, (_, hint) in _keyed_fields(cls).items()}
+
+
+def _keyed_fields(cls: type) -> dict[str, tuple[dataclasses.Field, Any]]:
+    """A section's keys (aliases where they have one), each with its field and annotation."""
     hints = typing.get_type_hints(cls, include_extras=True)
     keys = {}
     for f in dataclasses.fields(cls):
@@ -425,12 +428,8 @@ def _fields(cls: type) -> dict[str, Any]:
             continue
         alias = next((m.alias for m in getattr(hints[f.name], "__metadata__", ())
                       if isinstance(m, FieldInfo) and m.alias), None)
-        keys[alias or f.name] = hints[f.name]
+        keys[alias or f.name] = (f, hints[f.name])
     return keys
-
-
-def _own_fields(cls: type) -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(cls) if f.name not in INTERNAL_FIELDS]
 
 
 def _sections(cls: type) -> list[type]:

@@ -10,7 +10,8 @@ from promptcut.setup_project import prepare_project
 from segmentation.blockwise import Runner, default_workers
 from segmentation.errors import ConfigError, InputError
 from segmentation.models.registry import make_model
-from segmentation.pipeline import PipelineParams, PipelineReport, remesh_if_outdated, segment
+from segmentation.pipeline import (PipelineParams, PipelineReport, meshes_current, remesh,
+                                   segment)
 from segmentation.editlog import remove_log
 from segmentation.proofread import LOG_NAME, edit_count
 from segmentation.proofread import archive_log as archive_log_file
@@ -42,12 +43,11 @@ def run_segment(config: Config, reuse_affinities: bool = False, if_needed: bool 
                 restart: bool = False) -> Optional[PipelineReport]:
     project = prepare_project(config, progress=progress)
     if if_needed and (project.root / "segments.npz").exists() and project.has("segmentation"):
-        if config.segment.meshes:
+        if config.segment.meshes and not meshes_current(project):  # before any cluster
             with _runner(config, progress) as runner:
-                meshed = remesh_if_outdated(project, config.segment.mesh_levels, runner)
-            if meshed is not None:
-                print(f"meshed the {meshed} supervoxels again (their meshes were in an older "
-                      f"format)", flush=True)
+                meshed = remesh(project, config.segment.mesh_levels, runner)
+            print(f"meshed the {meshed} supervoxels again (their meshes were in an older "
+                  f"format)", flush=True)
         return None
     edits = edit_count(project)
     if edits and not archive_log:  # they would be replayed onto supervoxels they never saw

@@ -26,7 +26,7 @@ import tensorstore as ts
 from tqdm import tqdm
 
 from segmentation.atomic import atomic_directory
-from segmentation.blockwise import make_blocks
+from segmentation.blockwise import Runner, make_blocks
 from segmentation.editlog import EditLog
 from segmentation.errors import InputError
 from segmentation.importer import scale_plan
@@ -183,7 +183,5 @@ def _datasets(scales: Sequence[Sequence[float]]) -> list[dict]:
 def _meshes(precomputed: Path, plan: list, progress: bool) -> int:
     """Per-segment multi-resolution meshes under ``precomputed``/mesh, a level of detail for
     every scale, vertices exact (the export is for analysis as well as display)."""
-    def run(fn, jobs, *args):
-        return (fn(job, *args) for job in tqdm(jobs, desc="meshes", disable=not progress,
-                                               leave=False, unit="block"))
-    return mesh_volume(precomputed, plan, len(plan), EXACT_BITS, run)
+    with Runner(0, progress=progress) as runner:  # in this process
+        return mesh_volume(precomputed, plan, len(plan), EXACT_BITS, runner)

@@ -29,11 +29,11 @@ def lookup(ids: np.ndarray, segments: np.ndarray, supervoxels: Ids,
     table becomes ``missing`` (None: keeps its own id, for tables that list only changes)."""
     supervoxels = np.asarray(supervoxels, np.uint64)
     row = rows_of(ids, supervoxels)
-    found = row >= 0
+    nonzero = supervoxels != 0
     fallback = supervoxels if missing is None else np.uint64(missing)
     mapped = np.asarray(segments, np.uint64)[np.maximum(row, 0)] if len(ids) else fallback
-    return np.where(found & (supervoxels != 0), mapped,
-                    np.where(supervoxels != 0, fallback, np.uint64(0))).astype(np.uint64)
+    return np.where((row >= 0) & nonzero, mapped,
+                    np.where(nonzero, fallback, np.uint64(0))).astype(np.uint64, copy=False)
 
 
 def assign(ids: np.ndarray, segments: np.ndarray, supervoxels: Ids,

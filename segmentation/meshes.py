@@ -18,13 +18,14 @@ import threading
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import DracoPy
 import numpy as np
 import zmesh
 
-from segmentation.blockwise import Block, make_blocks
+from segmentation.blockwise import Block, Runner, make_blocks
+from segmentation.file_ranges import read_range
 from segmentation.volume import open_precomputed_scale
 
 MESH_BLOCK = (128, 128, 128)  # voxels of a mesh block, at every scale: level-0 chunk is this
@@ -75,6 +76,17 @@ def encode_fragments(meshes: dict[int, zmesh.Mesh], low: np.ndarray, size: np.nd
     return fragments
 
 
+def chunk_box(chunk_nm: Sequence[float], lod: int, voxel_size: Sequence[float],
+              position: Sequence[int], origin: Sequence[float] = (0.0, 0.0, 0.0)
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(low corner, size) in nm (x, y, z) of chunk ``position`` (x, y, z) at level ``lod``:
+    chunks of ``chunk_nm * 2**lod`` from ``origin``, shifted by half a voxel of the level's
+    scale (``voxel_size``, z, y, x), where a block meshed with ``mesh_labels`` starts."""
+    size = np.asarray(chunk_nm, np.float64) * 2 ** lod
+    half = np.asarray(voxel_size[::-1], np.float64) / 2
+    return np.asarray(origin, np.float64) + half + size * np.asarray(position, np.float64), size
+
+
 class MultiresMeshes:
     """Fragments of per-segment multi-resolution meshes, gathered block by block and written
     as sharded ``neuroglancer_multilod_draco`` (one shard entry per segment: its manifest, with
@@ -90,37 +102,23 @@ class MultiresMeshes:
         self.chunk = np.asarray(chunk_nm, np.float64)  # x, y, z
         self.origin = np.asarray(grid_origin, np.float64)
         self.bits = bits
-        # per level: half a voxel of its scale (x, y, z), where its blocks' surfaces start
-        self.offsets = np.asarray([[v / 2 for v in size[::-1]] for size in voxel_sizes],
-                                  np.float64)
-        self.lod_scales = [float(max(size)) for size in voxel_sizes]
+        self.voxel_sizes = [tuple(size) for size in voxel_sizes]  # z, y, x per level
         self.fragments: dict[int, dict[int, dict[tuple[int, int, int], bytes]]] = \
             defaultdict(lambda: defaultdict(dict))
 
     @property
     def num_lods(self) -> int:
-        return len(self.offsets)
-
-    def chunk_box(self, lod: int, position: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(low corner, size) in nm (x, y, z) of chunk ``position`` at level ``lod``."""
-        size = self.chunk * 2 ** lod
-        return self.origin + self.offsets[lod] + size * np.asarray(position, np.float64), size
+        return len(self.voxel_sizes)
 
     def add(self, lod: int, position: Sequence[int], meshes: dict[int, zmesh.Mesh]) -> None:
         """The meshes of one block of scale ``lod`` at chunk ``position`` (x, y, z)."""
-        self.add_encoded(lod, position, encode_fragments(meshes, *self.chunk_box(lod, position),
-                                                         self.bits))
+        box = chunk_box(self.chunk, lod, self.voxel_sizes[lod], position, self.origin)
+        self.add_encoded(lod, position, encode_fragments(meshes, *box, self.bits))
 
     def add_encoded(self, lod: int, position: Sequence[int], fragments: dict[int, bytes]) -> None:
         """Fragments ``encode_fragments`` made for chunk ``position`` of level ``lod``."""
         for segment, fragment in fragments.items():
             self.fragments[segment][lod][tuple(int(p) for p in position)] = fragment
-
-    def info(self) -> dict:
-        """The mesh folder's info, without sharding (what a served, unsharded copy says)."""
-        return {"@type": "neuroglancer_multilod_draco", "vertex_quantization_bits": self.bits,
-                "transform": [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0],
-                "lod_scale_multiplier": 1.0}
 
     def write(self, folder: Path) -> int:
         """Write ``folder`` (info and shard files); return the number of segments."""
@@ -140,8 +138,10 @@ class MultiresMeshes:
                                      minishard_index_encoding="gzip", data_encoding="raw")
         for name, binary in synthesize_shard_files(spec, data, manifest_sizes).items():
             (folder / name).write_bytes(binary)
-        (folder / "info").write_text(json.dumps({**self.info(),
-                                                 "sharding": json.loads(spec.to_json())}))
+        (folder / "info").write_text(json.dumps({
+            "@type": "neuroglancer_multilod_draco", "vertex_quantization_bits": self.bits,
+            "transform": [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+            "lod_scale_multiplier": 1.0, "sharding": json.loads(spec.to_json())}))
         return len(data)
 
     def entry(self, segment: int) -> tuple[bytes, bytes]:
@@ -163,7 +163,9 @@ class MultiresMeshes:
             body.extend(level[p] for p in order)
         manifest = MultiLevelPrecomputedMeshManifest(
             segment, chunk_shape=self.chunk, grid_origin=self.origin, num_lods=self.num_lods,
-            lod_scales=self.lod_scales, vertex_offsets=self.offsets,
+            lod_scales=[float(max(size)) for size in self.voxel_sizes],
+            # per level: half a voxel of its scale (x, y, z), where its blocks' surfaces start
+            vertex_offsets=np.asarray([size[::-1] for size in self.voxel_sizes]) / 2,
             num_fragments_per_lod=[len(p) for p in positions], fragment_positions=positions,
             fragment_offsets=sizes)
         return manifest.to_binary(), b"".join(body)
@@ -208,8 +210,7 @@ def mesh_jobs(plan: Sequence, levels: int) -> tuple[list[MeshJob], list[tuple[fl
     return jobs, sizes
 
 
-def mesh_fragments(job: MeshJob, precomputed: str, chunk_nm: Sequence[float],
-                   voxel_sizes: Sequence[Sequence[float]], bits: int
+def mesh_fragments(job: MeshJob, precomputed: str, chunk_nm: Sequence[float], bits: int
                    ) -> tuple[MeshJob, dict[int, bytes]]:
     """The Draco fragments of one block (a task for the runner's workers: the encoding is most
     of the time, and only bytes travel back)."""
@@ -222,23 +223,22 @@ def mesh_fragments(job: MeshJob, precomputed: str, chunk_nm: Sequence[float],
     # outside the chunk and is drawn at its edge
     before = tuple(1 if s.start == 0 else 0 for s in block.core)
     labels = np.pad(labels, [(b, 1 - u) for b, u in zip(before, upper)])
-    chunks = MultiresMeshes(chunk_nm, voxel_sizes, bits)
     meshes = mesh_labels(labels, [o - b for o, b in zip(block.origin, before)], job.voxel_size)
-    return job, encode_fragments(meshes, *chunks.chunk_box(job.lod, block.grid[::-1]), bits)
-
-
-Run = Callable[..., Iterable]  # run(fn, jobs, *args): fn(job, *args) for every job, any order
+    box = chunk_box(chunk_nm, job.lod, job.voxel_size, block.grid[::-1])
+    return job, encode_fragments(meshes, *box, bits)
 
 
 def mesh_volume(precomputed: Path, plan: Sequence, levels: int, bits: int,
-                run: Run) -> int:
-    """Mesh every label of a precomputed pyramid into ``precomputed``/mesh, name the mesh
-    folder in its info, and return the number of labels meshed."""
+                runner: Runner) -> int:
+    """Mesh every label of a precomputed pyramid into ``precomputed``/mesh (the blocks on the
+    runner's workers), name the mesh folder in its info, and return the number of labels
+    meshed."""
     jobs, sizes = mesh_jobs(plan, levels)
     base = plan[0][1]
     chunk_nm = [float(m * v) for m, v in zip(MESH_BLOCK[::-1], base[::-1])]  # x, y, z
     writer = MultiresMeshes(chunk_nm, sizes, bits)
-    for job, fragments in run(mesh_fragments, jobs, str(precomputed), chunk_nm, sizes, bits):
+    for job, fragments in runner.imap(mesh_fragments, jobs, str(precomputed), chunk_nm, bits,
+                                      desc="meshes"):
         writer.add_encoded(job.lod, job.block.grid[::-1], fragments)
     count = writer.write(precomputed / "mesh")
     _point_info_to_meshes(precomputed)
@@ -317,15 +317,10 @@ class StoredMeshes:
             return None
         shard, start, length = found
         path = self.folder / Path(shard).name
-        manifest = _read_range(path, start, start + length)
+        manifest = read_range(path, start, start + length)
         parsed = self._manifest_type.from_binary(manifest, segment_id=int(segment))
         size = int(sum(int(np.sum(sizes)) for sizes in parsed.fragment_offsets))
         data_start = start - size
-        return MeshEntry(manifest, size, lambda a, b: _read_range(path, data_start + a,
-                                                                  data_start + b))
+        return MeshEntry(manifest, size, lambda a, b: read_range(path, data_start + a,
+                                                                 data_start + b))
 
-
-def _read_range(path: Path, start: int, stop: int) -> bytes:
-    with open(path, "rb") as file:
-        file.seek(start)
-        return file.read(stop - start)

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 import fastremap
 import numpy as np
 
+from segmentation.membership import lookup, rows_of
+
 
 @dataclass(frozen=True)
 class Scores:
@@ -63,9 +65,11 @@ class Contingency:
 
     def relabelled(self, ids: np.ndarray, new_ids: np.ndarray) -> "Contingency":
         """Segments mapped through a table (``ids`` sorted); ids not in it stay as they are."""
-        index = np.minimum(np.searchsorted(ids, self.seg), max(len(ids) - 1, 0))
-        found = (ids[index] == self.seg) if len(ids) else np.zeros(len(self.seg), bool)
-        return self.regrouped(np.where(found, new_ids[index] if len(ids) else 0, self.seg))
+        if len(ids) == 0:
+            return self.regrouped(self.seg)
+        row = rows_of(ids, self.seg)
+        return self.regrouped(np.where(row >= 0, np.asarray(new_ids)[np.maximum(row, 0)],
+                                       self.seg))
 
     def owners(self) -> tuple[np.ndarray, np.ndarray]:
         """Each segment (ascending) and the ground-truth id it overlaps most."""
@@ -146,9 +150,4 @@ def best_merge(gt: np.ndarray, supervoxels: np.ndarray) -> np.ndarray:
     """Each supervoxel given to the ground-truth neuron it overlaps most: the best that merging
     alone can reach, and so the ceiling that a supervoxel set puts on proofreading."""
     ids, owners = Contingency.of(gt, supervoxels).owners()
-    flat = supervoxels.ravel().astype(np.uint64)
-    index = np.minimum(np.searchsorted(ids, flat), max(len(ids) - 1, 0))
-    found = ids[index] == flat if len(ids) else np.zeros(flat.shape, bool)
-    result = np.where(found, owners[index] if len(ids) else 0, 0).astype(np.uint64)
-    result[flat == 0] = 0
-    return result.reshape(supervoxels.shape)
+    return lookup(ids, owners, supervoxels)

@@ -174,7 +174,7 @@ def segment(project: Project, model: Optional[AffinityModel], params: PipelinePa
     target = project.layer_dir("segmentation")
     with atomic_directory(target, overwrite=True) as scratch:
         with timer("relabel"):
-            plan = scale_plan(image.shape, voxel_size, CHUNK, 3)
+            plan = pyramid_plan(image.shape, voxel_size)
             base = create_precomputed_scale(scratch, "segmentation", np.uint64, image.shape,
                                             voxel_size, CHUNK)
             runner.map(relabel_task, blocks, str(work / "fragments"), str(work / "relabel.npz"),
@@ -184,7 +184,7 @@ def segment(project: Project, model: Optional[AffinityModel], params: PipelinePa
                           "precomputed")
         if params.meshes:
             with timer("meshes"):
-                mesh_supervoxels(scratch, plan, params.mesh_levels, runner)
+                mesh_volume(scratch, plan, params.mesh_levels, DISPLAY_BITS, runner)
     with timer("agglomerate"):
         result = agglomerate(rag, params.thresholds,
                              score=merge_score(params.edge_model, params.quantile))
@@ -200,24 +200,25 @@ def segment(project: Project, model: Optional[AffinityModel], params: PipelinePa
     return report
 
 
-def mesh_supervoxels(folder: Path, plan: Sequence, levels: int, runner: Runner) -> int:
-    """Per-supervoxel meshes of the supervoxel volume in ``folder`` (its pyramid written)."""
-    return mesh_volume(folder, plan, levels, DISPLAY_BITS,
-                       lambda fn, jobs, *args: runner.imap(fn, jobs, *args, desc="meshes"))
+def meshes_current(project: Project) -> bool:
+    """Whether a segmented project's supervoxel meshes are in the current format (a project an
+    earlier version segmented has legacy ones, which are not served)."""
+    return StoredMeshes.present(project.layer_dir("segmentation"))
 
 
-def remesh_if_outdated(project: Project, levels: int, runner: Runner) -> Optional[int]:
-    """Mesh a segmented project's supervoxels again if their meshes are not in the current
-    format (a project an earlier version segmented: its legacy meshes are not served);
-    returns how many were meshed, None when they are current. Edits do not matter: they
-    never change the stored supervoxels."""
+def remesh(project: Project, levels: int, runner: Runner) -> int:
+    """Mesh a segmented project's supervoxels again, replacing the meshes it has; returns how
+    many were meshed. Edits do not matter: they never change the stored supervoxels."""
     folder = project.layer_dir("segmentation")
-    if StoredMeshes.present(folder):
-        return None
     shutil.rmtree(folder / "mesh", ignore_errors=True)
     volume = project.volume("segmentation")
-    return mesh_supervoxels(folder, scale_plan(volume.shape, volume.voxel_size, CHUNK, 3),
-                            levels, runner)
+    return mesh_volume(folder, pyramid_plan(volume.shape, volume.voxel_size), levels,
+                       DISPLAY_BITS, runner)
+
+
+def pyramid_plan(shape: Sequence[int], voxel_size: Sequence[float]) -> list:
+    """The scales of the supervoxel pyramid (``scale_plan``), which its meshes follow."""
+    return scale_plan(shape, voxel_size, CHUNK, 3)
 
 
 def _stage_marks(work: Path, stage: str, key: str, output: Path, shape, save=None,
@@ -275,8 +276,10 @@ def model_key(model: AffinityModel) -> str:
             parts[name] = getattr(model, name)
     checkpoint = getattr(model, "checkpoint", None)
     if checkpoint is not None and Path(checkpoint).is_file():
+        from segmentation.models.checkpoints import metadata_path  # torch: a model's import
+
         digest = hashlib.sha256()
-        metadata = Path(checkpoint).with_suffix(".json")  # beside shipped safetensors weights
+        metadata = metadata_path(Path(checkpoint))  # beside shipped safetensors weights
         for part in [Path(checkpoint)] + ([metadata] if metadata.is_file() else []):
             with open(part, "rb") as handle:
                 for chunk in iter(lambda: handle.read(1 << 20), b""):

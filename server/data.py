@@ -21,6 +21,8 @@ import tornado.web
 from tornado import httputil
 from tornado.ioloop import IOLoop
 
+from segmentation.file_ranges import read_range
+
 JSON_NAMES = {"info", ".zarray", ".zattrs", ".zgroup", "zarr.json", "attributes.json",
               "project.json"}
 PRECOMPRESSED_SUFFIXES = {".gz", ".jpg", ".jpeg", ".png"}
@@ -70,7 +72,27 @@ class CorsMixin:
         self.finish()
 
 
-class DataHandler(CorsMixin, tornado.web.RequestHandler):
+class ByteRangeMixin:
+    """Single byte ranges, answered as tornado's StaticFileHandler answers them."""
+
+    def range_to_send(self, size: int) -> Optional[tuple[int, int, bool]]:
+        """(start, stop, partial) of ``size`` bytes: the range the request asks for (partial)
+        or all of them; None when the range lies outside, after answering 416."""
+        self.set_header("Accept-Ranges", "bytes")
+        try:
+            asked = _byte_range(self.request.headers.get("Range"), size)
+        except RangeNotSatisfiable:
+            self.set_status(416)
+            self.set_header("Content-Range", f"bytes */{size}")
+            return None
+        return (*asked, True) if asked is not None else (0, size, False)
+
+    def mark_partial(self, start: int, stop: int, size: int) -> None:
+        self.set_status(206)
+        self.set_header("Content-Range", f"bytes {start}-{stop - 1}/{size}")
+
+
+class DataHandler(CorsMixin, ByteRangeMixin, tornado.web.RequestHandler):
     def initialize(self, mounts: dict[str, Path]) -> None:
         self.mounts = mounts
 
@@ -95,25 +117,20 @@ class DataHandler(CorsMixin, tornado.web.RequestHandler):
         stat = full.stat()
         self.set_header("Content-Type", content_type(full.name))
         self.set_header("Cache-Control", "no-cache")
-        self.set_header("Accept-Ranges", "bytes")
         self.set_header("Vary", "Accept-Encoding")
-        try:
-            requested = self._byte_range(stat.st_size)
-        except RangeNotSatisfiable:
-            self.set_status(416)
-            self.set_header("Content-Range", f"bytes */{stat.st_size}")
+        to_send = self.range_to_send(stat.st_size)
+        if to_send is None:
             return
-        zipped = requested is None and self._wants_gzip(full.name, stat.st_size)
+        start, stop, partial = to_send
+        zipped = not partial and self._wants_gzip(full.name, stat.st_size)
         # one ETag per file version and encoding (a gzip body is another representation)
         self._set_etag(stat, zipped)
         if self.check_etag_header():
             self.set_status(304)
             return
-        start, stop = requested or (0, stat.st_size)
-        body = await IOLoop.current().run_in_executor(None, read_bytes, full, start, stop)
-        if requested is not None:
-            self.set_status(206)
-            self.set_header("Content-Range", f"bytes {start}-{stop - 1}/{stat.st_size}")
+        body = await IOLoop.current().run_in_executor(None, read_range, full, start, stop)
+        if partial:
+            self.mark_partial(start, stop, stat.st_size)
         elif zipped:
             body = gzip.compress(body, compresslevel=1)
             self.set_header("Content-Encoding", "gzip")
@@ -125,16 +142,13 @@ class DataHandler(CorsMixin, tornado.web.RequestHandler):
         self.set_header("Etag", f'"{stat.st_mtime_ns:x}-{stat.st_size:x}'
                                 f'{"-gzip" if zipped else ""}"')
 
-    def _byte_range(self, size: int) -> Optional[tuple[int, int]]:
-        return byte_range(self.request.headers.get("Range"), size)
-
     def _wants_gzip(self, name: str, size: int) -> bool:
         accepted = self.request.headers.get("Accept-Encoding", "")
         return ("gzip" in accepted and size >= MIN_GZIP_BYTES
                 and PurePosixPath(name).suffix not in PRECOMPRESSED_SUFFIXES)
 
 
-def byte_range(header: Optional[str], size: int) -> Optional[tuple[int, int]]:
+def _byte_range(header: Optional[str], size: int) -> Optional[tuple[int, int]]:
     """The [start, stop) of ``size`` bytes that a single-range ``Range`` header asks for; None
     without one (or with one a server may ignore, as HTTP allows: several ranges, another
     unit); RangeNotSatisfiable when it lies outside."""
@@ -150,9 +164,3 @@ def byte_range(header: Optional[str], size: int) -> Optional[tuple[int, int]]:
         raise RangeNotSatisfiable(header)
     return start, stop
 
-
-def read_bytes(path: Path, start: int, stop: int) -> bytes:
-    """Bytes [start, stop) of a file: a range of a large shard reads only that range."""
-    with open(path, "rb") as file:
-        file.seek(start)
-        return file.read(stop - start)

@@ -28,7 +28,7 @@ from segmentation.membership import assign, lookup, rows_of
 from segmentation.meshes import MeshEntry, StoredMeshes
 from segmentation.volume import open_precomputed_scale
 from server.access import refusal
-from server.data import CorsMixin, RangeNotSatisfiable, byte_range
+from server.data import ByteRangeMixin, CorsMixin
 
 log = logging.getLogger(__name__)
 CHUNK_NAME = re.compile(r"^(\d+)-(\d+)_(\d+)-(\d+)_(\d+)-(\d+)$")
@@ -178,7 +178,7 @@ class SegmentSource:
         self._meshes = StoredMeshes(self.root) if StoredMeshes.present(self.root) else None
         if self._meshes is None and (self.root / "mesh").is_dir():
             log.warning("%s holds meshes in an older format, not shown in 3D: `promptcut "
-                        "segment --reuse-affinities` remakes them", self.root / "mesh")
+                        "segment --if-needed` remakes them", self.root / "mesh")
         self._mesh_entries: dict[int, Optional[MeshEntry]] = {}
         self._asked: dict[int, float] = {}  # voxel generation -> when a chunk was last asked
         # chunks one may ask for: the served thin ones, and the stored volume's own
@@ -289,7 +289,7 @@ def _nbytes(entry: tuple) -> int:
     return present.nbytes + len(encoded)
 
 
-class SegmentChunkHandler(CorsMixin, tornado.web.RequestHandler):
+class SegmentChunkHandler(CorsMixin, ByteRangeMixin, tornado.web.RequestHandler):
     """GET /segments/g<generation>/<path>: info, chunks, mesh info, manifests, fragments."""
 
     def initialize(self, source: SegmentSource) -> None:
@@ -302,18 +302,13 @@ class SegmentChunkHandler(CorsMixin, tornado.web.RequestHandler):
     async def _send_range(self, mesh: MeshEntry) -> None:
         """A mesh's fragment data: the byte range asked for (206), or all of it."""
         self.set_header("Content-Type", "application/octet-stream")
-        self.set_header("Accept-Ranges", "bytes")
-        try:
-            requested = byte_range(self.request.headers.get("Range"), mesh.size)
-        except RangeNotSatisfiable:
-            self.set_status(416)
-            self.set_header("Content-Range", f"bytes */{mesh.size}")
+        to_send = self.range_to_send(mesh.size)
+        if to_send is None:
             return
-        start, stop = requested or (0, mesh.size)
+        start, stop, partial = to_send
         body = await IOLoop.current().run_in_executor(None, mesh.read, start, stop)
-        if requested is not None:
-            self.set_status(206)
-            self.set_header("Content-Range", f"bytes {start}-{stop - 1}/{mesh.size}")
+        if partial:
+            self.mark_partial(start, stop, mesh.size)
         self.write(body)
 
     async def get(self, generation: str, path: str) -> None:

@@ -15,13 +15,15 @@ from pydantic import Field
 
 Port = Annotated[int, Ge(0), Le(65535)]
 Fraction = Annotated[float, Ge(0), Le(1)]
+NonEmpty = Annotated[str, MinLen(1)]
 # what torch.device accepts and promptcut means: auto picks CUDA when there is one
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
+URL_PATTERN = r"^https?://"
 
 
 @dataclass
 class Sam2Config:
-    config: Annotated[str, MinLen(1)] = "sam2.1_hiera_t"
+    config: NonEmpty = "sam2.1_hiera_t"
     """SAM2's model config: a package config name (sam2.1_hiera_t, ...) or a YAML file,
     relative to this config."""
     checkpoint: Optional[str] = None
@@ -53,13 +55,13 @@ class ModelsConfig:
 
 @dataclass
 class ServerConfig:
-    host: Annotated[str, MinLen(1)] = "127.0.0.1"
+    host: NonEmpty = "127.0.0.1"
     """The address the server binds; anything but a loopback address needs server.token."""
     port: Port = 8000
     """Port of the data server, the landing page and the HTTP API (0: a free one)."""
     viewer_port: Port = 0
     """Port of neuroglancer's own server (0: a free one)."""
-    public_url: Optional[Annotated[str, Field(pattern=r"^https?://")]] = None
+    public_url: Optional[Annotated[str, Field(pattern=URL_PATTERN)]] = None
     """How browsers reach this server (http:// or https://...), when not http://host:port
     (behind a proxy, say)."""
     token: Optional[Annotated[str, MinLen(16)]] = None
