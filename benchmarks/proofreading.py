@@ -17,8 +17,9 @@ Both divide a supervoxel at voxel level where both points fall in it. From the d
 the split policy also runs through a running server's HTTP API (``promptcut.client``), so the
 real path's latency is measured and its curve checked against the direct one. Reported: VOI split /
 merge and ARAND after 0, 10, 25, 50, 100 and 200 edits, the floors (best merge of the
-supervoxels; the ground truth against its own connected pieces), edits refused, edits that made
-VOI worse, per-edit latency, a PNG of the curves and the JSON.
+supervoxels; the ground truth against its own connected pieces; what questions about contacts
+can reach at best, from single supervoxels and, per start, by yes answers alone), edits refused,
+edits that made VOI worse, per-edit latency, a PNG of the curves and the JSON.
 
 ``PROMPTCUT_BENCH_EDITS`` caps the edits (default 200); ``PROMPTCUT_BENCH_CACHE`` names a folder
 that keeps the segmented volumes between runs (a new checkout of the model: empty it).
@@ -42,7 +43,7 @@ from segmentation.errors import PromptcutError
 from segmentation.metrics import Contingency
 from segmentation.oracle import (POLICIES, GroundTruthOracle, PlannedEdit, Simulation,
                                  connected_pieces_floor, session_operations, simulate,
-                                 simulate_focused)
+                                 simulate_focused, yes_floor)
 
 CHECKPOINTS = (0, 10, 25, 50, 100, 200)
 USER = "oracle"
@@ -178,11 +179,12 @@ def run_focused(config, truth: np.ndarray, decisions: int, threshold: float) -> 
     started = time.perf_counter()
     scores = simulate_focused(rag, start, booster, table, decisions)
     per_question = (time.perf_counter() - started) * 1000 / max(len(scores) - 1, 1)
+    floor = yes_floor(rag, start, table)
     rows = {str(n): _row(scores[min(n, len(scores) - 1)]) for n in CHECKPOINTS}
     return {"after_edits": rows, "edits": len(scores) - 1, "refused": 0,  # decisions
             "worse": int(sum(b.voi > a.voi + 1e-9 for a, b in zip(scores, scores[1:]))),
             "divided": 0, "latency": {"p50_ms": per_question, "p95_ms": per_question},
-            "curve": [round(s.voi, 4) for s in scores]}
+            "curve": [round(s.voi, 4) for s in scores], "yes_floor": _row(floor)}
 
 
 def _row(s) -> dict:
@@ -230,6 +232,12 @@ def plot(results: dict, path: Path) -> None:
                    label="best merge of the supervoxels")
         ax.axhline(result["floors"]["connected_pieces"]["voi"], color="#aaa", linestyle=":",
                    label="ground truth vs its connected pieces")
+        ax.axhline(result["floors"]["contacts"]["voi"], color="#2a9d3a", linestyle=":",
+                   linewidth=0.8, label="any question about contacts, at best")
+        yes = started["policies"].get(FOCUSED, {}).get("yes_floor")
+        if yes:
+            ax.axhline(yes["voi"], color="#2a9d3a", linestyle="--", linewidth=0.8,
+                       label="yes floor: every touching pair of one neuron merged")
         ax.axhline(0.6, color="#2a9d3a", linestyle="-.", linewidth=0.8, label="goal 0.6")
         ax.set_title(name)
         ax.set_xlabel("oracle edits (focused: yes/no decisions)")
@@ -252,12 +260,17 @@ def run() -> dict:
             folder.mkdir(parents=True, exist_ok=True)
             config, truth = segmented_project(name, h5, region, folder)
             from segmentation.project import Project
+            from segmentation.rag import Rag
 
-            supervoxels = Project.open(config.project_dir).volume("segmentation").read(
-                *(slice(None),) * 3)
+            project = Project.open(config.project_dir)
+            supervoxels = project.volume("segmentation").read(*(slice(None),) * 3)
             table = Contingency.of(truth, supervoxels)
+            rag = Rag.load(project.root / "rag.npz", histograms=False)
             floors = {"best_merge": table.best_merge().scores().as_dict(),
-                      "connected_pieces": connected_pieces_floor(truth).as_dict()}
+                      "connected_pieces": connected_pieces_floor(truth).as_dict(),
+                      # no question about a contact (merge or split) does better than joining
+                      # every touching pair of supervoxels of one neuron
+                      "contacts": yes_floor(rag, rag.ids.copy(), table).as_dict()}
             result = {"floors": floors, "starts": {}}
             for start, threshold in STARTS.items():
                 started = result["starts"][start] = {"threshold": threshold, "policies": {},
@@ -308,7 +321,12 @@ def table_text(results: dict) -> str:
                     f"{row['edits']} | {row['refused']} | {row['worse']} | {row['divided']} | "
                     f"{latency.get('p50_ms', 0):.1f} / {latency.get('p95_ms', 0):.1f} |")
         floors = result["floors"]
+        yes = ", ".join(f"{start} {started['policies'][FOCUSED]['yes_floor']['voi']:.3f}"
+                        for start, started in result["starts"].items()
+                        if FOCUSED in started["policies"])
         lines.append(f"| {name} | floors | best merge of the supervoxels "
                      f"{floors['best_merge']['voi']:.3f}, ground truth vs its connected pieces "
-                     f"{floors['connected_pieces']['voi']:.3f} |")
+                     f"{floors['connected_pieces']['voi']:.3f}; any question about contacts "
+                     f"(every touching pair of supervoxels of one neuron joined) "
+                     f"{floors['contacts']['voi']:.3f}; yes answers from {yes} |")
     return "\n".join(lines)

@@ -271,6 +271,34 @@ def connected_pieces_floor(truth: np.ndarray) -> Scores:
     return Contingency.of(truth, pieces).scores()
 
 
+def yes_floor(rag, segment_of_node: np.ndarray, table: Contingency) -> Scores:
+    """The best that "yes" answers can do from a start: every pair of touching segments that
+    are mostly one neuron merged, again until none is left. What it leaves is beyond the reach
+    of yes/no questions about contacts: the start's merge errors, and neurons whose pieces do not
+    touch (e.g. leaving the volume and coming back)."""
+    import scipy.sparse
+    from scipy.sparse.csgraph import connected_components
+
+    membership = np.asarray(segment_of_node, np.uint64).copy()
+    a, b = rag.edge_index()
+    while True:
+        segments, neurons = table.relabelled(rag.ids, membership).owners()
+        owner = np.zeros(rag.num_nodes, np.uint64)  # each node's segment's neuron (0: none)
+        row = np.searchsorted(segments, membership)
+        found = (row < len(segments)) & (segments[np.minimum(row, len(segments) - 1)] ==
+                                         membership)
+        owner[found] = neurons[row[found]]
+        join = (membership[a] != membership[b]) & (owner[a] == owner[b]) & (owner[a] != 0)
+        if not join.any():
+            return table.relabelled(rag.ids, membership).scores()
+        _, ids = np.unique(membership, return_inverse=True)
+        n = int(ids.max()) + 1
+        graph = scipy.sparse.coo_matrix((np.ones(int(join.sum())), (ids[a[join]], ids[b[join]])),
+                                        shape=(n, n))
+        _, component = connected_components(graph, directed=False)
+        membership = (component[ids] + 1).astype(np.uint64)
+
+
 def simulate_focused(rag, segment_of_node: np.ndarray, booster, table: Contingency,
                      decisions: int, within=None) -> list[Scores]:
     """The focused policy: an oracle answers the queue's questions from the ground truth

@@ -6,7 +6,7 @@ import pytest
 from segmentation import edge_classifier, focus
 from segmentation.errors import InputError
 from segmentation.metrics import Contingency
-from segmentation.oracle import simulate_focused
+from segmentation.oracle import simulate_focused, yes_floor
 from segmentation.rag import BINS, block_contacts, block_node_stats, build_rag
 
 
@@ -158,3 +158,24 @@ def test_an_oracle_answering_the_queue_joins_the_neurons_and_nothing_else():
     assert scores[0].voi_split > 1.0 and scores[0].voi_merge == 0
     assert scores[-1].voi < 1e-9  # every neuron whole, none glued to another
     assert len(scores) < 201  # the queue ran out of questions worth asking
+
+
+def test_the_yes_floor_joins_touching_pieces_but_neither_far_pieces_nor_merge_errors():
+    supervoxels, neurons, affinities = cubes()
+    rag = rag_of(supervoxels, affinities)
+    # neuron 1 (y 0-3, x 0-7) also owns the far corner cube, which touches none of it
+    neurons = neurons.copy()
+    corner = supervoxels == supervoxels[7, 15, 15]
+    neurons[corner] = 1
+    table = Contingency.of(neurons, supervoxels)
+    assert yes_floor(rag, rag.ids.copy(), table).voi_split > 0  # the corner stays apart
+    assert yes_floor(rag, rag.ids.copy(), table).voi_merge == 0
+    assert table.best_merge().scores().voi_split == 0  # what keeps it apart is no contact
+    # a start that glues neurons 1 and 2 together keeps that merge error
+    glued = rag.ids.copy()
+    first_two = np.unique(supervoxels[:, :4, :])
+    glued[rag.node_index(first_two)] = first_two[0]
+    start = table.relabelled(rag.ids, glued).scores()
+    floor = yes_floor(rag, glued, table)
+    assert floor.voi_merge == pytest.approx(start.voi_merge) and start.voi_merge > 0
+    assert floor.voi_split < start.voi_split
