@@ -59,11 +59,25 @@ class AffinityModel(ABC):
         return f"affinity model {self.name}"
 
 
-def calibration_samples(image: Volume, size: int = 128, count: int = 4) -> list[np.ndarray]:
+# Edge of the calibration crops. The statistics' cost grows with the crops' voxels (every crop
+# runs through the whole network), and the student was trained on 32 x 96 x 96 patches, each
+# normalised by its own statistics. Measured with five crops (the 3D U-Net, `python -m
+# benchmarks models`' scoring; fit time on the whole demo, one process per size):
+#   edge 128: 23-24 s, VOI 1.184 on the validation sections, 0.332 on gala_train
+#   edge 112: 15-16 s, 1.170 and 0.332
+#   edge  96:  8-9 s,  1.199 and 0.377
+#   edge  80:  (less), 1.185 and 0.387
+# 112 is the smallest that costs nothing in accuracy. Part of the affinity stage's key: a
+# resumed run never mixes blocks normalised by different statistics.
+CALIBRATION_CROP = 112
+
+
+def calibration_samples(image: Volume, size: int = CALIBRATION_CROP, count: int = 4
+                        ) -> list[np.ndarray]:
     """Crops for a model's global normalisation, which every block then shares: the central
-    one first, then up to ``count`` more on a grid that spreads them over the volume (for the
-    demo, 5 crops cover most of it: normalisation statistics from a part differ by 1.6 to 3.2 / 255
-    in the affinities and cost up to 0.05 bits of VOI)."""
+    one first, then up to ``count`` more on a grid that spreads them over the volume
+    (normalisation statistics from one part of the demo differ from the pooled ones by 1.6 to
+    3.2 / 255 in the affinities and cost up to 0.05 bits of VOI)."""
     def start(centre: int, n: int) -> int:
         return max(0, min(centre - size // 2, n - size))
 

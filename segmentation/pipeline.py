@@ -38,7 +38,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from segmentation.affinities import AffinityModel, boundary_from_affinities, \
-    calibration_samples, quantize
+    CALIBRATION_CROP, calibration_samples, quantize
 from segmentation.agglomerate import agglomerate, check_thresholds, save_segments
 from segmentation.edge_classifier import merge_score
 from segmentation.atomic import atomic_directory
@@ -343,7 +343,7 @@ def compute_affinities(image: Volume, model: AffinityModel, path: Path, blocks: 
     if not path.exists():
         shutil.rmtree(marks_folder, ignore_errors=True)
     key = stage_key("affinities", image_id or image.location, model_key(model),
-                    [b.core for b in blocks[:1]], len(blocks))
+                    [b.core for b in blocks[:1]], len(blocks), CALIBRATION_CROP)
     marks = Marks(marks_folder, key)
     if marks.fresh:
         attributes = {"model": model.describe(), "offsets": [list(o) for o in model.offsets],
