@@ -24,7 +24,7 @@ from segmentation.errors import InputError
 from segmentation.metrics import Contingency
 from segmentation.rag import BINS, Rag
 
-SHIPPED_EDGE_MODEL = Path(__file__).parent / "models" / "weights" / "edges_demo_v1.txt"
+SHIPPED_EDGE_MODEL = Path(__file__).parent / "models" / "weights" / "edges_demo_v2.txt"
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 COARSE = 8  # histogram bins kept as features
 CENTRES = (np.arange(BINS) + 0.5) / BINS
