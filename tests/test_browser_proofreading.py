@@ -11,6 +11,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from server.api import DEFAULT_USER
 from server.viewer import segmentation_layer, voxels_loading
@@ -235,8 +236,9 @@ def test_a_pending_merge_shows_until_completed_cancelled_or_expired(browser,
         keys.merge_timeout = 1.0
         try:
             driver.press("m", at_a)
-            deadline = time.monotonic() + 10
-            while pending_points() and time.monotonic() < deadline:
+            deadline = time.monotonic() + 10  # (the point goes, then the line says so)
+            while (pending_points() or "expired" not in status().get("promptcut", "")) and \
+                    time.monotonic() < deadline:
                 time.sleep(0.1)
             assert pending_points() == [] and status()[MODE_STATUS] == IDLE_MODE
             assert "expired" in status()["promptcut"]
@@ -280,7 +282,9 @@ def _steady_pixels_that_moved(frames: list[np.ndarray], before: np.ndarray,
     changed = np.abs(after - before).max(axis=2) > 12
     tinted = _tinted(before) & _tinted(after)
     steady = ~ndimage.binary_dilation(changed, iterations=3) & tinted
-    assert steady.sum() > 0.5 * tinted.sum(), "the edit changed most of the segments shown"
+    # enough unchanged segment pixels to watch (a division of the largest supervoxel recolours
+    # about half of the panel's segments)
+    assert steady.sum() > 0.3 * tinted.sum(), "the edit changed most of the segments shown"
     return [float((np.abs(frame - before).max(axis=2)[steady] > 12).mean()) for frame in frames]
 
 
@@ -381,9 +385,14 @@ def test_a_division_redraws_only_the_segments_it_changed(browser, segmented_sess
 
 
 def _far_apart_in(labels: np.ndarray, supervoxel: int) -> tuple[tuple, tuple]:
-    """Two voxels of a supervoxel far apart in the section where it is largest."""
+    """Two voxels of a supervoxel far apart in the section where it is largest, each inside it
+    (its 4 neighbours too) and off the volume's edge, where a pointer on the panel's last pixel
+    can read as the voxel beyond."""
     z = int(np.argmax((labels == supervoxel).sum(axis=(1, 2))))
-    voxels = np.argwhere(labels[z] == supervoxel)
+    mask = ndimage.binary_erosion(labels[z] == supervoxel)
+    mask[:2], mask[-2:], mask[:, :2], mask[:, -2:] = False, False, False, False
+    voxels = np.argwhere(mask)
+    assert len(voxels), f"supervoxel {supervoxel} has no inner voxel in section {z}"
     far = voxels[np.argmax(np.abs(voxels - voxels[0]).sum(1))]
     return (z,) + tuple(int(v) for v in voxels[0]), (z,) + tuple(int(v) for v in far)
 
