@@ -156,8 +156,7 @@ class FocusQueue:
             if ask is not None:
                 return ask
             separated = self._separated()
-            held = {s for other, a in self._current.items() if other != user and
-                    self._open(a.segments, separated) for s in a.segments}
+            held = self._held_by_others(user, separated)
             skipped = self._skipped.get(user, set())
             for question in self._ranking():
                 a, b = question.segments
@@ -199,8 +198,8 @@ class FocusQueue:
             if not history:
                 return None
             ask, operation = history[-1]
-            holder = next((other for other, a in self._current.items() if other != user and
-                           set(a.segments) & set(ask.segments)), None)
+            held = self._held_by_others(user)
+            holder = next((held[s] for s in ask.segments if s in held), None)
             if holder is not None:
                 raise EditError(f"cannot go back: {holder} holds a question about segment "
                                 f"{ask.segments[0]} or {ask.segments[1]} now")
@@ -232,6 +231,16 @@ class FocusQueue:
                                             limit=self.batch)
             self._ranked_after = edits
         return self._ranked
+
+    def _held_by_others(self, user: str, separated: Optional[set[Pair]] = None
+                        ) -> dict[int, str]:
+        """Segment -> the other proofreader whose open question names it. A question that is
+        no longer open (its segments merged, kept apart or gone) holds nothing, for asking and
+        for going back alike."""
+        if separated is None:
+            separated = self._separated()
+        return {s: other for other, a in self._current.items() if other != user and
+                self._open(a.segments, separated) for s in a.segments}
 
     def _separated(self) -> set[Pair]:
         """The supervoxel contacts kept apart now (smaller id first)."""

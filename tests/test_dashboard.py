@@ -93,7 +93,12 @@ def test_the_dashboard_steps_through_questions_and_takes_the_viewer_to_each(brow
         assert [e.kind for e in proof.log.entries(operations)] == ["separate"]
         _wait(lambda: queue.current("carol") not in (None, ask), what="the next question")
         page.click("#back")
-        _wait(lambda: queue.current("carol") == ask, what="back to the first question")
+        try:
+            _wait(lambda: queue.current("carol") == ask, what="back to the first question")
+        except AssertionError as failed:  # say what the proofreader was told
+            raise AssertionError(f"{failed}; the dashboard says "
+                                 f"{page.inner_text('#question-result')!r}; questions held: "
+                                 f"{queue.holders()}") from None
         assert [e.kind for e in proof.log.entries(operations)] == ["separate", "undo"]
         page.wait_for_function("t => document.getElementById('question-result').innerText"
                                ".includes(t)", arg="undid separate", timeout=10000)

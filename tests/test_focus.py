@@ -127,3 +127,19 @@ def test_retraining_from_decisions_learns_the_proofreader_s_noes(queue, tmp_path
     before = [q.probability for q in noes]
     now = [after.get(q.segments, 0.0) for q in noes]
     assert np.mean(now) < np.mean(before) - 0.05, (before, now)
+
+
+def test_a_question_that_no_longer_holds_blocks_neither_asking_nor_going_back(queue):
+    session = queue.session
+    stale = queue.next("alice")  # then someone else merges its two segments
+    session.merge("bob", *stale.points)
+    merged = session.segment_of(session.supervoxel_at(stale.points[0]))
+    ask = queue.next("carol")
+    for _ in range(30):  # carol is asked about the merged segment (alice's holds nothing)
+        if ask is None or merged in ask.segments:
+            break
+        ask = queue.skip("carol")
+    assert ask is not None and merged in ask.segments
+    queue.skip("carol")
+    back, operation = queue.previous("carol")  # not refused for alice's stale question
+    assert back == ask and operation is None
