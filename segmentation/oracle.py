@@ -28,6 +28,7 @@ import numpy as np
 
 from segmentation.errors import PromptcutError
 from segmentation.focus import ranked_questions
+from segmentation.membership import lookup
 from segmentation.metrics import Contingency, Scores
 
 Point = tuple[int, int, int]
@@ -282,15 +283,11 @@ def yes_floor(rag, segment_of_node: np.ndarray, table: Contingency) -> Scores:
     membership = np.asarray(segment_of_node, np.uint64).copy()
     a, b = rag.edge_index()
     while True:
-        segments, neurons = table.relabelled(rag.ids, membership).owners()
-        owner = np.zeros(rag.num_nodes, np.uint64)  # each node's segment's neuron (0: none)
-        row = np.searchsorted(segments, membership)
-        found = (row < len(segments)) & (segments[np.minimum(row, len(segments) - 1)] ==
-                                         membership)
-        owner[found] = neurons[row[found]]
+        current = table.relabelled(rag.ids, membership)
+        owner = lookup(*current.owners(), membership)  # each node's segment's neuron (0: none)
         join = (membership[a] != membership[b]) & (owner[a] == owner[b]) & (owner[a] != 0)
         if not join.any():
-            return table.relabelled(rag.ids, membership).scores()
+            return current.scores()
         _, ids = np.unique(membership, return_inverse=True)
         n = int(ids.max()) + 1
         graph = scipy.sparse.coo_matrix((np.ones(int(join.sum())), (ids[a[join]], ids[b[join]])),
