@@ -42,7 +42,7 @@ from segmentation.affinities import AffinityModel, boundary_from_affinities, \
 from segmentation.agglomerate import agglomerate, check_thresholds, save_segments
 from segmentation.edge_classifier import merge_score
 from segmentation.atomic import atomic_directory
-from segmentation.blockwise import Block, Marks, Runner, make_blocks
+from segmentation.blockwise import Block, Marks, Runner, context_blocks, make_blocks
 from segmentation.errors import InputError
 from segmentation.importer import scale_plan, write_pyramid
 from segmentation.membership import lookup
@@ -124,9 +124,9 @@ def segment(project: Project, model: Optional[AffinityModel], params: PipelinePa
     affinities_path = project.root / "affinities"
     if model is not None:
         with timer("affinities"):
-            marks = compute_affinities(image, model, affinities_path, blocks, runner,
-                                       work / "marks" / "affinities", image_key(project),
-                                       timer)
+            marks = compute_affinities(image, model, affinities_path, params.block_shape,
+                                       runner, work / "marks" / "affinities",
+                                       image_key(project), timer)
         report.computed["affinities"], report.skipped["affinities"] = marks.computed, marks.skipped
     else:
         check_reusable_affinities(affinities_path, work / "marks" / "affinities")
@@ -327,15 +327,20 @@ class _Timer:
 
 # -- affinities ---------------------------------------------------------------------------------
 
-def compute_affinities(image: Volume, model: AffinityModel, path: Path, blocks: list[Block],
-                       runner: Runner, marks_folder: Optional[Path] = None,
-                       image_id: str = "", timer: Optional["_Timer"] = None) -> Marks:
+def compute_affinities(image: Volume, model: AffinityModel, path: Path,
+                       block_shape: Sequence[int], runner: Runner,
+                       marks_folder: Optional[Path] = None, image_id: str = "",
+                       timer: Optional["_Timer"] = None) -> Marks:
     """Predict the affinities of every block not marked done in ``marks_folder`` (default: a
     scratch folder beside ``path``, removed at the end). ``timer`` times the model's
-    calibration apart (it runs here, before the blocks, and is part of the stage's time)."""
+    calibration apart (it runs here, before the blocks, and is part of the stage's time).
+    The blocks are multiples of ``block_shape`` that read the least context
+    (``context_blocks``); they do not depend on each other, so any grouping predicts the
+    same affinities."""
     if model.whole_sections:  # slabs of whole sections, as deep as the other stages' blocks
-        depth = blocks[0].core[0].stop - blocks[0].core[0].start
-        blocks = make_blocks(image.shape, (depth,) + tuple(image.shape[1:]))
+        blocks = make_blocks(image.shape, (block_shape[0],) + tuple(image.shape[1:]))
+    else:
+        blocks = context_blocks(image.shape, block_shape, model.context, runner.parallelism)
     scratch = marks_folder is None
     if scratch:
         marks_folder = path.with_name(path.name + ".marks")
