@@ -169,7 +169,9 @@ def _overrides(options: dict) -> dict:
 def cmd_segment(args: argparse.Namespace) -> int:
     from promptcut.config import load_config
     from promptcut.segmenting import run_segment
+    from segmentation.heap import keep_freed_memory
 
+    keep_freed_memory()  # one bulk job, then the process ends (see segmentation.heap)
     config = load_config(args.config, _overrides({"segment.workers": args.workers,
                                                   "segment.scheduler": args.scheduler}))
     with project_lock(config.project_dir, "segment"):
