@@ -95,6 +95,8 @@ SEGMENT_SNIPPET = """
 import sys, time, json
 from promptcut.config import load_config
 from promptcut.segmenting import run_segment
+from segmentation.heap import keep_freed_memory
+keep_freed_memory()  # as `promptcut segment` does
 started = time.perf_counter()
 report = run_segment(load_config(sys.argv[1]), reuse_affinities=sys.argv[2] == "reuse",
                      progress=False)
