@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 from tqdm import tqdm
 
-from segmentation.heap import keep_freed_memory
+from segmentation.heap import KEEP_FREED_MEMORY
 
 Slices = tuple[slice, slice, slice]
 
@@ -79,31 +79,29 @@ def read_voxels(block: Block, context: Sequence[int]) -> int:
     return math.prod(s.stop - s.start for s in block.grown(context))
 
 
-def context_blocks(shape: Sequence[int], block_shape: Sequence[int], context: Sequence[int],
-                   workers: int = 1) -> list[Block]:
+def context_blocks(shape: Sequence[int], block_shape: Sequence[int], context: Sequence[int]
+                   ) -> list[Block]:
     """Blocks for a stage that reads ``context`` voxels around each (a network's input):
-    whole multiples of ``block_shape`` per axis, none reading more than a ``block_shape``
-    block inside a volume does (the memory a block may use), chosen to finish soonest on
-    ``workers`` (then to read least). A volume's faces need no context, so a volume a few
-    blocks wide is read in a few wide blocks rather than many overlapping ones: the demo in
-    two blocks that read 12.6 M voxels instead of eight that read 22 M."""
+    whole multiples of ``block_shape`` per axis that read the fewest voxels in all, none
+    reading more than a ``block_shape`` block inside a volume does (the memory a block may
+    use). A volume's faces need no context, so a volume a few blocks wide is read in a few
+    wide blocks rather than many overlapping ones: the demo in two blocks that read 12.6 M
+    voxels instead of eight that read 22 M. The choice depends on the volume and the
+    settings only, not on the workers: a model whose reach exceeds its context predicts
+    slightly differently in different blocks, and runs on any cluster must agree (and an
+    interrupted run resumed with other workers keeps its blocks)."""
     bound = math.prod(int(b) + 2 * int(c) for b, c in zip(block_shape, context))
     smallest = [min(int(n), int(b)) for n, b in zip(shape, block_shape)]
     # multiples whose core alone reads more than the bound cannot fit: pruned up front
     ranges = [[m for m in range(1, -(-int(n) // int(b)) + 1)
                if min(int(n), m * int(b)) * math.prod(smallest) // smallest[i] <= bound]
               for i, (n, b) in enumerate(zip(shape, block_shape))]
-    best, cost = make_blocks(shape, block_shape), None
+    best, fewest = make_blocks(shape, block_shape), None
     for multiple in itertools.product(*ranges):
         blocks = make_blocks(shape, [m * int(b) for m, b in zip(multiple, block_shape)])
-        reads = sorted((read_voxels(b, context) for b in blocks), reverse=True)
-        if reads[0] > bound:
-            continue
-        loads = [0] * max(1, workers)
-        for voxels in reads:  # longest first, each to the least loaded worker
-            loads[loads.index(min(loads))] += voxels
-        if cost is None or (max(loads), sum(reads)) < cost:
-            best, cost = blocks, (max(loads), sum(reads))
+        reads = [read_voxels(b, context) for b in blocks]
+        if max(reads) <= bound and (fewest is None or sum(reads) < fewest):
+            best, fewest = blocks, sum(reads)
     return best
 
 
@@ -179,9 +177,7 @@ class _Marked:
         return result
 
 
-def _prepare_worker(names: Sequence[str], keep_memory: bool) -> None:
-    if keep_memory:
-        keep_freed_memory()
+def _import_modules(names: Sequence[str]) -> None:
     for name in names:
         importlib.import_module(name)
 
@@ -191,8 +187,9 @@ class Runner:
     ``workers`` processes, or on an existing cluster at ``scheduler``. The modules in
     ``preload`` are imported on every worker as the cluster starts, not inside the first
     stage's tasks (half a second of imports per worker that otherwise delays one stage).
-    The workers of a local cluster keep the memory they free (``heap.keep_freed_memory``):
-    they are this run's own processes, and each block allocates what the last one freed."""
+    The workers of a local cluster keep the memory they free (``heap.KEEP_FREED_MEMORY``, in
+    their environment from the start, a restarted worker's too): they are this run's own
+    processes, and each block allocates what the last one freed."""
 
     def __init__(self, workers: int = 0, scheduler: Optional[str] = None,
                  progress: bool = True, preload: Sequence[str] = ()):
@@ -210,11 +207,16 @@ class Runner:
             if self.scheduler:
                 self.client = Client(self.scheduler)
             else:
-                self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1,
-                                             processes=True, dashboard_address=None,
-                                             silence_logs=40)
+                import dask
+
+                spawn = {f"distributed.nanny.pre-spawn-environ.{name}": value
+                         for name, value in KEEP_FREED_MEMORY.items()}
+                with dask.config.set(spawn):  # the nannies read it as they start
+                    self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1,
+                                                 processes=True, dashboard_address=None,
+                                                 silence_logs=40)
                 self.client = Client(self._cluster)
-            self.client.run(_prepare_worker, self.preload, self._cluster is not None)
+            self.client.run(_import_modules, self.preload)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -7,28 +7,33 @@ the kernel when freed. On a virtual machine that hands free guest memory back to
 such memory again costs a fault to the host: 786 MB first touched in 3.4 s, then 0.15 s. A
 pipeline worker allocates block-sized arrays (a 140^3 block of uint64 seeds is 22 MB) over and
 over, and paid that every time. Here arrays up to 32 MB (glibc's own ceiling for the dynamic
-threshold) come from the heap, and up to 128 MB of freed heap stay the process's. On the demo,
-supervoxels + RAG + agglomeration ran at 3.0-3.4 Mvox/s on 2 workers instead of 2.35-2.6
-(runs alternating); peak worker memory is 500 MB at 1x and 680 MB at 8x, as with no trimming
-at all. Only processes that do one bulk job call this: `promptcut segment` and its workers.
+threshold) come from the heap, and the heap's top is returned only beyond 128 MB free. On the
+demo, supervoxels + RAG + agglomeration ran at 3.0-3.4 Mvox/s on 2 workers instead of
+2.35-2.6 (runs alternating). Only processes that do one bulk job use this: `promptcut segment`
+(``keep_freed_memory``) and the local workers it starts (``KEEP_FREED_MEMORY``, their
+environment).
 """
 
 from __future__ import annotations
 
 import ctypes
 
-M_TRIM_THRESHOLD = -1  # mallopt parameters (malloc.h)
-M_MMAP_THRESHOLD = -3
 FROM_HEAP_UP_TO = 32 * 2 ** 20  # the most glibc accepts
 KEEP_FREE = 128 * 2 ** 20
+M_TRIM_THRESHOLD = -1  # mallopt parameters (malloc.h)
+M_MMAP_THRESHOLD = -3
+
+# the same, for a process about to start: glibc reads these as it loads
+KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(FROM_HEAP_UP_TO),
+                     "MALLOC_TRIM_THRESHOLD_": str(KEEP_FREE)}
 
 
 def keep_freed_memory() -> bool:
-    """Serve arrays up to 32 MB from the heap and keep up to 128 MB of freed memory in this
-    process; False where the C library is not glibc (there is nothing to tune)."""
+    """Serve arrays up to 32 MB from this process's heap and keep its freed memory; False
+    where the C library is not glibc (there is nothing to tune)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # TypeError: Windows has no CDLL(None)
         return False
-    return bool(mallopt(M_MMAP_THRESHOLD, FROM_HEAP_UP_TO)) and bool(
-        mallopt(M_TRIM_THRESHOLD, KEEP_FREE))
+    results = [mallopt(M_MMAP_THRESHOLD, FROM_HEAP_UP_TO), mallopt(M_TRIM_THRESHOLD, KEEP_FREE)]
+    return all(results)

@@ -335,12 +335,11 @@ def compute_affinities(image: Volume, model: AffinityModel, path: Path,
     scratch folder beside ``path``, removed at the end). ``timer`` times the model's
     calibration apart (it runs here, before the blocks, and is part of the stage's time).
     The blocks are multiples of ``block_shape`` that read the least context
-    (``context_blocks``); they do not depend on each other, so any grouping predicts the
-    same affinities."""
+    (``context_blocks``)."""
     if model.whole_sections:  # slabs of whole sections, as deep as the other stages' blocks
         blocks = make_blocks(image.shape, (block_shape[0],) + tuple(image.shape[1:]))
     else:
-        blocks = context_blocks(image.shape, block_shape, model.context, runner.parallelism)
+        blocks = context_blocks(image.shape, block_shape, model.context)
     scratch = marks_folder is None
     if scratch:
         marks_folder = path.with_name(path.name + ".marks")

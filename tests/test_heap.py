@@ -3,6 +3,8 @@ and holds on to them when they are freed, where by default each goes back to the
 
 from __future__ import annotations
 
+import os
+import platform
 import subprocess
 import sys
 
@@ -26,12 +28,32 @@ print(resident_mb() - before)
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator only")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator only")
 def test_freed_blocks_stay_in_a_process_that_keeps_them():
-    def held(mode: str) -> float:
+    from segmentation.heap import KEEP_FREED_MEMORY
+
+    def held(mode: str, environment: dict) -> float:
         out = subprocess.run([sys.executable, "-c", RESIDENT_AFTER_FREE, mode], check=True,
-                             capture_output=True, text=True).stdout
+                             capture_output=True, text=True,
+                             env={**os.environ, **environment}).stdout
         return float(out.strip().splitlines()[-1])
 
-    assert held("default") < 30  # returned to the kernel when freed
-    assert held("keep") > 80  # still the process's, for the next block
+    dask_workers = {"MALLOC_TRIM_THRESHOLD_": "65536"}  # what Dask gives its workers
+    assert held("default", {}) < 30  # returned to the kernel when freed
+    assert held("default", dask_workers) < 30
+    assert held("keep", dask_workers) > 80  # still the process's, for the next block
+    assert held("default", KEEP_FREED_MEMORY) > 80
+
+
+def test_local_dask_workers_start_with_the_setting():
+    """The workers a run starts have it from their first allocation (Dask would give them
+    MALLOC_TRIM_THRESHOLD_=65536 otherwise), a worker the nanny restarts too."""
+    from segmentation.blockwise import Runner
+    from segmentation.heap import KEEP_FREED_MEMORY
+
+    with Runner(1, progress=False) as runner:
+        found = runner.client.run(lambda: {k: os.environ.get(k) for k in KEEP_FREED_MEMORY})
+        runner.client.restart()
+        again = runner.client.run(lambda: {k: os.environ.get(k) for k in KEEP_FREED_MEMORY})
+    assert list(found.values()) == [KEEP_FREED_MEMORY] and list(again.values()) == [
+        KEEP_FREED_MEMORY]

@@ -200,7 +200,7 @@ def test_whole_section_models_get_whole_sections(tmp_path):
     volume = open_volume(str(tmp_path / "image.zarr"), "image", "zarr", (10, 10, 10))
     seen: list = []
     compute_affinities(volume, SectionRecorder(seen), tmp_path / "affinities", (64, 64, 64),
-                       Runner(0, progress=False))  # 2 x 3 x 4 blocks for the other stages
+                       Runner(0, progress=False))
     assert seen == [(65, 150, 200), (33, 150, 200)]  # two slabs of whole sections, z context
     written = open_zarr(tmp_path / "affinities").read().result()
     assert written.shape == (3,) + image.shape and (written == 128).all()  # 0.5, quantised
@@ -238,7 +238,7 @@ def test_affinity_blocks_read_less_context_and_predict_the_same(tmp_path):
     from segmentation.volume import create_zarr, open_volume
 
     shape, block, context = (160, 250, 250), (128, 128, 128), (32, 32, 32)  # the demo's
-    grouped = context_blocks(shape, block, context, workers=2)
+    grouped = context_blocks(shape, block, context)
     cover = np.zeros(shape, np.uint8)
     for b in grouped:
         cover[b.core] += 1
@@ -248,7 +248,7 @@ def test_affinity_blocks_read_less_context_and_predict_the_same(tmp_path):
     assert sum(read_voxels(b, context) for b in grouped) < 0.6 * sum(
         read_voxels(b, context) for b in make_blocks(shape, block))
     inner = make_blocks((640, 640, 640), block)
-    assert len(context_blocks((640, 640, 640), block, context, workers=2)) == len(inner)
+    assert len(context_blocks((640, 640, 640), block, context)) == len(inner)
 
     image = np.random.default_rng(0).integers(0, 255, (40, 70, 90), dtype=np.uint8)
     create_zarr(tmp_path / "image.zarr", np.uint8, image.shape, (32, 32, 32)).write(
