@@ -96,13 +96,14 @@ def context_blocks(shape: Sequence[int], block_shape: Sequence[int], context: Se
     ranges = [[m for m in range(1, -(-int(n) // int(b)) + 1)
                if min(int(n), m * int(b)) * math.prod(smallest) // smallest[i] <= bound]
               for i, (n, b) in enumerate(zip(shape, block_shape))]
-    best, fewest = make_blocks(shape, block_shape), None
-    for multiple in itertools.product(*ranges):
-        blocks = make_blocks(shape, [m * int(b) for m, b in zip(multiple, block_shape)])
+
+    def total(blocks: list[Block]) -> float:
         reads = [read_voxels(b, context) for b in blocks]
-        if max(reads) <= bound and (fewest is None or sum(reads) < fewest):
-            best, fewest = blocks, sum(reads)
-    return best
+        return sum(reads) if max(reads) <= bound else math.inf
+
+    # multiple (1, 1, 1), the plain blocks, always fits; ties go to the first, as listed
+    return min((make_blocks(shape, [m * int(b) for m, b in zip(multiple, block_shape)])
+                for multiple in itertools.product(*ranges)), key=total)
 
 
 Save = Callable[[Any, Path], None]  # write a task's result to a (temporary) mark file

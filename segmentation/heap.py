@@ -8,8 +8,8 @@ such memory again costs a fault to the host: 786 MB first touched in 3.4 s, then
 pipeline worker allocates block-sized arrays (a 140^3 block of uint64 seeds is 22 MB) over and
 over, and paid that every time. Here arrays up to 32 MB (glibc's own ceiling for the dynamic
 threshold) come from the heap, and the heap's top is returned only beyond 128 MB free. On the
-demo, supervoxels + RAG + agglomeration ran at 3.0-3.4 Mvox/s on 2 workers instead of
-2.35-2.6 (runs alternating). Only processes that do one bulk job use this: `promptcut segment`
+demo, supervoxels + RAG + agglomeration ran at 3.6-4.2 Mvox/s on 2 workers instead of
+2.35-2.6 (three runs each). Only processes that do one bulk job use this: `promptcut segment`
 (``keep_freed_memory``) and the local workers it starts (``KEEP_FREED_MEMORY``, their
 environment).
 """
