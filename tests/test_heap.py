@@ -32,10 +32,14 @@ print(resident_mb() - before)
 def test_freed_blocks_stay_in_a_process_that_keeps_them():
     from segmentation.heap import KEEP_FREED_MEMORY
 
+    # Dask's nannies copy their workers' settings into the environment of the process that
+    # starts them (this one, once an earlier test ran a local cluster): leave them out
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+
     def held(mode: str, environment: dict) -> float:
         out = subprocess.run([sys.executable, "-c", RESIDENT_AFTER_FREE, mode], check=True,
                              capture_output=True, text=True,
-                             env={**os.environ, **environment}).stdout
+                             env={**clean, **environment}).stdout
         return float(out.strip().splitlines()[-1])
 
     dask_workers = {"MALLOC_TRIM_THRESHOLD_": "65536"}  # what Dask gives its workers
