@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 from tqdm import tqdm
 
-from segmentation.heap import KEEP_FREED_MEMORY
+from segmentation.heap import WORKER_HEAP
 
 Slices = tuple[slice, slice, slice]
 
@@ -188,8 +188,8 @@ class Runner:
     ``workers`` processes, or on an existing cluster at ``scheduler``. The modules in
     ``preload`` are imported on every worker as the cluster starts, not inside the first
     stage's tasks (half a second of imports per worker that otherwise delays one stage).
-    The workers of a local cluster keep the memory they free (``heap.KEEP_FREED_MEMORY``, in
-    their environment from the start, a restarted worker's too): they are this run's own
+    The workers of a local cluster keep the memory they free, in one heap (``heap.WORKER_HEAP``,
+    in their environment from the start, a restarted worker's too): they are this run's own
     processes, and each block allocates what the last one freed."""
 
     def __init__(self, workers: int = 0, scheduler: Optional[str] = None,
@@ -211,7 +211,7 @@ class Runner:
                 import dask
 
                 spawn = {f"distributed.nanny.pre-spawn-environ.{name}": value
-                         for name, value in KEEP_FREED_MEMORY.items()}
+                         for name, value in WORKER_HEAP.items()}
                 with dask.config.set(spawn):  # the nannies read it as they start
                     self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1,
                                                  processes=True, dashboard_address=None,

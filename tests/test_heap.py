@@ -30,7 +30,7 @@ print(resident_mb() - before)
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator only")
 def test_freed_blocks_stay_in_a_process_that_keeps_them():
-    from segmentation.heap import KEEP_FREED_MEMORY
+    from segmentation.heap import WORKER_HEAP
 
     # Dask's nannies copy their workers' settings into the environment of the process that
     # starts them (this one, once an earlier test ran a local cluster): leave them out
@@ -46,18 +46,67 @@ def test_freed_blocks_stay_in_a_process_that_keeps_them():
     assert held("default", {}) < 30  # returned to the kernel when freed
     assert held("default", dask_workers) < 30
     assert held("keep", dask_workers) > 80  # still the process's, for the next block
-    assert held("default", KEEP_FREED_MEMORY) > 80
+    assert held("default", WORKER_HEAP) > 80
+
+
+THREADS_FREE_IN_TURN = """
+import threading
+import numpy as np
+
+def resident_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2 ** 20
+
+turns = [threading.Event() for _ in range(5)]
+done = threading.Barrier(4)
+
+def work(i):  # all four threads alive at once, each with a first allocation of its own
+    np.zeros(1024)
+    turns[i].wait()
+    block = np.ones(24 * 2 ** 20, np.uint8)  # touched, then freed: kept by the heap
+    del block
+    turns[i + 1].set()
+    done.wait()
+
+before = resident_mb()
+threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+for t in threads:
+    t.start()
+turns[0].set()
+for t in threads:
+    t.join()
+print(resident_mb() - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator only")
+def test_a_worker_keeps_what_its_threads_free_in_one_heap():
+    """Threads that allocate in turn reuse one heap's freed memory in a worker; with a heap per
+    thread (glibc's default) each keeps its own 24 MB (arrays up to 32 MB come from the heaps)."""
+    from segmentation.heap import WORKER_HEAP
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+
+    def held(environment: dict) -> float:
+        out = subprocess.run([sys.executable, "-c", THREADS_FREE_IN_TURN], check=True,
+                             capture_output=True, text=True,
+                             env={**clean, **environment}).stdout
+        return float(out.strip().splitlines()[-1])
+
+    per_thread = {k: v for k, v in WORKER_HEAP.items() if k != "MALLOC_ARENA_MAX"}
+    assert held(per_thread) > 80  # four heaps of 24 MB
+    assert 15 < held(WORKER_HEAP) < 50  # one
 
 
 def test_local_dask_workers_start_with_the_setting():
     """The workers a run starts have it from their first allocation (Dask would give them
     MALLOC_TRIM_THRESHOLD_=65536 otherwise), a worker the nanny restarts too."""
     from segmentation.blockwise import Runner
-    from segmentation.heap import KEEP_FREED_MEMORY
+    from segmentation.heap import WORKER_HEAP
 
     with Runner(1, progress=False) as runner:
-        found = runner.client.run(lambda: {k: os.environ.get(k) for k in KEEP_FREED_MEMORY})
+        found = runner.client.run(lambda: {k: os.environ.get(k) for k in WORKER_HEAP})
         runner.client.restart()
-        again = runner.client.run(lambda: {k: os.environ.get(k) for k in KEEP_FREED_MEMORY})
-    assert list(found.values()) == [KEEP_FREED_MEMORY] and list(again.values()) == [
-        KEEP_FREED_MEMORY]
+        again = runner.client.run(lambda: {k: os.environ.get(k) for k in WORKER_HEAP})
+    assert list(found.values()) == [WORKER_HEAP] and list(again.values()) == [
+        WORKER_HEAP]
