@@ -18,7 +18,7 @@ import threading
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import DracoPy
 import numpy as np
@@ -37,8 +37,16 @@ EXACT_BITS = 16
 
 def mesh_labels(labels: np.ndarray, origin: Sequence[int], voxel_size: Sequence[float],
                 reduction: int = 0) -> dict[int, zmesh.Mesh]:
-    """Every label's surface in a (z, y, x) block, vertices x, y, z in nm; simplified by
-    ``reduction`` (0: not at all) to an error of at most one voxel.
+    """Every label's surface in a (z, y, x) block (see ``label_meshes``)."""
+    return dict(label_meshes(labels, origin, voxel_size, reduction))
+
+
+def label_meshes(labels: np.ndarray, origin: Sequence[int], voxel_size: Sequence[float],
+                 reduction: int = 0) -> Iterator[tuple[int, zmesh.Mesh]]:
+    """Each label's surface in a (z, y, x) block, one at a time, vertices x, y, z in nm;
+    simplified by ``reduction`` (0: not at all) to an error of at most one voxel. A consumer
+    that encodes each as it comes holds one label's vertices at a time, not the block's
+    (a 128^3 block of the second scale has 2.6 million faces, 46 MB).
 
     A block that holds one voxel of the next blocks yields a surface that ends half a voxel
     past its own voxels, where the next block's surface begins.
@@ -48,25 +56,23 @@ def mesh_labels(labels: np.ndarray, origin: Sequence[int], voxel_size: Sequence[
     # zmesh puts faces at voxel centres - 0.5; neuroglancer's voxel i spans [i, i + 1)
     shift = (np.asarray(origin[::-1], np.float32) + 0.5) * np.asarray(voxel_size[::-1],
                                                                      np.float32)
-    meshes: dict[int, zmesh.Mesh] = {}
     for segment in mesher.ids():
         mesh = mesher.get(segment, normals=False, reduction_factor=reduction,
                           max_error=float(max(voxel_size)), voxel_centered=False)
         mesher.erase(segment)
         if len(mesh.faces):
             mesh.vertices = (mesh.vertices + shift).astype(np.float32)
-            meshes[int(segment)] = mesh
+            yield int(segment), mesh
     mesher.clear()
-    return meshes
 
 
-def encode_fragments(meshes: dict[int, zmesh.Mesh], low: np.ndarray, size: np.ndarray,
-                     bits: int) -> dict[int, bytes]:
-    """Draco fragments of the meshes of one chunk spanning ``low`` to ``low + size`` (x, y,
-    z nm), vertices quantized to ``bits`` within it."""
+def encode_fragments(meshes: Iterable[tuple[int, zmesh.Mesh]], low: np.ndarray,
+                     size: np.ndarray, bits: int) -> dict[int, bytes]:
+    """Draco fragments of the (segment, mesh) pairs of one chunk spanning ``low`` to
+    ``low + size`` (x, y, z nm), vertices quantized to ``bits`` within it."""
     top = 2 ** bits - 1
     fragments = {}
-    for segment, mesh in meshes.items():
+    for segment, mesh in meshes:
         stored = np.clip(np.round((mesh.vertices - low) / size * top), 0, top)
         # neuroglancer reads the quantized integers as they are: range = 2**bits - 1
         fragments[segment] = DracoPy.encode(
@@ -113,7 +119,7 @@ class MultiresMeshes:
     def add(self, lod: int, position: Sequence[int], meshes: dict[int, zmesh.Mesh]) -> None:
         """The meshes of one block of scale ``lod`` at chunk ``position`` (x, y, z)."""
         box = chunk_box(self.chunk, lod, self.voxel_sizes[lod], position, self.origin)
-        self.add_encoded(lod, position, encode_fragments(meshes, *box, self.bits))
+        self.add_encoded(lod, position, encode_fragments(meshes.items(), *box, self.bits))
 
     def add_encoded(self, lod: int, position: Sequence[int], fragments: dict[int, bytes]) -> None:
         """Fragments ``encode_fragments`` made for chunk ``position`` of level ``lod``."""
@@ -223,7 +229,7 @@ def mesh_fragments(job: MeshJob, precomputed: str, chunk_nm: Sequence[float], bi
     # outside the chunk and is drawn at its edge
     before = tuple(1 if s.start == 0 else 0 for s in block.core)
     labels = np.pad(labels, [(b, 1 - u) for b, u in zip(before, upper)])
-    meshes = mesh_labels(labels, [o - b for o, b in zip(block.origin, before)], job.voxel_size)
+    meshes = label_meshes(labels, [o - b for o, b in zip(block.origin, before)], job.voxel_size)
     box = chunk_box(chunk_nm, job.lod, job.voxel_size, block.grid[::-1])
     return job, encode_fragments(meshes, *box, bits)
 
