@@ -26,7 +26,8 @@ from segmentation.rag import BINS, Rag
 @dataclass
 class Agglomeration:
     thresholds: list[float]
-    memberships: list[np.ndarray]  # per threshold: segment id of each RAG node (a member's id)
+    memberships: list[np.ndarray]  # per threshold: segment id of each RAG node (its first
+    # member's id)
 
 
 def save_segments(path: Path, ids: np.ndarray, result: Agglomeration,
@@ -75,7 +76,10 @@ def check_thresholds(thresholds: Sequence[float]) -> list[float]:
 class QuantileScore:
     """waterz's score: one minus a quantile of the contact's affinities."""
 
-    of_regions = False  # scores depend on the contact alone, not on the regions' own stats
+    # which edges a merge rescores: "grown" (those whose histogram grew: a score of the
+    # contact alone), "moved" (every edge of the region that joined another) or "all" (every
+    # edge of the merged region)
+    rescores = "grown"
 
     def __init__(self, quantile: float = 0.5):
         if not 0.0 <= quantile <= 1.0:
@@ -140,7 +144,7 @@ def agglomerate(rag: Rag, thresholds: Sequence[float], quantile: float = 0.5,
         mine.pop(gone, None)
         theirs.pop(keep, None)
         others = list(theirs)
-        into, added = [], []  # contacts with a common neighbour: histograms add, one op
+        into, added, grown = [], [], []  # contacts with a common neighbour: histograms add
         for other, e in theirs.items():
             across = neighbours[other]
             del across[gone]
@@ -151,11 +155,14 @@ def agglomerate(rag: Rag, thresholds: Sequence[float], quantile: float = 0.5,
             else:
                 into.append(existing)
                 added.append(e)
+                grown.append(other)
                 version[e] += 1  # retired
         if into:
             hist[into] += hist[added]
         neighbours[gone] = {}
-        if scorer.of_regions:  # every edge of the merged region: its region changed
+        if scorer.rescores == "grown":  # a moved edge keeps its histogram, score and entry
+            others = grown
+        elif scorer.rescores == "all":
             others = list(mine)
         if others:
             targets = [mine[o] for o in others]
@@ -189,7 +196,9 @@ def agglomerate(rag: Rag, thresholds: Sequence[float], quantile: float = 0.5,
                 continue
             merge(ra, rb)
         roots = np.array([find(i) for i in range(n)], np.int64)
-        memberships.append(rag.ids[roots] if n else np.zeros(0, np.uint64))
+        # named after its first node, whichever side of each merge was kept
+        _, first, inverse = np.unique(roots, return_index=True, return_inverse=True)
+        memberships.append(rag.ids[first[inverse]] if n else np.zeros(0, np.uint64))
     return Agglomeration(thresholds, memberships)
 
 

@@ -116,7 +116,7 @@ def row_predictor(booster) -> Callable[[np.ndarray], np.ndarray]:
 class LearnedScore:
     """Score = 1 - the classifier's merge probability, the regions' stats kept up to date."""
 
-    of_regions = False  # (True rescores every edge of a merged region: 15x slower, no better)
+    rescores = "moved"  # (its scores depend on the regions; "all": 15x slower, no better)
 
     def __init__(self, booster, record: bool = False):
         self.booster = booster
