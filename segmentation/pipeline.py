@@ -45,11 +45,11 @@ from segmentation.atomic import atomic_directory
 from segmentation.blockwise import Block, Marks, Runner, context_blocks, make_blocks
 from segmentation.errors import InputError
 from segmentation.importer import scale_plan, write_pyramid
-from segmentation.membership import lookup
+from segmentation.membership import lookup, rows_of
 from segmentation.meshes import DISPLAY_BITS, StoredMeshes, mesh_volume
 from segmentation.project import DIVISIONS, Project, VolumeRef
-from segmentation.rag import Contacts, NodeStats, Rag, block_contacts, block_node_stats, \
-    build_rag
+from segmentation.rag import Contacts, NodeStats, block_contacts, block_node_stats, build_rag, \
+    merged_parts
 from segmentation.supervoxels import SupervoxelParams, flood, label_seeds, seed_mask
 from segmentation.volume import (Volume, create_precomputed_scale, create_zarr,
                                  open_precomputed_scale, open_volume, open_zarr)
@@ -164,12 +164,12 @@ def segment(project: Project, model: Optional[AffinityModel], params: PipelinePa
             if sum(len(p[0].a) for p in pending) >= max(len(contacts.a), 1 << 20):
                 contacts, stats = _fold(contacts, stats, pending)
                 pending = []
-        rag = build_rag(*reversed(_fold(contacts, stats, pending)))
+        contacts, stats = _fold(contacts, stats, pending)
         _count(report, "rag", marks)
-    with timer("merge small"):
-        final_ids = merge_small_fragments(rag, sv.min_size)
-        np.savez(work / "relabel.npz", old=rag.ids, new=final_ids)
-        rag = rag.relabelled(final_ids)
+    with timer("merge small"):  # before the graph is built: it is built once, merged
+        final_ids = merge_small_fragments(stats, contacts, sv.min_size)
+        np.savez(work / "relabel.npz", old=stats.ids, new=final_ids)
+        rag = build_rag(*merged_parts(stats, contacts, final_ids))
         rag.save(project.root / "rag.npz")
     target = project.layer_dir("segmentation")
     with atomic_directory(target, overwrite=True) as scratch:
@@ -507,17 +507,19 @@ def _fold(contacts: Contacts, stats: NodeStats, parts: list) -> tuple[Contacts, 
             NodeStats.concatenate([stats] + [p[1] for p in parts]).reduced())
 
 
-def merge_small_fragments(rag: Rag, min_size: int) -> np.ndarray:
-    """New id for every node: fragments under ``min_size`` voxels join their neighbour of highest
-    mean affinity; ids are then renumbered 1..N in order of their smallest member."""
-    n = rag.num_nodes
-    a, b = rag.edge_index()
-    small = rag.size < min_size
+def merge_small_fragments(stats: NodeStats, contacts: Contacts, min_size: int) -> np.ndarray:
+    """New id for every node of a graph's reduced parts (in ``stats.ids`` order): fragments
+    under ``min_size`` voxels join their neighbour of highest mean affinity; ids are then
+    renumbered 1..N in order of their smallest member."""
+    n = len(stats.ids)
+    pairs, _, mean = contacts.per_edge()
+    a, b = rows_of(stats.ids, pairs[:, 0]), rows_of(stats.ids, pairs[:, 1])
+    small = stats.size < min_size
     rows, cols = [], []
     if small.any() and len(a):
         both = np.concatenate([a, b])
         other = np.concatenate([b, a])
-        score = np.concatenate([rag.mean, rag.mean])
+        score = np.concatenate([mean, mean])
         pick = small[both]
         both, other, score = both[pick], other[pick], score[pick]
         order = np.lexsort((-score, both))

@@ -77,7 +77,7 @@ class Contacts:
         start[1:] = (done.a[1:] != done.a[:-1]) | (done.b[1:] != done.b[:-1])
         index = np.flatnonzero(start)
         faces = np.add.reduceat(done.count, index)
-        mean = np.add.reduceat(done.total, index) / (255.0 * faces)
+        mean = np.add.reduceat(done.total, index) / np.maximum(faces, 1) / 255.0  # as build_rag
         return np.stack([done.a[index], done.b[index]], axis=1), faces, mean.astype(np.float32)
 
 
@@ -302,16 +302,21 @@ class Rag:
         dict or as an array aligned with ``ids``). Exact: histograms and sums just add."""
         new_ids = np.asarray(mapping, np.uint64) if not isinstance(mapping, dict) else \
             np.array([mapping.get(int(i), int(i)) for i in self.ids], np.uint64)
-        contacts = self.contacts()
-        lookup_a = new_ids[self.node_index(contacts.a)]
-        lookup_b = new_ids[self.node_index(contacts.b)]
-        keep = lookup_a != lookup_b
-        merged = Contacts(np.minimum(lookup_a, lookup_b)[keep], np.maximum(lookup_a,
-                          lookup_b)[keep], contacts.bin[keep], contacts.count[keep],
-                          contacts.total[keep])
-        stats = self.node_stats()
-        stats.ids = new_ids
-        return build_rag(stats, merged)
+        return build_rag(*merged_parts(self.node_stats(), self.contacts(), new_ids))
+
+
+def merged_parts(stats: NodeStats, contacts: Contacts, new_ids: np.ndarray
+                 ) -> tuple[NodeStats, Contacts]:
+    """Node statistics and contacts (``stats.ids`` sorted, as ``reduced`` leaves them) with
+    node ``stats.ids[k]`` renamed ``new_ids[k]``: the parts of the merged graph, for
+    ``build_rag``. Contacts within a merged node are dropped."""
+    lookup_a = new_ids[rows_of(stats.ids, contacts.a)]
+    lookup_b = new_ids[rows_of(stats.ids, contacts.b)]
+    keep = lookup_a != lookup_b
+    merged = Contacts(np.minimum(lookup_a, lookup_b)[keep], np.maximum(lookup_a,
+                      lookup_b)[keep], contacts.bin[keep], contacts.count[keep],
+                      contacts.total[keep])
+    return NodeStats(new_ids, stats.size, stats.lo, stats.hi, stats.coord_sum), merged
 
 
 def build_rag(stats: NodeStats, contacts: Contacts) -> Rag:
