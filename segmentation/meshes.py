@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import DracoPy
+import fastremap
 import numpy as np
 import zmesh
 
@@ -53,6 +54,7 @@ def label_meshes(labels: np.ndarray, origin: Sequence[int], voxel_size: Sequence
     """
     mesher = zmesh.Mesher(tuple(float(v) for v in voxel_size[::-1]))  # x, y, z
     mesher.mesh(np.asfortranarray(labels.T))
+    del labels  # the caller's may be the last reference: the meshes are what is held now
     # zmesh puts faces at voxel centres - 0.5; neuroglancer's voxel i spans [i, i + 1)
     shift = (np.asarray(origin[::-1], np.float32) + 0.5) * np.asarray(voxel_size[::-1],
                                                                      np.float32)
@@ -228,8 +230,11 @@ def mesh_fragments(job: MeshJob, precomputed: str, chunk_nm: Sequence[float], bi
     # the volume is not left open); on the low faces the closing surface lies half a voxel
     # outside the chunk and is drawn at its edge
     before = tuple(1 if s.start == 0 else 0 for s in block.core)
-    labels = np.pad(labels, [(b, 1 - u) for b, u in zip(before, upper)])
+    # the narrowest type that holds the ids: zmesh meshes it as it is (a quarter of the
+    # memory of uint64 for the supervoxels of a volume under 65536 of them)
+    labels = fastremap.refit(np.pad(labels, [(b, 1 - u) for b, u in zip(before, upper)]))
     meshes = label_meshes(labels, [o - b for o, b in zip(block.origin, before)], job.voxel_size)
+    del labels  # label_meshes lets go of it once meshed
     box = chunk_box(chunk_nm, job.lod, job.voxel_size, block.grid[::-1])
     return job, encode_fragments(meshes, *box, bits)
 

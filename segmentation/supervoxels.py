@@ -98,10 +98,12 @@ def flood(boundary: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     original = np.zeros(max(mapping.values()) + 1, np.uint64)
     original[np.fromiter(mapping.values(), np.int64)] = np.fromiter(mapping.keys(), np.uint64)
     markers = sitk.GetImageFromArray(compact.astype(np.uint32, copy=False))
+    del compact  # (SimpleITK copied it) what a block task holds at once is its memory
     image = sitk.GetImageFromArray(np.ascontiguousarray(boundary))
     result = sitk.MorphologicalWatershedFromMarkers(image, markers, markWatershedLine=False,
                                                     fullyConnected=False)
-    return original[sitk.GetArrayFromImage(result)]
+    del markers, image
+    return original[sitk.GetArrayViewFromImage(result)]
 
 
 def supervoxels(boundary: np.ndarray, params: SupervoxelParams,
