@@ -103,7 +103,8 @@ def agglomerate(rag: Rag, thresholds: Sequence[float], quantile: float = 0.5,
                 split_pairs: Iterable[tuple[int, int]] = (),
                 score: Optional[QuantileScore] = None) -> Agglomeration:
     """Merge lowest score first while it stays at or below each threshold in turn; ``score``
-    (default: the ``quantile`` of affinities) rescores the edges of every merged region."""
+    (default: the ``quantile`` of affinities) rescores the edges a merge changes (its
+    ``rescores``)."""
     thresholds = check_thresholds(thresholds)
     scorer = score if score is not None else QuantileScore(quantile)
     n = rag.num_nodes
@@ -136,7 +137,10 @@ def agglomerate(rag: Rag, thresholds: Sequence[float], quantile: float = 0.5,
     heapq.heapify(queue)
 
     def merge(keep: int, gone: int) -> None:
-        if len(neighbours[keep]) < len(neighbours[gone]):
+        # the side with more neighbours stays (fewer contacts move), the lower node on a tie:
+        # which side a queue entry names first must not matter (a moved contact's entry
+        # keeps the names it was queued with)
+        if (len(neighbours[keep]), -keep) < (len(neighbours[gone]), -gone):
             keep, gone = gone, keep
         parent[gone] = keep
         mine, theirs = neighbours[keep], neighbours[gone]
