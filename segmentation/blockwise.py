@@ -255,11 +255,15 @@ class Runner:
             from distributed import as_completed
 
             futures = [self.client.submit(fn, block, *args, pure=False) for block in blocks]
-            for future in as_completed(futures):
-                result = future.result()
-                future.release()
-                bar.update()
-                yield result
+            try:
+                for future in as_completed(futures):
+                    result = future.result()
+                    future.release()
+                    bar.update()
+                    yield result
+            except BaseException:  # a failed block (or a caller that stops) ends the stage
+                self.client.cancel(futures)
+                raise
         finally:
             bar.close()
 
@@ -289,12 +293,16 @@ class Runner:
             futures = [self.client.submit(fn, block, *args, pure=False) for block in blocks]
             position = {future.key: i for i, future in enumerate(futures)}
             results: list = [None] * len(futures)
-            for future in as_completed(futures):
-                # each result leaves its worker as it arrives: kept there until the last
-                # block (seed faces, 0.8 MB a block), a worker's memory grew with the volume
-                results[position[future.key]] = future.result()
-                future.release()
-                bar.update()
+            try:
+                for future in as_completed(futures):
+                    # each result leaves its worker as it arrives: kept there until the last
+                    # block (seed faces, 0.8 MB a block), a worker's memory grew with the volume
+                    results[position[future.key]] = future.result()
+                    future.release()
+                    bar.update()
+            except BaseException:  # the first failed block ends the stage: stop the others
+                self.client.cancel(futures)
+                raise
             return results
         finally:
             bar.close()
