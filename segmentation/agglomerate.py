@@ -147,7 +147,6 @@ def agglomerate(rag: Rag, thresholds: Sequence[float], quantile: float = 0.5,
         scorer.merged(keep, gone, mine.get(gone, -1), hist)
         mine.pop(gone, None)
         theirs.pop(keep, None)
-        others = list(theirs)
         into, added, grown = [], [], []  # contacts with a common neighbour: histograms add
         for other, e in theirs.items():
             across = neighbours[other]
@@ -168,6 +167,8 @@ def agglomerate(rag: Rag, thresholds: Sequence[float], quantile: float = 0.5,
             others = grown
         elif scorer.rescores == "all":
             others = list(mine)
+        else:  # "moved": every edge that came from the joined region
+            others = list(theirs)
         if others:
             targets = [mine[o] for o in others]
             for t in targets:

@@ -252,18 +252,9 @@ class Runner:
                     yield fn(block, *args)
                     bar.update()
                 return
-            from distributed import as_completed
-
-            futures = [self.client.submit(fn, block, *args, pure=False) for block in blocks]
-            try:
-                for future in as_completed(futures):
-                    result = future.result()
-                    future.release()
-                    bar.update()
-                    yield result
-            except BaseException:  # a failed block (or a caller that stops) ends the stage
-                self.client.cancel(futures)
-                raise
+            for _, result in self._as_finished(fn, blocks, args):
+                bar.update()
+                yield result
         finally:
             bar.close()
 
@@ -288,24 +279,32 @@ class Runner:
                     results.append(fn(block, *args))
                     bar.update()
                 return results
-            from distributed import as_completed
-
-            futures = [self.client.submit(fn, block, *args, pure=False) for block in blocks]
-            position = {future.key: i for i, future in enumerate(futures)}
-            results: list = [None] * len(futures)
-            try:
-                for future in as_completed(futures):
-                    # each result leaves its worker as it arrives: kept there until the last
-                    # block (seed faces, 0.8 MB a block), a worker's memory grew with the volume
-                    results[position[future.key]] = future.result()
-                    future.release()
-                    bar.update()
-            except BaseException:  # the first failed block ends the stage: stop the others
-                self.client.cancel(futures)
-                raise
+            results: list = [None] * len(blocks)
+            for index, result in self._as_finished(fn, blocks, args):
+                results[index] = result
+                bar.update()
             return results
         finally:
             bar.close()
+
+    def _as_finished(self, fn: Callable, blocks: Sequence[Block], args: tuple
+                     ) -> Iterator[tuple[int, Any]]:
+        """(position in ``blocks``, result) of each block on the cluster as it finishes. Each
+        result leaves its worker as it arrives (kept there until the last block, a worker's
+        memory grew with the volume: seed faces, 0.8 MB a block), and a failed block, or a
+        caller that stops reading, cancels the others."""
+        from distributed import as_completed
+
+        futures = [self.client.submit(fn, block, *args, pure=False) for block in blocks]
+        position = {future.key: i for i, future in enumerate(futures)}
+        try:
+            for future in as_completed(futures):
+                result = future.result()
+                future.release()
+                yield position[future.key], result
+        except BaseException:
+            self.client.cancel(futures)
+            raise
 
 
 def default_workers() -> int:
