@@ -35,7 +35,7 @@ def pipeline_params(config: Config) -> PipelineParams:
         supervoxels=s.supervoxels,
         thresholds=list(s.agglomeration.thresholds), quantile=s.agglomeration.quantile,
         default_threshold=s.agglomeration.default_threshold, meshes=s.meshes,
-        mesh_levels=s.mesh_levels, edge_model=edge_model(config))
+        mesh_levels=s.mesh_levels, mesh_scale=s.mesh_scale, edge_model=edge_model(config))
 
 
 def run_segment(config: Config, reuse_affinities: bool = False, if_needed: bool = False,
@@ -45,7 +45,8 @@ def run_segment(config: Config, reuse_affinities: bool = False, if_needed: bool 
     if if_needed and (project.root / "segments.npz").exists() and project.has("segmentation"):
         if config.segment.meshes and not meshes_current(project):  # before any cluster
             with _runner(config, progress) as runner:
-                meshed = remesh(project, config.segment.mesh_levels, runner)
+                meshed = remesh(project, config.segment.mesh_levels,
+                                config.segment.mesh_scale, runner)
             print(f"meshed the {meshed} supervoxels again (their meshes were in an older "
                   f"format)", flush=True)
         return None

@@ -3,16 +3,22 @@ made with zmesh and written and read with cloud-volume's implementation of the f
 
 The pipeline meshes every supervoxel this way (a neuron's mesh is the set of its supervoxels'
 meshes, so merging or splitting neurons never re-meshes anything) and the export meshes every
-segment. Level of detail k is the marching-cubes surface of pyramid scale k (the
+segment. Level of detail k is the marching-cubes surface of pyramid scale first + k (the
 mode-downsampled labels) in blocks of MESH_BLOCK voxels of that scale: quadric simplification
 cost about 1.5 us a face, 97% of the old mesh time, while meshing a coarser scale costs an
 eighth of the one before. A segment spanning several blocks has one fragment per block; each
 block meshes its labels plus one voxel of the next blocks, so fragments meet without gaps.
+
+Draco encoding then costs about 0.3 us a face whatever its settings, so the faces are the
+cost: the full-resolution surface of the demo's supervoxels has 7.0 million, that of scale 1
+(twice the voxel) 1.6 million. The supervoxel meshes start at scale 1 (as the field's
+production meshes start at a downsampled scale); the export's meshes at full resolution.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import threading
 from collections import defaultdict
@@ -193,29 +199,67 @@ def morton_code(position: tuple[int, int, int]) -> int:
 
 @dataclass(frozen=True)
 class MeshJob:
-    """One block of one level of detail: ``block`` is in voxels of that level's scale."""
+    """One block of one level of detail: ``block`` is in voxels of the pyramid scale read
+    (``scale``, of ``voxel_size``) and its grid position is the level's chunk it fills;
+    ``level_size`` is the voxel size of the level's own scale. ``keep``: mesh only these
+    labels (a level's missing labels, meshed from a finer scale); empty: all of them."""
 
     lod: int
     block: Block
-    voxel_size: tuple[float, float, float]  # z, y, x nm of the scale
+    scale: int
+    voxel_size: tuple[float, float, float]  # z, y, x nm
+    level_size: tuple[float, float, float]
+    keep: tuple[int, ...] = ()
 
 
-def mesh_jobs(plan: Sequence, levels: int) -> tuple[list[MeshJob], list[tuple[float, ...]]]:
+def mesh_jobs(plan: Sequence, levels: int, first: int = 0
+              ) -> tuple[list[MeshJob], list[tuple[float, ...]]]:
     """The blocks to mesh for up to ``levels`` levels of detail of a pyramid (``scale_plan``:
-    shape, voxel size, factors per scale), and each level's voxel size. A level is a scale
-    whose blocks are whole voxels (all of them, unless z is never halved). Coarser levels come
-    first: a block of level k + 1 covers eight of level k and costs about twice as much, and
-    started last it would keep one worker busy after the others are done."""
-    base = np.asarray(plan[0][1], np.float64)
+    shape, voxel size, factors per scale) from scale ``first`` on, and each level's voxel size.
+    A level is a scale whose blocks are whole voxels (all of them, unless z is never halved).
+    Coarser levels come first: a block of level k + 1 covers eight of level k and costs about
+    twice as much, and started last it would keep one worker busy after the others are done."""
+    base = np.asarray(plan[first][1], np.float64)
     jobs, sizes = [], []
-    for lod, (shape, size, _) in enumerate(plan[:levels]):
+    for lod, (shape, size, _) in enumerate(plan[first:first + levels]):
         ratio = 2 ** lod * base / np.asarray(size, np.float64)
         if not np.allclose(np.round(ratio), ratio):
             break
         block = tuple(int(round(m * r)) for m, r in zip(MESH_BLOCK, ratio))
         sizes.append(tuple(float(v) for v in size))
-        jobs[:0] = [MeshJob(lod, b, sizes[-1]) for b in make_blocks(shape, block)]
+        jobs[:0] = [MeshJob(lod, b, first + lod, sizes[-1], sizes[-1])
+                    for b in make_blocks(shape, block)]
     return jobs, sizes
+
+
+def lost_label_jobs(plan: Sequence, first: int, labels: np.ndarray, boxes: np.ndarray
+                    ) -> list[MeshJob]:
+    """Level-0 jobs that mesh ``labels`` (with their boxes in full-resolution voxels: z0, y0,
+    x0, z1, y1, x1) at full resolution: labels scale ``first`` lost to its downsampling (the
+    smallest supervoxels), which would otherwise have no mesh at all. One job per level-0
+    chunk they touch, reading the least box around them there (plus a voxel before, where the
+    surface closes, and after, where the next chunk's piece begins)."""
+    shape = tuple(int(n) for n in plan[0][0])
+    footprint = np.round(MESH_BLOCK * np.asarray(plan[first][1], np.float64)
+                         / np.asarray(plan[0][1], np.float64)).astype(int)
+    chunks: dict[tuple[int, ...], list] = defaultdict(list)
+    for label, box in zip(labels, boxes):
+        low, high = np.asarray(box[:3]), np.asarray(box[3:])
+        for chunk in itertools.product(*(range(a // f, (b - 1) // f + 1)
+                                         for a, b, f in zip(low, high, footprint))):
+            start = np.maximum(low - 1, np.asarray(chunk) * footprint)
+            stop = np.minimum(high, (np.asarray(chunk) + 1) * footprint)
+            chunks[chunk].append((int(label), start, stop))
+    jobs = []
+    for index, (chunk, found) in enumerate(sorted(chunks.items())):
+        start = np.min([f[1] for f in found], axis=0)
+        stop = np.max([f[2] for f in found], axis=0)
+        core = tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
+        size = tuple(float(v) for v in plan[0][1])
+        jobs.append(MeshJob(0, Block(index, chunk, core, shape), 0, size,
+                            tuple(float(v) for v in plan[first][1]),
+                            tuple(sorted({f[0] for f in found}))))
+    return jobs
 
 
 def mesh_fragments(job: MeshJob, precomputed: str, chunk_nm: Sequence[float], bits: int
@@ -224,8 +268,10 @@ def mesh_fragments(job: MeshJob, precomputed: str, chunk_nm: Sequence[float], bi
     of the time, and only bytes travel back)."""
     block = job.block
     upper = tuple(1 if s.stop < n else 0 for s, n in zip(block.core, block.shape))
-    labels = open_precomputed_scale(Path(precomputed), job.lod)[
+    labels = open_precomputed_scale(Path(precomputed), job.scale)[
         block.grown((0, 0, 0), upper)].read().result()
+    if job.keep:
+        labels = fastremap.mask_except(labels, list(job.keep), in_place=True)
     # background beyond the volume's faces, so that surfaces close there (a neuron leaving
     # the volume is not left open); on the low faces the closing surface lies half a voxel
     # outside the chunk and is drawn at its edge
@@ -235,22 +281,35 @@ def mesh_fragments(job: MeshJob, precomputed: str, chunk_nm: Sequence[float], bi
     labels = fastremap.refit(np.pad(labels, [(b, 1 - u) for b, u in zip(before, upper)]))
     meshes = label_meshes(labels, [o - b for o, b in zip(block.origin, before)], job.voxel_size)
     del labels  # label_meshes lets go of it once meshed
-    box = chunk_box(chunk_nm, job.lod, job.voxel_size, block.grid[::-1])
+    box = chunk_box(chunk_nm, job.lod, job.level_size, block.grid[::-1])
     return job, encode_fragments(meshes, *box, bits)
 
 
 def mesh_volume(precomputed: Path, plan: Sequence, levels: int, bits: int,
-                runner: Runner) -> int:
+                runner: Runner, first: int = 0,
+                extents: Optional[tuple[np.ndarray, np.ndarray]] = None) -> int:
     """Mesh every label of a precomputed pyramid into ``precomputed``/mesh (the blocks on the
     runner's workers), name the mesh folder in its info, and return the number of labels
-    meshed."""
-    jobs, sizes = mesh_jobs(plan, levels)
-    base = plan[0][1]
-    chunk_nm = [float(m * v) for m, v in zip(MESH_BLOCK[::-1], base[::-1])]  # x, y, z
+    meshed. Level 0 is the surface of scale ``first``; with ``extents`` (every label and its
+    full-resolution box, z0, y0, x0, z1, y1, x1) the labels that scale lost are meshed at full
+    resolution in level 0, so that every label has a mesh."""
+    first = min(first, len(plan) - 1)
+    jobs, sizes = mesh_jobs(plan, levels, first)
+    chunk_nm = [float(m * v) for m, v in zip(MESH_BLOCK[::-1], plan[first][1][::-1])]  # x,y,z
     writer = MultiresMeshes(chunk_nm, sizes, bits)
-    for job, fragments in runner.imap(mesh_fragments, jobs, str(precomputed), chunk_nm, bits,
-                                      desc="meshes"):
-        writer.add_encoded(job.lod, job.block.grid[::-1], fragments)
+
+    def gather(to_do: list[MeshJob], desc: str) -> None:
+        for job, fragments in runner.imap(mesh_fragments, to_do, str(precomputed), chunk_nm,
+                                          bits, desc=desc):
+            writer.add_encoded(job.lod, job.block.grid[::-1], fragments)
+
+    gather(jobs, "meshes")
+    if first and extents is not None:
+        labels, boxes = extents
+        meshed = [segment for segment, lods in writer.fragments.items() if 0 in lods]
+        lost = ~np.isin(labels, np.asarray(meshed, np.uint64))
+        if lost.any():
+            gather(lost_label_jobs(plan, first, labels[lost], boxes[lost]), "small meshes")
     count = writer.write(precomputed / "mesh")
     _point_info_to_meshes(precomputed)
     return count

@@ -48,8 +48,8 @@ from segmentation.importer import scale_plan, write_pyramid
 from segmentation.membership import lookup, rows_of
 from segmentation.meshes import DISPLAY_BITS, StoredMeshes, mesh_volume
 from segmentation.project import DIVISIONS, Project, VolumeRef
-from segmentation.rag import Contacts, NodeStats, block_contacts, block_node_stats, build_rag, \
-    merged_parts
+from segmentation.rag import Contacts, NodeStats, Rag, block_contacts, block_node_stats, \
+    build_rag, merged_parts
 from segmentation.supervoxels import SupervoxelParams, flood, label_seeds, seed_mask
 from segmentation.volume import (Volume, create_precomputed_scale, create_zarr,
                                  open_precomputed_scale, open_volume, open_zarr)
@@ -68,6 +68,7 @@ class PipelineParams:
     default_threshold: float = 0.5
     meshes: bool = True
     mesh_levels: int = 2  # levels of detail of the supervoxel meshes
+    mesh_scale: int = 1  # the pyramid scale of the finest level (0: full resolution)
     edge_model: Optional[Path] = None  # the learned merge order's classifier; None: quantile
 
     def validate(self, shape: Sequence[int]) -> None:
@@ -184,7 +185,8 @@ def segment(project: Project, model: Optional[AffinityModel], params: PipelinePa
                           "precomputed")
         if params.meshes:
             with timer("meshes"):
-                mesh_volume(scratch, plan, params.mesh_levels, DISPLAY_BITS, runner)
+                mesh_volume(scratch, plan, params.mesh_levels, DISPLAY_BITS, runner,
+                            params.mesh_scale, (rag.ids, rag.bbox))
     with timer("agglomerate"):
         result = agglomerate(rag, params.thresholds,
                              score=merge_score(params.edge_model, params.quantile))
@@ -206,14 +208,15 @@ def meshes_current(project: Project) -> bool:
     return StoredMeshes.present(project.layer_dir("segmentation"))
 
 
-def remesh(project: Project, levels: int, runner: Runner) -> int:
+def remesh(project: Project, levels: int, scale: int, runner: Runner) -> int:
     """Mesh a segmented project's supervoxels again, replacing the meshes it has; returns how
     many were meshed. Edits do not matter: they never change the stored supervoxels."""
     folder = project.layer_dir("segmentation")
     shutil.rmtree(folder / "mesh", ignore_errors=True)
     volume = project.volume("segmentation")
+    rag = Rag.load(project.root / "rag.npz", histograms=False)
     return mesh_volume(folder, pyramid_plan(volume.shape, volume.voxel_size), levels,
-                       DISPLAY_BITS, runner)
+                       DISPLAY_BITS, runner, scale, (rag.ids, rag.bbox))
 
 
 def pyramid_plan(shape: Sequence[int], voxel_size: Sequence[float]) -> list:

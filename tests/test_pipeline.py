@@ -128,11 +128,14 @@ def test_volume_smaller_than_a_block_and_all_background(tmp_path):
     image[:, 10, :] = 20  # one dark membrane splits it in two
     np.save(tmp_path / "image.npy", image)
     np.save(tmp_path / "flat.npy", np.full((12, 20, 24), 200, np.uint8))
-    for name, expected_edges in (("image.npy", 1), ("flat.npy", 0)):
-        folder = tmp_path / f"run-{name}"
+    # meshes from the full-resolution labels, then (the default) from scale 1
+    for name, expected_edges, scale in (("image.npy", 1, 0), ("image.npy", 1, 1),
+                                        ("flat.npy", 0, 1)):
+        folder = tmp_path / f"run-{name}-{scale}"
         folder.mkdir()
         config = load_config(write_config(folder, tmp_path, image={"path": str(
-            tmp_path / name)}, segmentation=None, segment={"workers": 0, "meshes": True}))
+            tmp_path / name)}, segmentation=None, segment={"workers": 0, "meshes": True,
+                                                           "mesh_scale": scale}))
         report = run_segment(config, progress=False)
         assert report.blocks == 1
         project = Project.open(config.project_dir)
@@ -142,8 +145,9 @@ def test_volume_smaller_than_a_block_and_all_background(tmp_path):
         assert rag.num_edges == expected_edges
         if expected_edges:
             assert len(np.unique(labels[:, :8])) == 1 and labels[0, 0, 0] != labels[0, 15, 0]
-        # every supervoxel's mesh, read as the ecosystem reads it, wraps its voxels and is
-        # closed where the volume ends (every edge shared by two triangles)
+        # every supervoxel's mesh, read as the ecosystem reads it, wraps its voxels (to within
+        # a voxel of the scale meshed) and is closed where the volume ends (every edge shared
+        # by two triangles)
         volume = project.volume("segmentation")
         meshes = CloudVolume(f"file://{project.layer_dir('segmentation')}",
                              progress=False).mesh.get(np.unique(labels).tolist(), lod=0)
@@ -151,8 +155,8 @@ def test_volume_smaller_than_a_block_and_all_background(tmp_path):
         for supervoxel, mesh in meshes.items():
             where = np.argwhere(labels == supervoxel)
             low, high = where.min(0)[::-1] * voxel, (where.max(0)[::-1] + 1) * voxel
-            np.testing.assert_allclose(mesh.vertices.min(0), low, atol=voxel.max())
-            np.testing.assert_allclose(mesh.vertices.max(0), high, atol=voxel.max())
+            np.testing.assert_allclose(mesh.vertices.min(0), low, atol=voxel.max() * 2 ** scale)
+            np.testing.assert_allclose(mesh.vertices.max(0), high, atol=voxel.max() * 2 ** scale)
             faces = mesh.faces
             edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]],
                                             faces[:, [2, 0]]]), axis=1)

@@ -53,12 +53,15 @@ def served_mesh(session, served: str, supervoxel: int) -> np.ndarray | None:
     return np.concatenate(vertices)
 
 
-def assert_mesh_wraps(vertices: np.ndarray, voxels: np.ndarray, voxel_size) -> None:
-    """The mesh's box is the voxels' box (z, y, x voxel indices) to within a voxel."""
+def assert_mesh_wraps(vertices: np.ndarray, voxels: np.ndarray, voxel_size,
+                      scale: int = 0) -> None:
+    """The mesh's box is the voxels' box (z, y, x voxel indices) to within a voxel of the
+    pyramid scale it was meshed from."""
     voxel = np.asarray(voxel_size[::-1], float)
     low, high = voxels.min(0)[::-1] * voxel, (voxels.max(0)[::-1] + 1) * voxel
-    assert np.all(np.abs(vertices.min(0) - low) <= voxel), (vertices.min(0), low)
-    assert np.all(np.abs(vertices.max(0) - high) <= voxel), (vertices.max(0), high)
+    within = voxel * 2 ** scale
+    assert np.all(np.abs(vertices.min(0) - low) <= within), (vertices.min(0), low)
+    assert np.all(np.abs(vertices.max(0) - high) <= within), (vertices.max(0), high)
 
 
 def api(session, path: str, method: str = "GET", body: dict | None = None):
@@ -268,7 +271,8 @@ def test_supervoxel_chunks_and_meshes_are_served_and_viewers_hold_the_membership
     volume = session.project.volume("segmentation")
     everything = volume.read(slice(None), slice(None), slice(None))
     vertices = served_mesh(session, f"/segments/g{generation}", supervoxel)
-    assert_mesh_wraps(vertices, np.argwhere(everything == supervoxel), volume.voxel_size)
+    assert_mesh_wraps(vertices, np.argwhere(everything == supervoxel), volume.voxel_size,
+                      scale=1)  # the pipeline meshes supervoxels from scale 1
     for path in (f"mesh/{2 ** 40}.index", "mesh/..%2Finfo", "mesh/info.index"):
         assert request(session, f"/segments/g{generation}/{path}")[0].status == 404, path
     response, _ = request(session, f"/segments/g{generation}/mesh/{supervoxel}",

@@ -1,0 +1,68 @@
+"""Supervoxel meshes made from a downsampled scale still give every label a mesh."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cloudvolume import CloudVolume
+from cloudvolume.exceptions import MeshMissingError
+
+from segmentation.blockwise import Runner
+from segmentation.importer import scale_plan, write_pyramid
+from segmentation.meshes import mesh_volume
+from segmentation.volume import create_precomputed_scale
+
+CHUNK = (64, 64, 64)
+VOXEL = (10.0, 10.0, 10.0)
+
+
+def labelled(folder, labels: np.ndarray) -> list:
+    """A precomputed pyramid of ``labels`` (mode-downsampled); its scale plan."""
+    plan = scale_plan(labels.shape, VOXEL, CHUNK, 2)
+    base = create_precomputed_scale(folder, "segmentation", np.uint64, labels.shape, VOXEL,
+                                    CHUNK)
+    base.write(labels).result()
+    write_pyramid(folder, base, "segmentation", np.dtype(np.uint64), plan, CHUNK, "precomputed")
+    return plan
+
+
+def extents(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    boxes = []
+    for label in ids:
+        where = np.argwhere(labels == label)
+        boxes.append(np.concatenate([where.min(0), where.max(0) + 1]))
+    return ids, np.asarray(boxes, np.int64)
+
+
+def test_labels_lost_to_downsampling_are_meshed_at_full_resolution(tmp_path):
+    labels = np.ones((24, 24, 300), np.uint64)
+    labels[8:20, 8:20, 100:140] = 2  # survives downsampling
+    labels[5, 5, 250:262] = 3  # a thin line, across the x = 256 boundary of level-0 chunks
+    labels[11, 11, 11] = 4  # one voxel
+    ids, boxes = extents(labels)
+    voxel = np.asarray(VOXEL[::-1])
+    for folder, given in ((tmp_path / "with", (ids, boxes)), (tmp_path / "without", None)):
+        plan = labelled(folder, labels)
+        with Runner(0) as runner:
+            assert mesh_volume(folder, plan, 2, 16, runner, 1, given) == (4 if given else 2)
+    meshes = CloudVolume(f"file://{tmp_path / 'with'}", progress=False).mesh.get(
+        ids.tolist(), lod=0)
+    assert sorted(meshes) == [1, 2, 3, 4]
+    for label in (3, 4):  # at full resolution: their box to within half a voxel
+        where = np.argwhere(labels == label)
+        low, high = where.min(0)[::-1] * voxel, (where.max(0)[::-1] + 1) * voxel
+        np.testing.assert_allclose(meshes[label].vertices.min(0), low, atol=voxel.max() / 2)
+        np.testing.assert_allclose(meshes[label].vertices.max(0), high, atol=voxel.max() / 2)
+    faces = meshes[4].faces  # closed: every edge shared by two triangles
+    edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), 1)
+    assert (np.unique(edges, axis=0, return_counts=True)[1] == 2).all()
+    # the labels that scale 1 keeps are meshed from it (a voxel of it is 20 nm)
+    where = np.argwhere(labels == 2)
+    np.testing.assert_allclose(meshes[2].vertices.min(0), where.min(0)[::-1] * voxel, atol=20)
+    without = CloudVolume(f"file://{tmp_path / 'without'}", progress=False).mesh
+    assert sorted(without.get([1, 2], lod=0)) == [1, 2]
+    for label in (3, 4):
+        with pytest.raises(MeshMissingError):
+            without.get([label], lod=0)
