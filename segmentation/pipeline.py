@@ -44,6 +44,7 @@ from segmentation.edge_classifier import merge_score
 from segmentation.atomic import atomic_directory
 from segmentation.blockwise import Block, Marks, Runner, context_blocks, make_blocks
 from segmentation.errors import InputError
+from segmentation.heap import holding_freed_memory
 from segmentation.importer import scale_plan, write_pyramid
 from segmentation.membership import lookup, rows_of
 from segmentation.meshes import DISPLAY_BITS, StoredMeshes, mesh_volume
@@ -359,7 +360,7 @@ def compute_affinities(image: Volume, model: AffinityModel, path: Path,
         create_zarr(path, np.uint8, (len(model.offsets),) + image.shape,
                     (len(model.offsets),) + CHUNK, attributes)
     if not marks.complete(blocks):  # the fit is the same every run, so resumed blocks agree
-        with (timer or _Timer(None))("affinity calibration"):
+        with (timer or _Timer(None))("affinity calibration"), holding_freed_memory():
             model.fit(calibration_samples(image))
     runner.map(affinity_task, blocks, image.location, image.format, image.voxel_size, model,
                str(path), desc="affinities", marks=marks)
