@@ -4,7 +4,7 @@ made with zmesh and written and read with cloud-volume's implementation of the f
 The pipeline meshes every supervoxel this way (a neuron's mesh is the set of its supervoxels'
 meshes, so merging or splitting neurons never re-meshes anything) and the export meshes every
 segment. Level of detail k is the marching-cubes surface of pyramid scale first + k (the
-mode-downsampled labels) in blocks of MESH_BLOCK voxels of that scale: quadric simplification
+mode-downsampled labels) in chunks of 2^k MESH_BLOCK voxels of scale 0: quadric simplification
 cost about 1.5 us a face, 97% of the old mesh time, while meshing a coarser scale costs an
 eighth of the one before. A segment spanning several blocks has one fragment per block; each
 block meshes its labels plus one voxel of the next blocks, so fragments meet without gaps.
@@ -35,7 +35,7 @@ from segmentation.blockwise import Block, Runner, make_blocks
 from segmentation.file_ranges import read_range
 from segmentation.volume import open_precomputed_scale
 
-MESH_BLOCK = (128, 128, 128)  # voxels of a mesh block, at every scale: level-0 chunk is this
+MESH_BLOCK = (128, 128, 128)  # voxels of scale 0 in a level-0 chunk (level k: 2^k times)
 # Draco quantization: 10 bits put a vertex within 1/16 voxel of a 128-voxel chunk and encode
 # about twice as fast as 16 (what the export uses, exact for zmesh's half-voxel vertices)
 DISPLAY_BITS = 10
@@ -201,15 +201,15 @@ def morton_code(position: tuple[int, int, int]) -> int:
 class MeshJob:
     """One block of one level of detail: ``block`` is in voxels of the pyramid scale read
     (``scale``, of ``voxel_size``) and its grid position is the level's chunk it fills;
-    ``level_size`` is the voxel size of the level's own scale. ``keep``: mesh only these
-    labels (a level's missing labels, meshed from a finer scale); empty: all of them."""
+    ``level_size`` is the voxel size of the level's own scale. With ``pieces`` ((label, voxels
+    of it in the block), each region of which is read apart) only those labels are meshed."""
 
     lod: int
     block: Block
     scale: int
     voxel_size: tuple[float, float, float]  # z, y, x nm
     level_size: tuple[float, float, float]
-    keep: tuple[int, ...] = ()
+    pieces: tuple[tuple[int, tuple[slice, ...]], ...] = ()
 
 
 def mesh_jobs(plan: Sequence, levels: int, first: int = 0
@@ -218,14 +218,16 @@ def mesh_jobs(plan: Sequence, levels: int, first: int = 0
     shape, voxel size, factors per scale) from scale ``first`` on, and each level's voxel size.
     A level is a scale whose blocks are whole voxels (all of them, unless z is never halved).
     Coarser levels come first: a block of level k + 1 covers eight of level k and costs about
-    twice as much, and started last it would keep one worker busy after the others are done."""
-    base = np.asarray(plan[first][1], np.float64)
+    twice as much, and started last it would keep one worker busy after the others are done.
+    Level 0's chunks are MESH_BLOCK voxels of scale 0 whichever scale it meshes (64^3 blocks of
+    scale 1: the demo in 8 blocks, not 1 for one worker to mesh alone)."""
+    base = np.asarray(plan[0][1], np.float64)
     jobs, sizes = [], []
     for lod, (shape, size, _) in enumerate(plan[first:first + levels]):
-        ratio = 2 ** lod * base / np.asarray(size, np.float64)
-        if not np.allclose(np.round(ratio), ratio):
+        voxels = 2 ** lod * base / np.asarray(size, np.float64) * MESH_BLOCK
+        if not np.allclose(np.round(voxels), voxels):
             break
-        block = tuple(int(round(m * r)) for m, r in zip(MESH_BLOCK, ratio))
+        block = tuple(int(round(v)) for v in voxels)
         sizes.append(tuple(float(v) for v in size))
         jobs[:0] = [MeshJob(lod, b, first + lod, sizes[-1], sizes[-1])
                     for b in make_blocks(shape, block)]
@@ -237,51 +239,61 @@ def lost_label_jobs(plan: Sequence, first: int, labels: np.ndarray, boxes: np.nd
     """Level-0 jobs that mesh ``labels`` (with their boxes in full-resolution voxels: z0, y0,
     x0, z1, y1, x1) at full resolution: labels scale ``first`` lost to its downsampling (the
     smallest supervoxels), which would otherwise have no mesh at all. One job per level-0
-    chunk they touch, reading the least box around them there (plus a voxel before, where the
-    surface closes, and after, where the next chunk's piece begins)."""
+    chunk they touch, reading each label's box there apart (plus a voxel before, where its
+    surface closes, and after, where the next chunk's piece begins): a box around all of a
+    chunk's labels would be most of the chunk."""
+    full, level = (tuple(float(v) for v in plan[scale][1]) for scale in (0, first))
     shape = tuple(int(n) for n in plan[0][0])
-    footprint = np.round(MESH_BLOCK * np.asarray(plan[first][1], np.float64)
-                         / np.asarray(plan[0][1], np.float64)).astype(int)
-    chunks: dict[tuple[int, ...], list] = defaultdict(list)
+    footprint = np.asarray(MESH_BLOCK)  # a level-0 chunk (see mesh_jobs)
+    pieces: dict[tuple[int, ...], list] = defaultdict(list)
     for label, box in zip(labels, boxes):
         low, high = np.asarray(box[:3]), np.asarray(box[3:])
         for chunk in itertools.product(*(range(a // f, (b - 1) // f + 1)
                                          for a, b, f in zip(low, high, footprint))):
             start = np.maximum(low - 1, np.asarray(chunk) * footprint)
             stop = np.minimum(high, (np.asarray(chunk) + 1) * footprint)
-            chunks[chunk].append((int(label), start, stop))
+            pieces[chunk].append((int(label), tuple(slice(int(a), int(b))
+                                                     for a, b in zip(start, stop))))
     jobs = []
-    for index, (chunk, found) in enumerate(sorted(chunks.items())):
-        start = np.min([f[1] for f in found], axis=0)
-        stop = np.max([f[2] for f in found], axis=0)
-        core = tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
-        size = tuple(float(v) for v in plan[0][1])
-        jobs.append(MeshJob(0, Block(index, chunk, core, shape), 0, size,
-                            tuple(float(v) for v in plan[first][1]),
-                            tuple(sorted({f[0] for f in found}))))
+    for index, (chunk, found) in enumerate(sorted(pieces.items())):
+        core = tuple(slice(int(c * f), int(min((c + 1) * f, n)))
+                     for c, f, n in zip(chunk, footprint, shape))
+        jobs.append(MeshJob(0, Block(index, chunk, core, shape), 0, full, level, tuple(found)))
     return jobs
+
+
+def region_surfaces(precomputed: str, scale: int, core: tuple[slice, ...],
+                    shape: Sequence[int], voxel_size: Sequence[float],
+                    only: Optional[int] = None) -> Iterator[tuple[int, zmesh.Mesh]]:
+    """The surfaces (``label_meshes``) of the labels in ``core`` of a pyramid scale, or of
+    label ``only``, plus one voxel of the next blocks (where their surfaces begin)."""
+    upper = tuple(1 if s.stop < n else 0 for s, n in zip(core, shape))
+    labels = open_precomputed_scale(Path(precomputed), scale)[
+        tuple(slice(s.start, s.stop + u) for s, u in zip(core, upper))].read().result()
+    if only is not None:
+        labels = fastremap.mask_except(labels, [only], in_place=True)
+    # background beyond the volume's faces, so that surfaces close there (a neuron leaving
+    # the volume is not left open); on the low faces the closing surface lies half a voxel
+    # outside the chunk and is drawn at its edge
+    before = tuple(1 if s.start == 0 else 0 for s in core)
+    # the narrowest type that holds the ids: zmesh meshes it as it is (a quarter of the
+    # memory of uint64 for the supervoxels of a volume under 65536 of them)
+    labels = fastremap.refit(np.pad(labels, [(b, 1 - u) for b, u in zip(before, upper)]))
+    return label_meshes(labels, [s.start - b for s, b in zip(core, before)], voxel_size)
 
 
 def mesh_fragments(job: MeshJob, precomputed: str, chunk_nm: Sequence[float], bits: int
                    ) -> tuple[MeshJob, dict[int, bytes]]:
     """The Draco fragments of one block (a task for the runner's workers: the encoding is most
     of the time, and only bytes travel back)."""
-    block = job.block
-    upper = tuple(1 if s.stop < n else 0 for s, n in zip(block.core, block.shape))
-    labels = open_precomputed_scale(Path(precomputed), job.scale)[
-        block.grown((0, 0, 0), upper)].read().result()
-    if job.keep:
-        labels = fastremap.mask_except(labels, list(job.keep), in_place=True)
-    # background beyond the volume's faces, so that surfaces close there (a neuron leaving
-    # the volume is not left open); on the low faces the closing surface lies half a voxel
-    # outside the chunk and is drawn at its edge
-    before = tuple(1 if s.start == 0 else 0 for s in block.core)
-    # the narrowest type that holds the ids: zmesh meshes it as it is (a quarter of the
-    # memory of uint64 for the supervoxels of a volume under 65536 of them)
-    labels = fastremap.refit(np.pad(labels, [(b, 1 - u) for b, u in zip(before, upper)]))
-    meshes = label_meshes(labels, [o - b for o, b in zip(block.origin, before)], job.voxel_size)
-    del labels  # label_meshes lets go of it once meshed
-    box = chunk_box(chunk_nm, job.lod, job.level_size, block.grid[::-1])
+    shape = job.block.shape
+    if job.pieces:
+        meshes = itertools.chain.from_iterable(
+            region_surfaces(precomputed, job.scale, core, shape, job.voxel_size, label)
+            for label, core in job.pieces)
+    else:
+        meshes = region_surfaces(precomputed, job.scale, job.block.core, shape, job.voxel_size)
+    box = chunk_box(chunk_nm, job.lod, job.level_size, job.block.grid[::-1])
     return job, encode_fragments(meshes, *box, bits)
 
 
@@ -295,7 +307,7 @@ def mesh_volume(precomputed: Path, plan: Sequence, levels: int, bits: int,
     resolution in level 0, so that every label has a mesh."""
     first = min(first, len(plan) - 1)
     jobs, sizes = mesh_jobs(plan, levels, first)
-    chunk_nm = [float(m * v) for m, v in zip(MESH_BLOCK[::-1], plan[first][1][::-1])]  # x,y,z
+    chunk_nm = [float(m * v) for m, v in zip(MESH_BLOCK[::-1], plan[0][1][::-1])]  # x, y, z
     writer = MultiresMeshes(chunk_nm, sizes, bits)
 
     def gather(to_do: list[MeshJob], desc: str) -> None:
