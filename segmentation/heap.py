@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 FROM_HEAP_UP_TO = 32 * 2 ** 20  # the most glibc accepts
 KEEP_FREE = 128 * 2 ** 20
@@ -47,47 +47,46 @@ WORKER_HEAP = {"MALLOC_MMAP_THRESHOLD_": str(FROM_HEAP_UP_TO),
                "MALLOC_TRIM_THRESHOLD_": str(KEEP_FREE), "MALLOC_ARENA_MAX": "1"}
 
 
-def keep_freed_memory() -> bool:
-    """Serve arrays up to 32 MB from this process's heap and keep its freed memory; False
-    where the C library is not glibc (there is nothing to tune)."""
-    mallopt = _mallopt()
-    if mallopt is None:
-        return False
-    results = [mallopt(M_MMAP_THRESHOLD, FROM_HEAP_UP_TO), mallopt(M_TRIM_THRESHOLD, KEEP_FREE)]
-    return all(results)
+class _Settings:
+    """Whether this process keeps freed memory (``keep_freed_memory``): the C library's
+    allocator settings are the process's, and holding must not leave them changed in a
+    process that never asked for them (a test runner, a benchmark's server)."""
+
+    kept = False
 
 
-def _mallopt() -> Optional[Callable[[int, int], int]]:
+def _libc() -> Optional[ctypes.CDLL]:
     try:
-        return ctypes.CDLL(None).mallopt
+        libc = ctypes.CDLL(None)
+        libc.mallopt, libc.malloc_trim  # glibc's, or not glibc
+        return libc
     except (OSError, AttributeError, TypeError):  # TypeError: Windows has no CDLL(None)
         return None
 
 
-def hold_freed_memory() -> bool:
-    """Serve every array from this process's heap and keep all that is freed, until
-    ``let_go_of_held_memory``; False where the C library is not glibc."""
-    mallopt = _mallopt()
-    return mallopt is not None and all([mallopt(M_MMAP_MAX, 0),
-                                        mallopt(M_TRIM_THRESHOLD, KEEP_ALL)])
-
-
-def let_go_of_held_memory() -> None:
-    """Back to ``keep_freed_memory``'s settings, and the heap's free memory back to the
-    kernel."""
-    mallopt = _mallopt()
-    if mallopt is None:
-        return
-    mallopt(M_MMAP_MAX, GLIBC_MMAP_MAX)
-    mallopt(M_TRIM_THRESHOLD, KEEP_FREE)
-    ctypes.CDLL(None).malloc_trim(0)
+def keep_freed_memory() -> bool:
+    """Serve arrays up to 32 MB from this process's heap and keep its freed memory; False
+    where the C library is not glibc (there is nothing to tune)."""
+    libc = _libc()
+    if libc is None:
+        return False
+    _Settings.kept = all([libc.mallopt(M_MMAP_THRESHOLD, FROM_HEAP_UP_TO),
+                          libc.mallopt(M_TRIM_THRESHOLD, KEEP_FREE)])
+    return _Settings.kept
 
 
 @contextlib.contextmanager
-def holding_freed_memory() -> Iterator[None]:
-    """``hold_freed_memory`` for the length of a block of code."""
-    hold_freed_memory()
+def holding_freed_memory() -> Iterator[bool]:
+    """In a process that keeps freed memory, serve every array from its heap and keep all that
+    is freed for the length of a block of code, then give the heap's free memory back to the
+    kernel; elsewhere, nothing. Yields whether it holds."""
+    libc = _libc() if _Settings.kept else None
+    holding = libc is not None and all([libc.mallopt(M_MMAP_MAX, 0),
+                                        libc.mallopt(M_TRIM_THRESHOLD, KEEP_ALL)])
     try:
-        yield
+        yield holding
     finally:
-        let_go_of_held_memory()
+        if libc is not None:
+            libc.mallopt(M_MMAP_MAX, GLIBC_MMAP_MAX)
+            libc.mallopt(M_TRIM_THRESHOLD, KEEP_FREE)
+            libc.malloc_trim(0)

@@ -106,9 +106,11 @@ class MultiresMeshes:
     as sharded ``neuroglancer_multilod_draco`` (one shard entry per segment: its manifest, with
     its Draco fragments just before it in the shard file).
 
-    Level ``lod`` has chunks of ``chunk_nm * 2**lod`` from ``grid_origin``; a block of scale
-    ``lod`` meshed with ``mesh_labels`` fills its chunk shifted by half a voxel of that scale
-    (``vertex_offsets``).
+    Level ``lod`` has chunks of ``chunk_nm * 2**lod`` from ``grid_origin``; a block of the
+    level's scale (``voxel_sizes``) meshed with ``mesh_labels`` fills its chunk shifted by half
+    a voxel of that scale (``vertex_offsets``). A segment whose fragments of a level were all
+    meshed at another scale (``add_encoded``'s ``voxel_size``: a label the level's scale lost)
+    has that scale's offset in its own manifest.
     """
 
     def __init__(self, chunk_nm: Sequence[float], voxel_sizes: Sequence[Sequence[float]],
@@ -119,6 +121,7 @@ class MultiresMeshes:
         self.voxel_sizes = [tuple(size) for size in voxel_sizes]  # z, y, x per level
         self.fragments: dict[int, dict[int, dict[tuple[int, int, int], bytes]]] = \
             defaultdict(lambda: defaultdict(dict))
+        self.meshed_at: dict[int, dict[int, tuple]] = defaultdict(dict)  # segment: lod: size
 
     @property
     def num_lods(self) -> int:
@@ -129,10 +132,15 @@ class MultiresMeshes:
         box = chunk_box(self.chunk, lod, self.voxel_sizes[lod], position, self.origin)
         self.add_encoded(lod, position, encode_fragments(meshes.items(), *box, self.bits))
 
-    def add_encoded(self, lod: int, position: Sequence[int], fragments: dict[int, bytes]) -> None:
-        """Fragments ``encode_fragments`` made for chunk ``position`` of level ``lod``."""
+    def add_encoded(self, lod: int, position: Sequence[int], fragments: dict[int, bytes],
+                    voxel_size: Optional[Sequence[float]] = None) -> None:
+        """Fragments ``encode_fragments`` made for chunk ``position`` of level ``lod``, from
+        labels of ``voxel_size`` (z, y, x; default: the level's)."""
+        other = voxel_size is not None and tuple(voxel_size) != self.voxel_sizes[lod]
         for segment, fragment in fragments.items():
             self.fragments[segment][lod][tuple(int(p) for p in position)] = fragment
+            if other:
+                self.meshed_at[segment][lod] = tuple(voxel_size)
 
     def write(self, folder: Path) -> int:
         """Write ``folder`` (info and shard files); return the number of segments."""
@@ -165,6 +173,8 @@ class MultiresMeshes:
             MultiLevelPrecomputedMeshManifest)
 
         lods = self.fragments[segment]
+        scales = [self.meshed_at.get(segment, {}).get(lod, size)
+                 for lod, size in enumerate(self.voxel_sizes)]
         levels = [dict(lods.get(lod, {})) for lod in range(self.num_lods)]
         for lod in range(self.num_lods - 1):
             for x, y, z in levels[lod]:
@@ -177,9 +187,9 @@ class MultiresMeshes:
             body.extend(level[p] for p in order)
         manifest = MultiLevelPrecomputedMeshManifest(
             segment, chunk_shape=self.chunk, grid_origin=self.origin, num_lods=self.num_lods,
-            lod_scales=[float(max(size)) for size in self.voxel_sizes],
+            lod_scales=[float(max(size)) for size in scales],
             # per level: half a voxel of its scale (x, y, z), where its blocks' surfaces start
-            vertex_offsets=np.asarray([size[::-1] for size in self.voxel_sizes]) / 2,
+            vertex_offsets=np.asarray([size[::-1] for size in scales]) / 2,
             num_fragments_per_lod=[len(p) for p in positions], fragment_positions=positions,
             fragment_offsets=sizes)
         return manifest.to_binary(), b"".join(body)
@@ -234,21 +244,23 @@ def mesh_jobs(plan: Sequence, levels: int, first: int = 0
     return jobs, sizes
 
 
-def lost_label_jobs(plan: Sequence, first: int, labels: np.ndarray, boxes: np.ndarray
-                    ) -> list[MeshJob]:
+def lost_label_jobs(plan: Sequence, labels: np.ndarray, boxes: np.ndarray) -> list[MeshJob]:
     """Level-0 jobs that mesh ``labels`` (with their boxes in full-resolution voxels: z0, y0,
-    x0, z1, y1, x1) at full resolution: labels scale ``first`` lost to its downsampling (the
-    smallest supervoxels), which would otherwise have no mesh at all. One job per level-0
+    x0, z1, y1, x1) at full resolution: labels that level 0's scale lost to its downsampling
+    (the smallest supervoxels), which would otherwise have no mesh at all. (A label it loses
+    in some chunks only keeps its mesh elsewhere and has a gap there.) One job per level-0
     chunk they touch, reading each label's box there apart (plus a voxel before, where its
     surface closes, and after, where the next chunk's piece begins): a box around all of a
     chunk's labels would be most of the chunk."""
-    full, level = (tuple(float(v) for v in plan[scale][1]) for scale in (0, first))
+    full = tuple(float(v) for v in plan[0][1])
     shape = tuple(int(n) for n in plan[0][0])
     footprint = np.asarray(MESH_BLOCK)  # a level-0 chunk (see mesh_jobs)
     pieces: dict[tuple[int, ...], list] = defaultdict(list)
     for label, box in zip(labels, boxes):
         low, high = np.asarray(box[:3]), np.asarray(box[3:])
-        for chunk in itertools.product(*(range(a // f, (b - 1) // f + 1)
+        # from the chunk of the voxel before the box: a box that starts on a chunk's first
+        # voxel closes in the chunk before, which reads that voxel and the box's first
+        for chunk in itertools.product(*(range(max(a - 1, 0) // f, (b - 1) // f + 1)
                                          for a, b, f in zip(low, high, footprint))):
             start = np.maximum(low - 1, np.asarray(chunk) * footprint)
             stop = np.minimum(high, (np.asarray(chunk) + 1) * footprint)
@@ -258,7 +270,7 @@ def lost_label_jobs(plan: Sequence, first: int, labels: np.ndarray, boxes: np.nd
     for index, (chunk, found) in enumerate(sorted(pieces.items())):
         core = tuple(slice(int(c * f), int(min((c + 1) * f, n)))
                      for c, f, n in zip(chunk, footprint, shape))
-        jobs.append(MeshJob(0, Block(index, chunk, core, shape), 0, full, level, tuple(found)))
+        jobs.append(MeshJob(0, Block(index, chunk, core, shape), 0, full, full, tuple(found)))
     return jobs
 
 
@@ -313,7 +325,7 @@ def mesh_volume(precomputed: Path, plan: Sequence, levels: int, bits: int,
     def gather(to_do: list[MeshJob], desc: str) -> None:
         for job, fragments in runner.imap(mesh_fragments, to_do, str(precomputed), chunk_nm,
                                           bits, desc=desc):
-            writer.add_encoded(job.lod, job.block.grid[::-1], fragments)
+            writer.add_encoded(job.lod, job.block.grid[::-1], fragments, job.level_size)
 
     gather(jobs, "meshes")
     if first and extents is not None:
@@ -321,7 +333,7 @@ def mesh_volume(precomputed: Path, plan: Sequence, levels: int, bits: int,
         meshed = [segment for segment, lods in writer.fragments.items() if 0 in lods]
         lost = ~np.isin(labels, np.asarray(meshed, np.uint64))
         if lost.any():
-            gather(lost_label_jobs(plan, first, labels[lost], boxes[lost]), "small meshes")
+            gather(lost_label_jobs(plan, labels[lost], boxes[lost]), "small meshes")
     count = writer.write(precomputed / "mesh")
     _point_info_to_meshes(precomputed)
     return count

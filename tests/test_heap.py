@@ -115,34 +115,37 @@ def test_local_dask_workers_start_with_the_setting():
 HELD_UNTIL_LET_GO = """
 import sys
 import numpy as np
-from segmentation.heap import hold_freed_memory, let_go_of_held_memory
+from segmentation.heap import holding_freed_memory, keep_freed_memory
 
 def resident_mb():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096 / 2 ** 20
 
-if sys.argv[1] == "hold":
-    assert hold_freed_memory()
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
 before = resident_mb()
-activation = np.ones(200 * 2 ** 20, np.uint8)  # beyond any threshold glibc serves from heaps
-del activation
-held = resident_mb() - before
-let_go_of_held_memory()
-print(held, resident_mb() - before)
+with holding_freed_memory() as holding:
+    activation = np.ones(200 * 2 ** 20, np.uint8)  # beyond what glibc serves from heaps
+    del activation
+    held = resident_mb() - before
+print(holding, held, resident_mb() - before)
 """
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator only")
 def test_a_model_stage_keeps_its_large_arrays_until_it_lets_go():
-    """While a stage runs a model, arrays of any size come from the heap and stay there when
-    freed (the next layer or block reuses them); letting go returns them to the kernel."""
+    """While the affinity model calibrates, arrays of any size come from the heap and stay
+    there when freed (the next layer reuses them); afterwards they go back to the kernel. A
+    process that does not keep freed memory is left as it is."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
 
-    def resident(mode: str) -> list[float]:
+    def resident(mode: str) -> tuple[bool, float, float]:
         out = subprocess.run([sys.executable, "-c", HELD_UNTIL_LET_GO, mode], check=True,
                              capture_output=True, text=True, env=clean).stdout
-        return [float(v) for v in out.strip().splitlines()[-1].split()]
+        holding, held, after = out.strip().splitlines()[-1].split()
+        return holding == "True", float(held), float(after)
 
-    held, after = resident("hold")
-    assert held > 150 and after < 50
-    assert resident("default")[0] < 50  # mapped, and unmapped as it is freed
+    holding, held, after = resident("keep")
+    assert holding and held > 150 and after < 50
+    holding, held, _ = resident("default")
+    assert not holding and held < 50  # mapped, and unmapped as it is freed

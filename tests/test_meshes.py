@@ -36,28 +36,36 @@ def extents(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ids, np.asarray(boxes, np.int64)
 
 
+def closed(mesh) -> bool:
+    """Every edge shared by two triangles, once vertices that chunks share are one."""
+    _, index = np.unique(np.round(mesh.vertices, 1), axis=0, return_inverse=True)
+    faces = index.ravel()[mesh.faces]
+    edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), 1)
+    return bool((np.unique(edges, axis=0, return_counts=True)[1] == 2).all())
+
+
 def test_labels_lost_to_downsampling_are_meshed_at_full_resolution(tmp_path):
     labels = np.ones((24, 24, 300), np.uint64)
     labels[8:20, 8:20, 100:140] = 2  # survives downsampling
     labels[5, 5, 250:262] = 3  # a thin line, across the x = 256 boundary of level-0 chunks
     labels[11, 11, 11] = 4  # one voxel
+    labels[15:17, 15:17, 256:258] = 5  # a small cube on the first voxel of a chunk
     ids, boxes = extents(labels)
     voxel = np.asarray(VOXEL[::-1])
     for folder, given in ((tmp_path / "with", (ids, boxes)), (tmp_path / "without", None)):
         plan = labelled(folder, labels)
         with Runner(0) as runner:
-            assert mesh_volume(folder, plan, 2, 16, runner, 1, given) == (4 if given else 2)
+            assert mesh_volume(folder, plan, 2, 16, runner, 1, given) == (5 if given else 2)
     meshes = CloudVolume(f"file://{tmp_path / 'with'}", progress=False).mesh.get(
         ids.tolist(), lod=0)
-    assert sorted(meshes) == [1, 2, 3, 4]
-    for label in (3, 4):  # at full resolution: their box to within half a voxel
+    assert sorted(meshes) == [1, 2, 3, 4, 5]
+    for label in (3, 4, 5):  # at full resolution: their box to within half a voxel, and
+        # closed where chunks meet (every edge of the pieces, joined, shared by two triangles)
         where = np.argwhere(labels == label)
         low, high = where.min(0)[::-1] * voxel, (where.max(0)[::-1] + 1) * voxel
         np.testing.assert_allclose(meshes[label].vertices.min(0), low, atol=voxel.max() / 2)
         np.testing.assert_allclose(meshes[label].vertices.max(0), high, atol=voxel.max() / 2)
-    faces = meshes[4].faces  # closed: every edge shared by two triangles
-    edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), 1)
-    assert (np.unique(edges, axis=0, return_counts=True)[1] == 2).all()
+        assert closed(meshes[label]), label
     # the labels that scale 1 keeps are meshed from it (a voxel of it is 20 nm)
     where = np.argwhere(labels == 2)
     np.testing.assert_allclose(meshes[2].vertices.min(0), where.min(0)[::-1] * voxel, atol=20)
