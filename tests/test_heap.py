@@ -10,15 +10,19 @@ import sys
 
 import pytest
 
-RESIDENT_AFTER_FREE = """
+# the start of the scripts that measure a fresh process's resident memory
+RESIDENT = """
 import sys
 import numpy as np
-from segmentation.heap import keep_freed_memory
+from segmentation.heap import holding_freed_memory, keep_freed_memory
 
 def resident_mb():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096 / 2 ** 20
 
+"""
+
+RESIDENT_AFTER_FREE = RESIDENT + """
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 before = resident_mb()
@@ -112,15 +116,7 @@ def test_local_dask_workers_start_with_the_setting():
         WORKER_HEAP]
 
 
-HELD_UNTIL_LET_GO = """
-import sys
-import numpy as np
-from segmentation.heap import holding_freed_memory, keep_freed_memory
-
-def resident_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2 ** 20
-
+HELD_UNTIL_LET_GO = RESIDENT + """
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 before = resident_mb()
