@@ -210,15 +210,14 @@ def morton_code(position: tuple[int, int, int]) -> int:
 @dataclass(frozen=True)
 class MeshJob:
     """One block of one level of detail: ``block`` is in voxels of the pyramid scale read
-    (``scale``, of ``voxel_size``) and its grid position is the level's chunk it fills;
-    ``level_size`` is the voxel size of the level's own scale. With ``pieces`` ((label, voxels
-    of it in the block), each region of which is read apart) only those labels are meshed."""
+    (``scale``, of ``voxel_size``: the level's own, or full resolution for the labels it lost)
+    and its grid position is the level's chunk it fills. With ``pieces`` ((label, voxels of it
+    in the block), each region of which is read apart) only those labels are meshed."""
 
     lod: int
     block: Block
     scale: int
     voxel_size: tuple[float, float, float]  # z, y, x nm
-    level_size: tuple[float, float, float]
     pieces: tuple[tuple[int, tuple[slice, ...]], ...] = ()
 
 
@@ -239,7 +238,7 @@ def mesh_jobs(plan: Sequence, levels: int, first: int = 0
             break
         block = tuple(int(round(v)) for v in voxels)
         sizes.append(tuple(float(v) for v in size))
-        jobs[:0] = [MeshJob(lod, b, first + lod, sizes[-1], sizes[-1])
+        jobs[:0] = [MeshJob(lod, b, first + lod, sizes[-1])
                     for b in make_blocks(shape, block)]
     return jobs, sizes
 
@@ -270,7 +269,7 @@ def lost_label_jobs(plan: Sequence, labels: np.ndarray, boxes: np.ndarray) -> li
     for index, (chunk, found) in enumerate(sorted(pieces.items())):
         core = tuple(slice(int(c * f), int(min((c + 1) * f, n)))
                      for c, f, n in zip(chunk, footprint, shape))
-        jobs.append(MeshJob(0, Block(index, chunk, core, shape), 0, full, full, tuple(found)))
+        jobs.append(MeshJob(0, Block(index, chunk, core, shape), 0, full, tuple(found)))
     return jobs
 
 
@@ -305,7 +304,7 @@ def mesh_fragments(job: MeshJob, precomputed: str, chunk_nm: Sequence[float], bi
             for label, core in job.pieces)
     else:
         meshes = region_surfaces(precomputed, job.scale, job.block.core, shape, job.voxel_size)
-    box = chunk_box(chunk_nm, job.lod, job.level_size, job.block.grid[::-1])
+    box = chunk_box(chunk_nm, job.lod, job.voxel_size, job.block.grid[::-1])
     return job, encode_fragments(meshes, *box, bits)
 
 
@@ -325,7 +324,7 @@ def mesh_volume(precomputed: Path, plan: Sequence, levels: int, bits: int,
     def gather(to_do: list[MeshJob], desc: str) -> None:
         for job, fragments in runner.imap(mesh_fragments, to_do, str(precomputed), chunk_nm,
                                           bits, desc=desc):
-            writer.add_encoded(job.lod, job.block.grid[::-1], fragments, job.level_size)
+            writer.add_encoded(job.lod, job.block.grid[::-1], fragments, job.voxel_size)
 
     gather(jobs, "meshes")
     if first and extents is not None:
