@@ -9,7 +9,7 @@ import torch
 from segmentation.affinities import affinities_from_boundary
 from segmentation.models.fgnet import FGNet, FGNetConfig
 from segmentation.models.sam2_prompt import build_model
-from segmentation.models.unet3d import UNet3D, UNetConfig
+from segmentation.models.unet3d import Norm, UNet3D, UNetConfig
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +89,31 @@ def test_student_shapes_distillation_heads_and_anisotropy():
     flat = UNet3D(UNetConfig(filters=(4, 8, 16, 32), anisotropic=True))
     assert flat.divisor == (1, 8, 8)
     assert flat(torch.rand(1, 1, 5, 32, 32))["affinities"].shape == (1, 3, 5, 32, 32)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_calibrated_norm_keeps_each_groups_pooled_statistics(layout, dtype):
+    """Statistics pooled over samples of different sizes, per group of adjacent channels,
+    whatever the activations' layout: a frozen Norm then maps every sample the same way."""
+    generator = torch.Generator().manual_seed(0)
+    norm = Norm(4, 12)
+    samples = [(torch.randn(1, 12, *shape, generator=generator) * torch.arange(1, 13).view(
+        1, 12, 1, 1, 1) + torch.arange(12).view(1, 12, 1, 1, 1)).to(dtype).contiguous(
+        memory_format=layout) for shape in ((3, 5, 7), (6, 4, 2))]
+    norm.calibrate()
+    for sample in samples:
+        norm(sample)
+    norm.freeze()
+    pooled = np.concatenate([s.double().numpy().reshape(4, 3, -1).reshape(4, -1)
+                             for s in samples], axis=1)
+    np.testing.assert_allclose(norm.mean.numpy(), pooled.mean(1), rtol=1e-6)
+    np.testing.assert_allclose(norm.var.numpy(), pooled.var(1), rtol=1e-5)
+    assert not np.allclose(norm.mean.numpy(), norm.mean.numpy()[0])  # groups apart
+    first = samples[0].float()
+    expected = (first - norm.mean.repeat_interleave(3).view(1, 12, 1, 1, 1)) / torch.sqrt(
+        norm.var.repeat_interleave(3).view(1, 12, 1, 1, 1) + norm.eps)
+    torch.testing.assert_close(norm(samples[0]), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("with_teacher", [False, True])
