@@ -14,10 +14,11 @@ neighbours is one minus the larger boundary evidence of the two.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -49,6 +50,12 @@ class AffinityModel(ABC):
     @abstractmethod
     def predict(self, image: np.ndarray) -> np.ndarray:
         """Affinities (C, z, y, x), float32 in [0, 1], for every voxel of ``image``."""
+
+    @contextlib.contextmanager
+    def threads(self, count: Optional[int]) -> Iterator[None]:
+        """Predict with ``count`` CPU threads for a while (None: as many as it would anyway);
+        a model that starts no threads of its own ignores it."""
+        yield
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "offsets": [list(o) for o in self.offsets]}

@@ -227,6 +227,21 @@ class Runner:
             self._cluster.close()
 
     @property
+    def on_this_machine(self) -> bool:
+        """Whether the work runs here: in this process, or on a local cluster of this run's
+        own workers (not on an existing cluster at ``scheduler``)."""
+        return self.scheduler is None
+
+    @property
+    def cores(self) -> Optional[int]:
+        """The cores a local cluster was given (its workers); None in this process alone."""
+        return self.workers if self._cluster is not None else None
+
+    def here(self) -> "Runner":
+        """A runner for the same work in this process, one block after another."""
+        return Runner(0, progress=self.progress)
+
+    @property
     def parallelism(self) -> int:
         if self.client is None:
             return 1

@@ -23,9 +23,10 @@ of MB each), which glibc always maps afresh, and frees them layer by layer. Whil
 model calibrates (``holding_freed_memory``), `segment` serves those from its heap too and keeps
 all it frees, then gives it back: a 112^3 calibration crop took 1.4 s instead of 2.7 s (one
 process, 2 threads). Keeping only 128 MB at the heap's top kept barely half of that gain. The
-pipeline's blocks do not hold: measured in the affinity stage on 2 workers at the demo's size
-it gained nothing (30.5 s against 30.8 and 32.1) and raised a worker's peak from 4.7-5.0 GB
-to 7.2 GB (later layers cannot always reuse the holes earlier ones left).
+affinity blocks, which `segment` predicts in its own process too (see ``compute_affinities``),
+hold one block at a time: a 6.3 M-voxel block of the demo took 4.9-7.3 s instead of 8.6-9.3 s
+on 2 threads. Workers do not hold: there two blocks at once fought over the machine's memory,
+and holding gained 2 s in a 26 s stage for 2 GB more per worker.
 """
 
 from __future__ import annotations

@@ -339,7 +339,15 @@ def compute_affinities(image: Volume, model: AffinityModel, path: Path,
     scratch folder beside ``path``, removed at the end). ``timer`` times the model's
     calibration apart (it runs here, before the blocks, and is part of the stage's time).
     The blocks are multiples of ``block_shape`` that read the least context
-    (``context_blocks``)."""
+    (``context_blocks``).
+
+    On this machine the blocks are predicted here, one after another, with as many threads as
+    the run has workers: a network's activations far outgrow the caches, and two workers each
+    predicting a block on one core fought over the memory between them (the demo's two blocks
+    took 16-19 s side by side, 10-13 s one after the other on 2 threads, from a heap that
+    keeps what each layer frees). The model also needs loading and memory only once, and
+    stays on the one GPU where there is one. An existing cluster (``scheduler``) predicts on
+    its workers."""
     if model.whole_sections:  # slabs of whole sections, as deep as the other stages' blocks
         blocks = make_blocks(image.shape, (block_shape[0],) + tuple(image.shape[1:]))
     else:
@@ -362,8 +370,14 @@ def compute_affinities(image: Volume, model: AffinityModel, path: Path,
     if not marks.complete(blocks):  # the fit is the same every run, so resumed blocks agree
         with (timer or _Timer(None))("affinity calibration"), holding_freed_memory():
             model.fit(calibration_samples(image))
-    runner.map(affinity_task, blocks, image.location, image.format, image.voxel_size, model,
-               str(path), desc="affinities", marks=marks)
+    if runner.on_this_machine:  # one process with all the cores (see the docstring)
+        with model.threads(runner.cores):
+            runner.here().map(affinity_task, blocks, image.location, image.format,
+                              image.voxel_size, model, str(path), desc="affinities",
+                              marks=marks)
+    else:
+        runner.map(affinity_task, blocks, image.location, image.format, image.voxel_size,
+                   model, str(path), desc="affinities", marks=marks)
     marks.finish()
     if scratch:
         shutil.rmtree(marks_folder, ignore_errors=True)
@@ -374,7 +388,9 @@ def affinity_task(block: Block, location: str, fmt: str, voxel_size, model: Affi
                   path: str) -> None:
     image = open_volume(location, "image", fmt, voxel_size)
     store = open_zarr(Path(path))
-    store[(slice(None),) + block.core].write(block_affinities(model, image.read, block)).result()
+    with holding_freed_memory():  # `segment`'s own process: its heap serves the activations
+        found = block_affinities(model, image.read, block)
+    store[(slice(None),) + block.core].write(found).result()
 
 
 def block_affinities(model: AffinityModel, read, block: Block) -> np.ndarray:

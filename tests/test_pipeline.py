@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -268,6 +271,64 @@ def test_affinity_blocks_read_less_context_and_predict_the_same(tmp_path):
     assert np.abs(written.astype(int) - whole).max() <= 1  # a rounding step at most
     assert sum(read[:-1]) < sum(read_voxels(b, model.context)
                                 for b in make_blocks(image.shape, (32, 32, 32)))
+
+
+class WhereRecorder(LocalMean):
+    """Leaves a file named after the process that predicts a block and the threads it was
+    given (``threads``); pickled to a cluster's workers, it still leaves them in ``folder``."""
+
+    name = "where"
+
+    def __init__(self, folder: Path):
+        super().__init__([])
+        self.folder = folder
+        self.given = None
+
+    @contextlib.contextmanager
+    def threads(self, count):
+        self.given = count
+        try:
+            yield
+        finally:
+            self.given = None
+
+    def predict(self, image):
+        (self.folder / f"{os.getpid()} {self.given}").touch()
+        return super().predict(image)
+
+
+def test_affinities_are_predicted_in_this_process_unless_on_an_existing_cluster(tmp_path):
+    """Two local workers each predicting a block fought over the machine's memory: the run's
+    own process predicts, with the workers' cores. An existing cluster's workers predict
+    there, and both give the same affinities."""
+    from distributed import LocalCluster
+
+    from segmentation.pipeline import compute_affinities
+    from segmentation.volume import create_zarr, open_volume
+
+    image = np.random.default_rng(0).integers(0, 255, (40, 70, 90), dtype=np.uint8)
+    create_zarr(tmp_path / "image.zarr", np.uint8, image.shape, (32, 32, 32)).write(
+        image).result()
+    volume = open_volume(str(tmp_path / "image.zarr"), "image", "zarr", (10, 10, 10))
+    written = {}
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None,
+                      silence_logs=40) as cluster:
+        for name, runner in (("local", Runner(2, progress=False)),
+                             ("cluster", Runner(scheduler=cluster.scheduler_address,
+                                                progress=False))):
+            folder = tmp_path / name
+            folder.mkdir()
+            with runner:
+                compute_affinities(volume, WhereRecorder(folder), folder / "affinities",
+                                   (32, 32, 32), runner)
+            written[name] = open_zarr(folder / "affinities").read().result()
+            calls = [p.name.split() for p in folder.iterdir() if p.name != "affinities"]
+            if name == "local":
+                assert calls == [[str(os.getpid()), "2"]]
+            else:
+                assert calls and all(pid != str(os.getpid()) and given == "None"
+                                     for pid, given in calls)
+    np.testing.assert_array_equal(written["local"], written["cluster"])
 
 
 def test_a_seed_task_result_holds_only_its_face_planes(tmp_path):

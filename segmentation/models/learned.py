@@ -3,8 +3,9 @@ their checkpoints and predicting. Which model a config names is the registry's b
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -81,6 +82,16 @@ class LearnedAffinities(AffinityModel):
 
     def unit(self, image: np.ndarray) -> np.ndarray:
         return to_unit(image, self.intensity_scale)
+
+    @contextlib.contextmanager
+    def threads(self, count: Optional[int]) -> Iterator[None]:
+        before = torch.get_num_threads()
+        if count is not None:
+            torch.set_num_threads(count)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "checkpoint": str(self.checkpoint)}
