@@ -37,6 +37,9 @@ class AffinityModel(ABC):
     name: str = "model"
     offsets: tuple[tuple[int, int, int], ...] = NEAREST
     whole_sections: bool = False  # True: blocks must span whole sections (2D models on SAM2)
+    # True: predict spreads over the threads it is given (``threads``), so that on one machine
+    # one process with every core predicts faster than a worker per core (a network)
+    threaded: bool = False
 
     @property
     @abstractmethod

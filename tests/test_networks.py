@@ -92,18 +92,21 @@ def test_student_shapes_distillation_heads_and_anisotropy():
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 def test_calibrated_norm_keeps_each_groups_pooled_statistics(layout, dtype):
     """Statistics pooled over samples of different sizes, per group of adjacent channels,
-    whatever the activations' layout: a frozen Norm then maps every sample the same way."""
+    whatever the activations' layout and type, leaving the samples as they were: a frozen
+    Norm then maps every sample the same way."""
     generator = torch.Generator().manual_seed(0)
-    norm = Norm(4, 12)
+    norm = Norm(4, 12).to(torch.float64 if dtype == torch.float64 else torch.float32)
     samples = [(torch.randn(1, 12, *shape, generator=generator) * torch.arange(1, 13).view(
         1, 12, 1, 1, 1) + torch.arange(12).view(1, 12, 1, 1, 1)).to(dtype).contiguous(
         memory_format=layout) for shape in ((3, 5, 7), (6, 4, 2))]
+    originals = [s.clone() for s in samples]
     norm.calibrate()
-    for sample in samples:
+    for sample, original in zip(samples, originals):
         norm(sample)
+        assert torch.equal(sample, original)  # measured, not changed
     norm.freeze()
     pooled = np.concatenate([s.double().numpy().reshape(4, 3, -1).reshape(4, -1)
                              for s in samples], axis=1)

@@ -279,9 +279,10 @@ class WhereRecorder(LocalMean):
 
     name = "where"
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, threaded: bool):
         super().__init__([])
         self.folder = folder
+        self.threaded = threaded
         self.given = None
 
     @contextlib.contextmanager
@@ -293,14 +294,16 @@ class WhereRecorder(LocalMean):
             self.given = None
 
     def predict(self, image):
+        self.folder.mkdir(exist_ok=True)
         (self.folder / f"{os.getpid()} {self.given}").touch()
         return super().predict(image)
 
 
-def test_affinities_are_predicted_in_this_process_unless_on_an_existing_cluster(tmp_path):
-    """Two local workers each predicting a block fought over the machine's memory: the run's
-    own process predicts, with the workers' cores. An existing cluster's workers predict
-    there, and both give the same affinities."""
+def test_a_network_predicts_in_this_process_unless_on_an_existing_cluster(tmp_path):
+    """Two local workers each predicting a block with a network fought over the machine's
+    memory: the run's own process predicts, with the workers' cores. An existing cluster's
+    workers predict there, and so do local workers for a model that uses one thread (which
+    would have one core here). All give the same affinities."""
     from distributed import LocalCluster
 
     from segmentation.pipeline import compute_affinities
@@ -313,22 +316,24 @@ def test_affinities_are_predicted_in_this_process_unless_on_an_existing_cluster(
     written = {}
     with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None,
                       silence_logs=40) as cluster:
-        for name, runner in (("local", Runner(2, progress=False)),
-                             ("cluster", Runner(scheduler=cluster.scheduler_address,
-                                                progress=False))):
+        for name, threaded, runner in (
+                ("local", True, Runner(2, progress=False)),
+                ("cluster", True, Runner(scheduler=cluster.scheduler_address, progress=False)),
+                ("one thread", False, Runner(2, progress=False))):
             folder = tmp_path / name
             folder.mkdir()
             with runner:
-                compute_affinities(volume, WhereRecorder(folder), folder / "affinities",
-                                   (32, 32, 32), runner)
+                compute_affinities(volume, WhereRecorder(folder / "calls", threaded),
+                                   folder / "affinities", (32, 32, 32), runner)
             written[name] = open_zarr(folder / "affinities").read().result()
-            calls = [p.name.split() for p in folder.iterdir() if p.name != "affinities"]
+            calls = [p.name.split() for p in (folder / "calls").iterdir()]
             if name == "local":
                 assert calls == [[str(os.getpid()), "2"]]
             else:
                 assert calls and all(pid != str(os.getpid()) and given == "None"
                                      for pid, given in calls)
-    np.testing.assert_array_equal(written["local"], written["cluster"])
+    for name in ("cluster", "one thread"):
+        np.testing.assert_array_equal(written[name], written["local"], err_msg=name)
 
 
 def test_a_seed_task_result_holds_only_its_face_planes(tmp_path):

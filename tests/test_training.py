@@ -403,3 +403,20 @@ def test_the_shipped_students_are_safetensors_with_their_metadata():
         assert metadata["kind"] == "unet3d" and "unet_config" in metadata
         model = load_student(folder / f"{name}.safetensors")
         assert sum(p.numel() for p in model.parameters()) > 10 ** 6
+
+
+def test_a_network_predicts_on_the_threads_it_is_given_then_gives_them_back():
+    """`segment` predicts a network's blocks in its own process with its workers' cores, and
+    its later stages' threads are as they were, even after a block failed."""
+    model = StudentAffinities(Path(__file__).parent.parent / "segmentation" / "models" /
+                              "weights" / "unet3d_demo_v2.safetensors", "cpu")
+    before = torch.get_num_threads()
+    assert model.threaded
+    with model.threads(before + 1):
+        assert torch.get_num_threads() == before + 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError, match="a block failed"), model.threads(before + 1):
+        raise RuntimeError("a block failed")
+    assert torch.get_num_threads() == before
+    with model.threads(None):
+        assert torch.get_num_threads() == before

@@ -70,6 +70,8 @@ def to_unit(image: np.ndarray, scale: Optional[float] = None) -> np.ndarray:
 class LearnedAffinities(AffinityModel):
     """A network from a checkpoint, on CUDA when there is one."""
 
+    threaded = True
+
     def __init__(self, checkpoint: str | Path, model: torch.nn.Module, device: str = "auto"):
         self.checkpoint = Path(checkpoint)
         self.device = pick_device(device)
