@@ -212,9 +212,13 @@ class Runner:
 
                 spawn = {f"distributed.nanny.pre-spawn-environ.{name}": value
                          for name, value in WORKER_HEAP.items()}
+                # every port on loopback, none fixed: `dashboard_address=None` still opens the
+                # scheduler's web server on port 8787 (dask/distributed#7207), which took the
+                # port from a Dask dashboard the user had open, or moved this run's elsewhere
                 with dask.config.set(spawn):  # the nannies read it as they start
                     self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1,
-                                                 processes=True, dashboard_address=None,
+                                                 processes=True, host="127.0.0.1",
+                                                 dashboard_address="127.0.0.1:0",
                                                  silence_logs=40)
                 self.client = Client(self._cluster)
             self.client.run(_import_modules, self.preload)

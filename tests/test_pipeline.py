@@ -6,6 +6,8 @@ import contextlib
 import json
 import os
 import shutil
+import socket
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -314,7 +316,7 @@ def test_a_network_predicts_in_this_process_unless_on_an_existing_cluster(tmp_pa
         image).result()
     volume = open_volume(str(tmp_path / "image.zarr"), "image", "zarr", (10, 10, 10))
     written = {}
-    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None,
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0",
                       silence_logs=40) as cluster:
         for name, threaded, runner in (
                 ("local", True, Runner(2, progress=False)),
@@ -334,6 +336,25 @@ def test_a_network_predicts_in_this_process_unless_on_an_existing_cluster(tmp_pa
                                      for pid, given in calls)
     for name in ("cluster", "one thread"):
         np.testing.assert_array_equal(written[name], written["local"], err_msg=name)
+
+
+def test_a_local_run_listens_on_loopback_ports_of_its_own():
+    """The local cluster's scheduler and web server take free loopback ports: port 8787,
+    where a Dask dashboard the user has open listens, stays theirs."""
+    import psutil
+
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        with contextlib.suppress(OSError):  # something else has it already: as good
+            taken.bind(("127.0.0.1", 8787))
+            taken.listen()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # "Port 8787 is already in use"
+            with Runner(1, progress=False):
+                listening = {(c.laddr.ip, c.laddr.port) for c in psutil.Process().net_connections()
+                             if c.status == psutil.CONN_LISTEN}
+    assert {ip for ip, _ in listening} == {"127.0.0.1"}
+    assert len(listening) >= 2  # the scheduler and its web server (and this socket)
 
 
 def test_a_seed_task_result_holds_only_its_face_planes(tmp_path):
