@@ -265,12 +265,9 @@ def lost_label_jobs(plan: Sequence, labels: np.ndarray, boxes: np.ndarray) -> li
             stop = np.minimum(high, (np.asarray(chunk) + 1) * footprint)
             pieces[chunk].append((int(label), tuple(slice(int(a), int(b))
                                                      for a, b in zip(start, stop))))
-    jobs = []
-    for index, (chunk, found) in enumerate(sorted(pieces.items())):
-        core = tuple(slice(int(c * f), int(min((c + 1) * f, n)))
-                     for c, f, n in zip(chunk, footprint, shape))
-        jobs.append(MeshJob(0, Block(index, chunk, core, shape), 0, full, tuple(found)))
-    return jobs
+    chunks = {block.grid: block for block in make_blocks(shape, MESH_BLOCK)}
+    return [MeshJob(0, chunks[chunk], 0, full, tuple(found))
+            for chunk, found in sorted(pieces.items())]
 
 
 def region_surfaces(precomputed: str, scale: int, core: tuple[slice, ...],

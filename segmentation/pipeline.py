@@ -345,10 +345,10 @@ def compute_affinities(image: Volume, model: AffinityModel, path: Path,
     another, with as many threads as the run has workers: its activations far outgrow the
     caches, and two workers each predicting a block on one core fought over the memory
     between them (the demo's two blocks took 16-19 s side by side, 10-13 s one after the
-    other on 2 threads, from a heap that keeps what each layer frees). The model also needs loading and memory only once, and
-    stays on the one GPU where there is one. An existing cluster (``scheduler``) predicts on
-    its workers, and so do the workers of a model that runs on one thread (the baseline's
-    filters)."""
+    other on 2 threads, from a heap that keeps what each layer frees). The model also needs
+    loading and memory only once, and stays on the one GPU where there is one. An existing
+    cluster (``scheduler``) predicts on its workers, and so do the workers of a model that
+    runs on one thread (the baseline's filters)."""
     if model.whole_sections:  # slabs of whole sections, as deep as the other stages' blocks
         blocks = make_blocks(image.shape, (block_shape[0],) + tuple(image.shape[1:]))
     else:
@@ -371,14 +371,11 @@ def compute_affinities(image: Volume, model: AffinityModel, path: Path,
     if not marks.complete(blocks):  # the fit is the same every run, so resumed blocks agree
         with (timer or _Timer(None))("affinity calibration"), holding_freed_memory():
             model.fit(calibration_samples(image))
-    if runner.on_this_machine and model.threaded:  # one process, every core (docstring)
-        with model.threads(runner.cores):
-            runner.here().map(affinity_task, blocks, image.location, image.format,
-                              image.voxel_size, model, str(path), desc="affinities",
-                              marks=marks)
-    else:
-        runner.map(affinity_task, blocks, image.location, image.format, image.voxel_size,
-                   model, str(path), desc="affinities", marks=marks)
+    here = runner.on_this_machine and model.threaded  # one process, every core (docstring)
+    with model.threads(runner.cores if here else None):
+        (runner.here() if here else runner).map(
+            affinity_task, blocks, image.location, image.format, image.voxel_size, model,
+            str(path), desc="affinities", marks=marks)
     marks.finish()
     if scratch:
         shutil.rmtree(marks_folder, ignore_errors=True)
