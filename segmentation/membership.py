@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import fastremap
 import numpy as np
 
 Ids = np.ndarray | Sequence[int]
+DISTINCT_FIRST = 1 << 15  # elements from which lookup maps the distinct ids only
 
 
 def rows_of(ids: np.ndarray, wanted: Ids) -> np.ndarray:
@@ -28,6 +30,20 @@ def lookup(ids: np.ndarray, segments: np.ndarray, supervoxels: Ids,
     """Segment of each supervoxel (any shape, uint64): background 0 stays 0, an id not in the
     table becomes ``missing`` (None: keeps its own id, for tables that list only changes)."""
     supervoxels = np.asarray(supervoxels, np.uint64)
+    if supervoxels.size < DISTINCT_FIRST:
+        return _searched(ids, segments, supervoxels, missing)
+    # a block of labels holds few distinct ids: look those up and spread them back. A 128^3
+    # block of the demo's fragments: 9.5 ms instead of 39 ms, whose searches and full-size
+    # temporaries were memory-bound and slowed two workers side by side
+    compact, mapping = fastremap.renumber(supervoxels, preserve_zero=False, in_place=False)
+    table = np.zeros(len(mapping) + 1, np.uint64)
+    table[np.fromiter(mapping.values(), np.int64, len(mapping))] = _searched(
+        ids, segments, np.fromiter(mapping.keys(), np.uint64, len(mapping)), missing)
+    return table[compact]
+
+
+def _searched(ids: np.ndarray, segments: np.ndarray, supervoxels: np.ndarray,
+              missing: Optional[int]) -> np.ndarray:
     row = rows_of(ids, supervoxels)
     nonzero = supervoxels != 0
     fallback = supervoxels if missing is None else np.uint64(missing)

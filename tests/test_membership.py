@@ -4,7 +4,7 @@ served view that keeps a table in step with edits."""
 import numpy as np
 import pytest
 
-from segmentation.membership import assign, lookup, rows_of
+from segmentation.membership import DISTINCT_FIRST, assign, lookup, rows_of
 from server.segments import MembershipView
 
 IDS = np.array([3, 5, 9, 12], np.uint64)
@@ -35,6 +35,25 @@ def test_an_empty_table(missing, expected):
     assert lookup(empty, empty, [0, 2, 8], missing=missing).tolist() == expected
     assert rows_of(empty, [0, 2]).tolist() == [-1, -1]
     assert lookup(IDS, SEGMENTS, np.zeros((0, 4), np.uint64)).shape == (0, 4)
+
+
+@pytest.mark.parametrize("missing", [0, 7, None])
+def test_a_block_of_labels_maps_as_each_voxel_alone_would(missing):
+    # large inputs take the distinct-ids-first path: it must agree element by element with
+    # the table search, on a block with background, unlisted ids, huge ids and a strided view
+    rng = np.random.default_rng(4)
+    ids = np.unique(rng.integers(1, 1 << 40, 3000).astype(np.uint64))
+    segments = rng.choice(ids, len(ids))
+    pool = np.concatenate([ids[::2], [0, 0, 1 << 63, 5], rng.integers(1, 1 << 40, 50)])
+    block = rng.choice(pool.astype(np.uint64), (40, 80, 70))[:, ::2, 1::3]
+    assert block.size >= DISTINCT_FIRST and not block.flags.c_contiguous
+    mapped = lookup(ids, segments, block, missing=missing)
+    parts = np.array_split(block.ravel(), 4)  # each under the size that takes the new path
+    searched = np.concatenate([lookup(ids, segments, p, missing=missing) for p in parts])
+    assert mapped.dtype == np.uint64 and np.array_equal(mapped, searched.reshape(block.shape))
+    distinct = np.arange(DISTINCT_FIRST + 5, dtype=np.uint64)[::-1]  # as many ids as voxels
+    assert lookup(ids, segments, distinct, missing=missing).tolist() == [
+        v for p in np.array_split(distinct, 4) for v in lookup(ids, segments, p, missing).tolist()]
 
 
 def test_rows_of_finds_rows_and_marks_absent_ids():
