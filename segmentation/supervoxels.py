@@ -97,7 +97,11 @@ def flood(boundary: np.ndarray, seeds: np.ndarray) -> np.ndarray:
         return np.zeros(seeds.shape, np.uint64)
     original = np.zeros(max(mapping.values()) + 1, np.uint64)
     original[np.fromiter(mapping.values(), np.int64)] = np.fromiter(mapping.keys(), np.uint64)
-    markers = sitk.GetImageFromArray(compact.astype(np.uint32, copy=False))
+    # the narrowest markers that hold the seeds: ITK floods a 144^3 block of the demo with
+    # 16-bit markers in 0.21 s against 0.28 s with 32-bit ones, to the same labels (its queue
+    # and label images are half the size: two workers side by side lost less to each other)
+    narrow = np.uint16 if len(original) <= 1 << 16 else np.uint32
+    markers = sitk.GetImageFromArray(compact.astype(narrow, copy=False))
     del compact  # (SimpleITK copied it) what a block task holds at once is its memory
     image = sitk.GetImageFromArray(np.ascontiguousarray(boundary))
     result = sitk.MorphologicalWatershedFromMarkers(image, markers, markWatershedLine=False,

@@ -11,7 +11,7 @@ from segmentation.blockwise import make_blocks
 from segmentation.errors import InputError
 from segmentation.metrics import best_merge, scores
 from segmentation.rag import Contacts, NodeStats, block_contacts, block_node_stats, build_rag
-from segmentation.supervoxels import SupervoxelParams, seed_mask, supervoxels
+from segmentation.supervoxels import SupervoxelParams, flood, seed_mask, supervoxels
 
 
 def cells(shape=(24, 40, 40), seed=0):
@@ -72,6 +72,20 @@ def test_baseline_finds_membranes_and_supervoxels_respect_them():
     oracle = scores(interior, best_merge(interior, result))
     assert oracle.voi < 0.05, oracle  # every supervoxel stays inside one cell
     assert len(np.unique(result)) >= 12
+
+
+@pytest.mark.parametrize("spacing", [4, 2])  # 2: 2^16 + seeds, past 16-bit markers
+def test_the_flood_gives_every_seed_its_own_region(spacing):
+    rng = np.random.default_rng(spacing)
+    boundary = rng.integers(0, 256, (64, 66, 130), dtype=np.uint8)
+    seeds = np.zeros(boundary.shape, np.uint64)
+    lattice = seeds[::spacing, ::spacing, ::spacing]
+    ids = (np.arange(lattice.size, dtype=np.uint64) * 7919 + (1 << 40)).reshape(lattice.shape)
+    lattice[...] = ids
+    labels = flood(boundary, seeds)
+    assert labels.dtype == np.uint64 and (labels != 0).all()
+    assert np.array_equal(labels[::spacing, ::spacing, ::spacing], ids)
+    assert len(np.unique(labels)) == ids.size
 
 
 def test_blockwise_seeds_equal_whole_volume_seeds():
