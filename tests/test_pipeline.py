@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import socket
+import time
 import warnings
 from pathlib import Path
 
@@ -399,6 +400,45 @@ def test_a_worker_lets_go_of_each_block_result_once_fetched():
         held = runner.map(_results_held_by_this_worker, blocks)
     assert len(held) == 10
     assert max(held) <= 5  # nine, at the last block, when the results were gathered at the end
+
+
+def _periodic(dask_worker) -> list[str]:
+    return sorted(dask_worker.periodic_callbacks)
+
+
+def test_local_workers_run_without_the_statistical_profiler():
+    """A local run's workers do not sample their tasks' stacks every 10 ms for a dashboard
+    nobody opens (5% of segment's time on the demo)."""
+    with Runner(1, progress=False) as runner:
+        (callbacks,) = runner.client.run(_periodic).values()
+    assert "heartbeat" in callbacks and not {"profile", "profile-cycle"} & set(callbacks)
+
+
+def _slow_block(block: Block, folder: str, fail: int) -> tuple[int, str]:
+    """A block task that fails on block ``fail`` at once and leaves a file after its work."""
+    import time
+
+    if block.index == fail:
+        raise InputError(f"block {fail} failed")
+    time.sleep(0.3)
+    (Path(folder) / str(block.index)).touch()
+    return block.index, folder
+
+
+def test_a_stage_gives_every_block_its_arguments_and_stops_at_a_failed_block(tmp_path):
+    """The blocks are submitted together: each still gets the stage's arguments and its result
+    comes back in block order; a block that fails raises its error, and the blocks not yet
+    started never run (they would take the workers from whatever the user does next)."""
+    blocks = make_blocks((96, 8, 8), (8, 8, 8))
+    with Runner(2, progress=False) as runner:
+        results = runner.map(_slow_block, blocks, str(tmp_path), -1)
+        assert results == [(b.index, str(tmp_path)) for b in blocks]
+        for f in tmp_path.iterdir():
+            f.unlink()
+        with pytest.raises(InputError, match="block 0 failed"):
+            runner.map(_slow_block, blocks, str(tmp_path), 0)
+        time.sleep(3 * 0.3 * len(blocks) / 2)  # all would have run by now on two workers
+    assert len(list(tmp_path.iterdir())) <= 4  # those running as the error arrived
 
 
 def test_if_needed_meshes_again_a_project_with_meshes_of_an_older_format(tmp_path):
