@@ -324,6 +324,8 @@ class Runner:
         position = {future.key: i for i, future in enumerate(futures)}
         try:
             for future, result in as_completed(futures, with_results=True):
+                if future.status != "finished":  # cancelled (by another client, a lost
+                    future.result()  # scheduler): comes as a result, raises here
                 future.release()
                 yield position[future.key], result
         except BaseException:
