@@ -200,14 +200,22 @@ def import_writer_in_background() -> threading.Thread:
     """Import what ``MultiresMeshes.write`` needs (cloud-volume: 0.6-0.7 s) on a thread, for a
     caller about to wait on something else (a Dask cluster starting): the first write would
     otherwise wait for it, at the end of the meshes stage."""
-    thread = threading.Thread(target=lambda: [importlib.import_module(m) for m in WRITER_MODULES],
-                              name="import the mesh writer")
+    # a daemon: a run that ends early does not wait for it
+    thread = threading.Thread(target=_import_writer, name="import the mesh writer", daemon=True)
     thread.start()
     return thread
 
 
 WRITER_MODULES = ("cloudvolume.datasource.precomputed.mesh.multilod",
                   "cloudvolume.datasource.precomputed.sharding")
+
+
+def _import_writer() -> None:
+    try:
+        for name in WRITER_MODULES:
+            importlib.import_module(name)
+    except Exception:  # noqa: BLE001 (the writer's own import reports it, where it is needed)
+        pass
 
 
 @functools.lru_cache(maxsize=1 << 16)
