@@ -151,7 +151,8 @@ class MultiresMeshes:
 
         folder.mkdir(parents=True, exist_ok=True)
         data, manifest_sizes = {}, {}
-        for segment in self.fragments:
+        for segment in sorted(self.fragments):  # not as blocks came: the same shard bytes
+            # whatever the workers and the order they finished in
             manifest, body = self.entry(segment)
             data[segment] = body + manifest
             manifest_sizes[segment] = len(manifest)

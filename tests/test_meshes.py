@@ -113,3 +113,24 @@ def test_the_mesh_writer_imports_nothing_the_background_import_left_out(tmp_path
     out = subprocess.run([sys.executable, "-c", WRITE_AFTER_IMPORT, str(tmp_path)], cwd=REPO,
                          capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_the_shards_are_the_same_whatever_order_the_blocks_came_in(tmp_path):
+    """Workers finish blocks in any order; the shard files must not depend on it (cloud-volume
+    lays entries out in the order it is given them)."""
+    from segmentation.meshes import MultiresMeshes
+
+    rng = np.random.default_rng(0)
+    fragments = [(int(s), (int(x), 0, 0), rng.bytes(int(rng.integers(1, 40))))
+                 for s in rng.choice(1 << 40, 3000, replace=False) for x in range(2)]
+    written = []
+    for order in [np.arange(len(fragments))] + [rng.permutation(len(fragments))
+                                                for _ in range(4)]:
+        writer = MultiresMeshes((640.0,) * 3, [VOXEL], 16)
+        for index in order:
+            segment, position, data = fragments[index]
+            writer.add_encoded(0, position, {segment: data})
+        folder = tmp_path / str(len(written))
+        assert writer.write(folder) == 3000
+        written.append({f.name: f.read_bytes() for f in folder.iterdir()})
+    assert all(files == written[0] for files in written[1:])
