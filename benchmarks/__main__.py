@@ -10,7 +10,8 @@ from benchmarks.common import write_result
 ALL = ["import_throughput", "chunk_serving", "page_load", "rag_load", "segmentation",
        "edit_latency", "supervoxel_split", "models", "proofreading"]
 ON_REQUEST = ["edit_to_pixels",  # minutes of a headless browser: run by name
-              "agglomeration", "focused", "agglomeration_speed"]  # need the segmented demo project
+              "agglomeration", "focused", "agglomeration_speed",  # need the segmented demo project
+              "executors"]  # 15 minutes: the pipeline on Dask against a plain process pool
 
 
 def unknown(names: Sequence[str]) -> str:
