@@ -215,6 +215,14 @@ class Runner:
                 # no statistical profiler on the workers: it samples the task's stack every
                 # 10 ms for a dashboard nobody opens, and cost segment 5% on the demo
                 spawn["distributed.worker.profile.enabled"] = False
+                # nor 50 event-loop health ticks and 2 system samples a second, for that
+                # dashboard too, in the scheduler and every worker: on 2 cores they took CPU
+                # the blocks needed (the scheduler's loop 0.41-0.48 s in a 7.7 s stage of 2
+                # workers at 8x the demo, which ran 1.06 times as fast with 1 tick a second
+                # and a sample every 10 s, four runs each). The memory monitor, which spills
+                # and pauses, keeps its pace
+                spawn["distributed.admin.tick.interval"] = "1s"
+                spawn["distributed.admin.system-monitor.interval"] = "10s"
                 # every port on loopback, none fixed: `dashboard_address=None` still opens the
                 # scheduler's web server on port 8787 (dask/distributed#7207), which took the
                 # port from a Dask dashboard the user had open, or moved this run's elsewhere
