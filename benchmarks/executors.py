@@ -6,18 +6,17 @@ tasks, and what Dask's local cluster costs on top. The pool (``PoolRunner``, a s
 ``multiprocessing`` pool that hands out one block at a time) exists only here: it has no
 scheduler, no event loops and no TCP, so its speed-up is about as far as the tasks and the
 serial steps between stages allow, and the gap to Dask is the local cluster's cost. Its
-processes get the same allocator settings as the Dask workers (``heap.WORKER_HEAP``).
+processes start with the environment Dask's workers get (the nannies' and ``heap.WORKER_HEAP``).
 
 Affinities are predicted once at 1x, as in ``benchmarks.segmentation``; every measured run is a
 fresh process that reuses them. Runs alternate executor and worker count over ``ROUNDS``
-rounds (after one run that is not counted), and each round's 1-worker run is paired with its
-2-worker run. The median pair is reported. ``PROMPTCUT_BENCH_SCALES=1`` runs the 1x part only. Run by name:
-`python -m benchmarks executors` (about 15 minutes on 2 cores).
+rounds (after one run that is not counted); each round's 1-worker run against its 2-worker run
+gives a ratio, and the median ratio is reported. ``PROMPTCUT_BENCH_SCALES=1`` runs the 1x part
+only. Run by name: `python -m benchmarks executors` (about 15 minutes on 2 cores).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import multiprocessing
 import os
@@ -25,11 +24,11 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from benchmarks.common import DEMO_H5, RESULTS
 from benchmarks.segmentation import GOALS, config_for, run_segment, sampled, tile_project
-from segmentation.blockwise import Runner
+from segmentation.blockwise import Block, Runner, _import_modules
 
 EXECUTORS = ("dask", "pool")
 ROUNDS = {"1x": 5, "8x": 3}
@@ -41,12 +40,15 @@ print(json.dumps(run_pipeline(sys.argv[1], sys.argv[2], int(sys.argv[3]))))
 """
 
 
-def _start_process(preload: Sequence[str]) -> None:
-    for name in preload:
-        importlib.import_module(name)
+def _start_process(preload: Sequence[str], started) -> None:
+    """Import what a Dask worker preloads, then wait until every process of the pool has: no
+    process's imports fall into the first stage's time (as ``client.run`` waits for all)."""
+    _import_modules(preload)
+    started.wait()
 
 
-def _indexed(job: tuple) -> tuple:
+def _indexed(job: tuple) -> tuple[int, Any]:
+    """One block's result with its position (``Runner._as_finished``'s contract)."""
     fn, args, position, block = job
     return position, fn(block, *args)
 
@@ -55,17 +57,28 @@ class PoolRunner(Runner):
     """A Runner whose blocks go to a pool of ``workers`` spawned processes, not to Dask."""
 
     def __enter__(self) -> "PoolRunner":
+        import dask
+
         from segmentation.heap import WORKER_HEAP
 
-        os.environ.update(WORKER_HEAP)  # read by each process's C library as it starts
-        self._pool = multiprocessing.get_context("spawn").Pool(
-            self.workers, initializer=_start_process, initargs=(self.preload,))
-        self._pool.map(abs, range(4 * self.workers), chunksize=1)  # all started
+        # what Dask's nannies give their workers (one thread for OpenMP and BLAS, the hash
+        # seed) and the pipeline's allocator settings; each process's C library reads them
+        # as it starts
+        environment = {**dask.config.get("distributed.nanny.pre-spawn-environ"), **WORKER_HEAP}
+        os.environ.update({name: str(value) for name, value in environment.items()})
+        context = multiprocessing.get_context("spawn")
+        started = context.Barrier(self.workers)
+        self._pool = context.Pool(self.workers, initializer=_start_process,
+                                  initargs=(self.preload, started))
+        self._pool.map(abs, range(self.workers), chunksize=1)  # returns once all started
         self.client = self._pool  # not None: map and imap take the cluster path
         return self
 
     def __exit__(self, *exc) -> None:
-        self._pool.close()
+        if exc[0] is None:
+            self._pool.close()
+        else:  # a failed block, or a caller that stopped reading: drop the queued blocks
+            self._pool.terminate()
         self._pool.join()
         self.client = None
 
@@ -77,7 +90,8 @@ class PoolRunner(Runner):
     def cores(self) -> int:
         return self.workers
 
-    def _as_finished(self, fn, blocks, args):
+    def _as_finished(self, fn: Callable, blocks: Sequence[Block], args: tuple
+                     ) -> Iterator[tuple[int, Any]]:
         jobs = [(fn, args, i, block) for i, block in enumerate(blocks)]
         yield from self._pool.imap_unordered(_indexed, jobs, chunksize=1)
 
@@ -101,6 +115,7 @@ def run_pipeline(config_path: str, executor: str, workers: int) -> dict:
 
 
 def timed_run(config: Path, executor: str, workers: int) -> dict:
+    """``run_pipeline`` in a fresh process, sampled for memory."""
     out, memory = sampled([sys.executable, "-c", RUN_SNIPPET, str(config), executor,
                            str(workers)])
     figures = {**json.loads(out.strip().splitlines()[-1]), **memory}
@@ -133,6 +148,7 @@ def measure(config: Path, rounds: int) -> dict:
 
 
 def run() -> dict:
+    """Predict the demo's affinities once, tile them for 8x, and measure both scales."""
     scales = [int(s) for s in os.environ.get("PROMPTCUT_BENCH_SCALES", "1,8").split(",")]
     figures: dict = {"load_average_at_start": os.getloadavg()}
     with tempfile.TemporaryDirectory() as scratch:

@@ -210,23 +210,25 @@ class Runner:
             else:
                 import dask
 
-                spawn = {f"distributed.nanny.pre-spawn-environ.{name}": value
-                         for name, value in WORKER_HEAP.items()}
+                settings = {f"distributed.nanny.pre-spawn-environ.{name}": value
+                            for name, value in WORKER_HEAP.items()}
                 # no statistical profiler on the workers: it samples the task's stack every
                 # 10 ms for a dashboard nobody opens, and cost segment 5% on the demo
-                spawn["distributed.worker.profile.enabled"] = False
-                # nor 50 event-loop health ticks and 2 system samples a second, for that
-                # dashboard too, in the scheduler and every worker: on 2 cores they took CPU
-                # the blocks needed (the scheduler's loop 0.41-0.48 s in a 7.7 s stage of 2
-                # workers at 8x the demo, which ran 1.06 times as fast with 1 tick a second
-                # and a sample every 10 s, four runs each). The memory monitor, which spills
-                # and pauses, keeps its pace
-                spawn["distributed.admin.tick.interval"] = "1s"
-                spawn["distributed.admin.system-monitor.interval"] = "10s"
+                settings["distributed.worker.profile.enabled"] = False
+                # nor 50 event-loop health ticks (for the log's "event loop unresponsive" and
+                # the dashboard) and 2 system samples a second (for the dashboard, and the
+                # memory a worker reports, which no stage here balances by), in the scheduler
+                # and every worker: on 2 cores they took CPU the blocks needed (the scheduler's
+                # loop 0.41-0.48 s in a 7.7 s stage of 2 workers at 8x the demo, which ran 1.06
+                # times as fast with 1 tick a second and a sample every 10 s, four runs each).
+                # The memory monitor, which spills and pauses, keeps its pace
+                settings["distributed.admin.tick.interval"] = "1s"
+                settings["distributed.admin.system-monitor.interval"] = "10s"
                 # every port on loopback, none fixed: `dashboard_address=None` still opens the
                 # scheduler's web server on port 8787 (dask/distributed#7207), which took the
-                # port from a Dask dashboard the user had open, or moved this run's elsewhere
-                with dask.config.set(spawn):  # the nannies read it as they start
+                # port from a Dask dashboard the user had open, or moved this run's elsewhere.
+                # The scheduler and the nannies read the settings as they start
+                with dask.config.set(settings):
                     self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1,
                                                  processes=True, host="127.0.0.1",
                                                  dashboard_address="127.0.0.1:0",

@@ -11,9 +11,11 @@ import time
 import warnings
 from pathlib import Path
 
+import dask
 import numpy as np
 import pytest
 from cloudvolume import CloudVolume
+from dask.utils import parse_timedelta
 
 from promptcut.config import load_config
 from promptcut.segmenting import run_segment
@@ -418,7 +420,8 @@ def test_local_clusters_run_without_the_dashboards_sampling():
     assert "heartbeat" in worker and not {"profile", "profile-cycle"} & set(worker)
     for server in (worker, scheduler):
         assert server["tick"] == 1000 and server["monitor"] == 10000
-    assert worker["memory_monitor"] == 100
+    kept = dask.config.get("distributed.worker.memory.monitor-interval")
+    assert worker["memory_monitor"] == pytest.approx(parse_timedelta(kept) * 1000)  # ms
 
 
 def _slow_block(block: Block, folder: str, fail: int) -> tuple[int, str]:
