@@ -58,6 +58,7 @@ class PoolRunner(Runner):
 
     def __enter__(self) -> "PoolRunner":
         import dask
+        import distributed  # noqa: F401 (importing it loads the Dask settings read below)
 
         from segmentation.heap import WORKER_HEAP
 
