@@ -17,7 +17,6 @@ only. Run by name: `python -m benchmarks executors` (about 15 minutes on 2 cores
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import statistics
@@ -26,8 +25,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from benchmarks.common import DEMO_H5, RESULTS
-from benchmarks.segmentation import GOALS, config_for, run_segment, sampled, tile_project
+from benchmarks.common import RESULTS
+from benchmarks.segmentation import (GOALS, bench_scales, predicted_demo, sampled_run, speedup,
+                                     tile_project)
 from segmentation.blockwise import Block, Runner, _import_modules
 
 EXECUTORS = ("dask", "pool")
@@ -117,12 +117,8 @@ def run_pipeline(config_path: str, executor: str, workers: int) -> dict:
 
 def timed_run(config: Path, executor: str, workers: int) -> dict:
     """``run_pipeline`` in a fresh process, sampled for memory."""
-    out, memory = sampled([sys.executable, "-c", RUN_SNIPPET, str(config), executor,
-                           str(workers)])
-    figures = {**json.loads(out.strip().splitlines()[-1]), **memory}
-    print(f"{config.parent.name} {executor} {workers}: {figures['segmentation_seconds']} s",
-          file=sys.stderr, flush=True)
-    return figures
+    return sampled_run([sys.executable, "-c", RUN_SNIPPET, str(config), executor, str(workers)],
+                       f"{config.parent.name} {executor} {workers}")
 
 
 def measure(config: Path, rounds: int) -> dict:
@@ -137,10 +133,10 @@ def measure(config: Path, rounds: int) -> dict:
                 runs[f"{executor}_{workers}"].append(timed_run(config, executor, workers))
     found: dict = {"runs": runs}
     for executor in EXECUTORS:
-        pairs = [one["segmentation_seconds"] / two["segmentation_seconds"]
-                 for one, two in zip(runs[f"{executor}_1"], runs[f"{executor}_2"])]
-        found[f"speedup_2_vs_1_{executor}"] = round(statistics.median(pairs), 2)
-        found[f"speedup_2_vs_1_{executor}_rounds"] = [round(p, 2) for p in pairs]
+        pairs = [speedup(one, two) for one, two in zip(runs[f"{executor}_1"],
+                                                       runs[f"{executor}_2"])]
+        found[f"speedup_2_vs_1_{executor}"] = statistics.median(pairs)
+        found[f"speedup_2_vs_1_{executor}_rounds"] = pairs
         found[f"seconds_2_workers_{executor}"] = round(statistics.median(
             r["segmentation_seconds"] for r in runs[f"{executor}_2"]), 3)
     found["dask_vs_pool_seconds_2_workers"] = round(
@@ -150,17 +146,13 @@ def measure(config: Path, rounds: int) -> dict:
 
 def run() -> dict:
     """Predict the demo's affinities once, tile them for 8x, and measure both scales."""
-    scales = [int(s) for s in os.environ.get("PROMPTCUT_BENCH_SCALES", "1,8").split(",")]
     figures: dict = {"load_average_at_start": os.getloadavg()}
     with tempfile.TemporaryDirectory() as scratch:
         one = Path(scratch) / "x1"
-        one.mkdir()
-        run_segment(config_for(one, {"path": str(DEMO_H5), "key": "raw"}, 2), reuse=False)
+        predicted_demo(one)
         folders = {"1x": one}
-        if 8 in scales:
-            eight = Path(scratch) / "x8"
-            eight.mkdir()
-            folders["8x"] = tile_project(one / "project", eight)
+        if 8 in bench_scales():
+            folders["8x"] = tile_project(one / "project", Path(scratch) / "x8")
         for scale, folder in folders.items():
             figures[scale] = measure(folder / "config.yaml", ROUNDS[scale])
     figures["goal_speedup_2_vs_1"] = GOALS["speedup_2_vs_1"]

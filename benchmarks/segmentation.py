@@ -112,17 +112,35 @@ print(json.dumps({"seconds": report.seconds, "supervoxels": report.supervoxels,
 """
 
 
-def run_segment(config: Path, reuse: bool) -> dict:
-    out, memory = sampled([sys.executable, "-c", SEGMENT_SNIPPET, str(config),
-                           "reuse" if reuse else "predict"])
-    figures = json.loads(out.strip().splitlines()[-1])
-    seconds = figures["seconds"]
-    voxels = figures["voxels"] / 1e6
-    figures["stage_Mvox_per_s"] = {k: round(voxels / v, 3) for k, v in seconds.items() if v > 0}
-    figures = {**figures, **memory}
-    print(f"{config.parent.name} reuse={reuse}: {json.dumps(figures)}", file=sys.stderr,
-          flush=True)  # as it goes: a long run shows its parts
+def sampled_run(command: list[str], label: str) -> dict:
+    """The JSON that ``command`` prints last, with its peak memory (``sampled``); printed as
+    it comes, so that a long benchmark shows its parts."""
+    out, memory = sampled(command)
+    figures = {**json.loads(out.strip().splitlines()[-1]), **memory}
+    print(f"{label}: {json.dumps(figures)}", file=sys.stderr, flush=True)
     return figures
+
+
+def run_segment(config: Path, reuse: bool) -> dict:
+    figures = sampled_run([sys.executable, "-c", SEGMENT_SNIPPET, str(config),
+                           "reuse" if reuse else "predict"],
+                          f"{config.parent.name} reuse={reuse}")
+    voxels = figures["voxels"] / 1e6
+    figures["stage_Mvox_per_s"] = {k: round(voxels / v, 3)
+                                   for k, v in figures["seconds"].items() if v > 0}
+    return figures
+
+
+def bench_scales() -> list[int]:
+    """The sizes of the demo to run: ``PROMPTCUT_BENCH_SCALES`` (1 and 8 unless set)."""
+    return [int(s) for s in os.environ.get("PROMPTCUT_BENCH_SCALES", "1,8").split(",")]
+
+
+def predicted_demo(folder: Path) -> dict:
+    """The demo segmented in a new ``folder`` on 2 workers, its affinities predicted: the
+    project every other run reuses (and ``tile_project`` tiles)."""
+    folder.mkdir()
+    return run_segment(config_for(folder, {"path": str(DEMO_H5), "key": "raw"}, 2), reuse=False)
 
 
 WATERZ_SNIPPET = """
@@ -206,6 +224,7 @@ def tile_project(source: Path, folder: Path, factor: int = 2) -> Path:
     same way (so `--reuse-affinities` segments the same evidence as at 1x)."""
     from segmentation.volume import create_zarr, open_zarr
 
+    folder.mkdir(parents=True, exist_ok=True)
     with h5py.File(DEMO_H5, "r") as f:
         raw = f["raw"][:]
     image = folder / "tiled.npy"
@@ -233,16 +252,13 @@ def with_workers(folder: Path, workers: int) -> Path:
 
 
 def run() -> dict:
-    scales = [int(s) for s in os.environ.get("PROMPTCUT_BENCH_SCALES", "1,8").split(",")]
     figures: dict = {"load_average_at_start": os.getloadavg(), "block_shape": BLOCK}
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         one = scratch / "x1"
-        one.mkdir()
         figures["standalone_affinities"] = standalone_affinities()
         runs: dict = {}
-        runs["1x_2_workers"] = run_segment(config_for(one, {"path": str(DEMO_H5),
-                                                             "key": "raw"}, 2), reuse=False)
+        runs["1x_2_workers"] = predicted_demo(one)
         affinities_rate = runs["1x_2_workers"]["stage_Mvox_per_s"]["affinities"]
         figures["affinities_in_pipeline_vs_standalone"] = round(
             affinities_rate / figures["standalone_affinities"]["Mvox_per_s"], 3)
@@ -255,10 +271,8 @@ def run() -> dict:
         waterz_out = scratch / "waterz.npz"
         figures["waterz_1x"] = run_waterz(one / "project", waterz_out)
         figures["voi_1x"] = voi_curves(one / "project", waterz_out)
-        if 8 in scales:
-            eight = scratch / "x8"
-            eight.mkdir()
-            tile_project(one / "project", eight)
+        if 8 in bench_scales():
+            eight = tile_project(one / "project", scratch / "x8")
             for workers in (1, 2):
                 runs[f"8x_{workers}_worker{'s' if workers > 1 else ''}"] = run_segment(
                     with_workers(eight, workers), reuse=True)
